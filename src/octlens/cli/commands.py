@@ -1,0 +1,243 @@
+"""The CLI commands, each a thin wrapper over one API call."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from octlens.errors import OctlensError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="octlens: is my retinal OCT classifier looking at the retina?",
+)
+console = Console()
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="folder to write the dataset to")],
+    n_per_class: Annotated[int, typer.Option(help="scans per class, all splits together")] = 200,
+    seed: int = 0,
+    size: Annotated[str, typer.Option(help="HEIGHTxWIDTH of each scan")] = "496x512",
+    workers: Annotated[int | None, typer.Option(help="processes (default: one per core)")] = None,
+) -> None:
+    """Write a synthetic OCT dataset (OCT2017 layout, 70/15/15 by patient) with lesion masks."""
+    from octlens.data.synth import synthesize
+
+    counts = synthesize(out, n_per_class, seed=seed, size=parse_size(size), workers=workers)
+    console.print(f"wrote {sum(counts.values())} scans to {out} (masks/ and retina/ beside them)")
+
+
+@app.command()
+def inspect(
+    data: Annotated[Path, typer.Argument(help="dataset folder or MedMNIST .npz")],
+    hashes: Annotated[
+        bool, typer.Option(help="also find byte-identical files across splits")
+    ] = False,
+    strict: bool = False,
+) -> None:
+    """Count images per split and class, and report patients or files shared between splits."""
+    from octlens.data.index import scan
+    from octlens.data.splits import find_leakage
+
+    index = scan(data, strict=strict)
+    table = Table(title=str(index.root))
+    table.add_column("split")
+    for name in index.classes:
+        table.add_column(name, justify="right")
+    table.add_column("patients", justify="right")
+    for split, samples in index.splits.items():
+        counts = [sum(s.label == i for s in samples) for i in range(len(index.classes))]
+        patients = len({s.patient for s in samples if s.patient})
+        table.add_row(split, *map(str, counts), str(patients))
+    console.print(table)
+    leaks = find_leakage(index, hashes=hashes)
+    for leak in leaks:
+        console.print(f"leak: {leak.kind} {leak.key} in {', '.join(leak.splits)}")
+    console.print(f"{len(leaks)} leak(s) between splits" if leaks else "no leakage between splits")
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="dataset folder or MedMNIST .npz")],
+    out: Annotated[Path, typer.Option(help="run folder for checkpoints, history and curves")],
+    model: Annotated[
+        str, typer.Option(help="resnet18, resnet50, vit_tiny/small/base or timm")
+    ] = "resnet18",
+    img_size: int = 224,
+    patch_size: Annotated[int | None, typer.Option(help="ViT patch size")] = None,
+    model_arg: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE for the timm model, e.g. depth=6")
+    ] = None,
+    pretrained: Annotated[str | None, typer.Option(help="weights file, or 'hub'")] = None,
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    weight_decay: float = 0.05,
+    warmup_epochs: float = 1.0,
+    label_smoothing: float = 0.1,
+    balance: Annotated[str, typer.Option(help="none, loss (weights) or sampler")] = "none",
+    patience: Annotated[int | None, typer.Option(help="early stopping, in epochs")] = None,
+    train_split: str = "train",
+    val_split: Annotated[str, typer.Option(help="carved from train by patient if absent")] = "val",
+    val_fraction: float = 0.15,
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")] = "auto",
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: best)")] = None,
+    workers: Annotated[int | None, typer.Option(help="data-loading processes")] = None,
+    seed: int = 0,
+    strict: Annotated[bool, typer.Option(help="unreadable images are errors")] = False,
+    resume: Annotated[bool, typer.Option(help="continue the run in --out from 'last'")] = False,
+) -> None:
+    """Train a classifier; RUN gets best/last checkpoints, history.csv and learning curves."""
+    from pydantic import ValidationError
+
+    from octlens.training import TrainConfig
+    from octlens.training import train as train_run
+
+    try:
+        config = TrainConfig(
+            data=data,
+            out=out,
+            model=model,
+            img_size=img_size,
+            patch_size=patch_size,
+            model_kwargs=parse_kwargs(model_arg or []),
+            pretrained=pretrained,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup_epochs=warmup_epochs,
+            label_smoothing=label_smoothing,
+            balance=balance,
+            patience=patience,
+            train_split=train_split,
+            val_split=val_split,
+            val_fraction=val_fraction,
+            precision=precision,
+            device=device,
+            num_workers=workers,
+            seed=seed,
+            strict=strict,
+        )
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise OctlensError(
+            f"--{'-'.join(map(str, first['loc'])).replace('_', '-')}: {first['msg']}"
+        ) from None
+    result = train_run(config, resume=resume)
+    best = result.best
+    console.print(
+        f"best epoch {result.best_epoch}: val loss {best['val_loss']:.4f}, "
+        f"val accuracy {best['val_acc']:.3f} -> {out / 'best.safetensors'}"
+    )
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="run folder or checkpoint file")],
+    data: Annotated[Path, typer.Option(help="dataset folder or MedMNIST .npz")],
+    split: str = "test",
+    out: Annotated[Path | None, typer.Option(help="default: RUN/eval/<split>")] = None,
+    batch_size: int = 64,
+    precision: str = "auto",
+    device: str | None = None,
+) -> None:
+    """Evaluate a run: metrics.json, predictions.csv and figures."""
+    from octlens.evaluate import evaluate_run
+
+    metrics = evaluate_run(
+        run, data, split, batch_size=batch_size, precision=precision, device=device, out=out
+    )
+    console.print(metrics_table(metrics))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="folder for the data and both runs")] = Path(
+        "runs/demo"
+    ),
+    n_per_class: int = 200,
+    seed: int = 0,
+) -> None:
+    """Synthesize data, train a ResNet18 and a ViT-tiny at 128 px, evaluate, and compare."""
+    from octlens.demo import run_demo
+
+    results = run_demo(out, n_per_class=n_per_class, seed=seed)
+    table = Table(title="octlens demo: test split of the synthetic data")
+    for column in (
+        "model",
+        "accuracy",
+        "macro AUC",
+        "urgent sens.",
+        "urgent spec.",
+        "ECE",
+        "best epoch",
+        "train img/s",
+    ):
+        table.add_column(column, justify="right")
+    for name, (metrics, result) in results.items():
+        urgent = metrics["urgent_referral"]
+        table.add_row(
+            name,
+            f"{metrics['accuracy']:.3f}",
+            f"{metrics['macro_auc']:.3f}",
+            f"{urgent['sensitivity']:.3f}",
+            f"{urgent['specificity']:.3f}",
+            f"{metrics['ece']:.3f}",
+            str(result.best_epoch),
+            f"{sum(r['images_per_s'] for r in result.history) / len(result.history):.0f}",
+        )
+    console.print(table)
+    console.print(f"runs, metrics and figures under {out}")
+
+
+def metrics_table(metrics: dict) -> Table:
+    table = Table(
+        title=f"{metrics['model']} on {metrics['split']} ({metrics['n']} images): "
+        f"accuracy {metrics['accuracy']:.3f}, macro AUC {metrics['macro_auc']:.3f}"
+    )
+    for column in ("class", "sensitivity", "specificity", "precision", "F1", "AUC", "support"):
+        table.add_column(column, justify="right")
+    for name, m in metrics["per_class"].items():
+        table.add_row(
+            name,
+            *(_fmt(m[k]) for k in ("sensitivity", "specificity", "precision", "f1", "auc")),
+            str(m["support"]),
+        )
+    return table
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"496x512"`` -> ``(496, 512)`` (height x width)."""
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise OctlensError(f"--size '{text}': expected HEIGHTxWIDTH, e.g. 496x512") from None
+    return height, width
+
+
+def parse_kwargs(pairs: list[str]) -> dict[str, object]:
+    """``["depth=4", "embed_dim=96"]`` -> ``{"depth": 4, "embed_dim": 96}``; values as JSON."""
+    parsed: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise OctlensError(f"--model-arg '{pair}': expected KEY=VALUE, e.g. depth=6")
+        try:
+            parsed[key] = json.loads(value)
+        except ValueError:
+            parsed[key] = value
+    return parsed

@@ -1,0 +1,80 @@
+"""The PyTorch view of a :class:`~octlens.data.index.DatasetIndex` split."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from octlens.data.images import UnreadableImageError
+from octlens.data.index import DatasetIndex, DataWarning, Sample
+from octlens.data.transforms import Normalization
+
+
+class OCTDataset(Dataset[tuple[torch.Tensor, int]]):
+    """``(image (1,H,W) float tensor, label)`` pairs.
+
+    A file that passed the index's header check but fails to decode is replaced by the next
+    sample, with a warning, so one bad file never stops an epoch; ``strict=True`` raises instead.
+    """
+
+    def __init__(
+        self,
+        index: DatasetIndex,
+        samples: Sequence[Sample],
+        transform: Callable[..., torch.Tensor],
+        decode_size: int | None = None,
+        strict: bool = False,
+    ) -> None:
+        if not samples:
+            raise ValueError("OCTDataset needs at least one sample")
+        self.index = index
+        self.samples = list(samples)
+        self.transform = transform
+        self.decode_size = decode_size
+        self.strict = strict
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
+        for offset in range(len(self.samples)):
+            sample = self.samples[(position + offset) % len(self.samples)]
+            try:
+                image = self.index.load(sample, self.decode_size)
+            except UnreadableImageError as error:
+                if self.strict:
+                    raise
+                warnings.warn(f"{error}; using the next image instead", DataWarning, stacklevel=2)
+                continue
+            return self.transform(image), sample.label
+        raise UnreadableImageError(f"{self.index.root}: none of the images could be decoded")
+
+    @property
+    def labels(self) -> list[int]:
+        return [sample.label for sample in self.samples]
+
+
+def estimate_normalization(
+    index: DatasetIndex,
+    samples: Sequence[Sample],
+    img_size: int,
+    max_images: int = 256,
+    seed: int = 0,
+) -> Normalization:
+    """Pixel mean and std of (a seeded subset of) ``samples`` at the training resolution."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(samples), size=min(max_images, len(samples)), replace=False)
+    total = total_sq = count = 0.0
+    for position in sorted(chosen):
+        image = index.load(samples[position], img_size).resize((img_size, img_size))
+        pixels = np.asarray(image, dtype=np.float64) / 255.0
+        total += pixels.sum()
+        total_sq += np.square(pixels).sum()
+        count += pixels.size
+    mean = total / count
+    std = max(np.sqrt(max(total_sq / count - mean**2, 0.0)), 1e-3)
+    return Normalization(mean=round(float(mean), 4), std=round(float(std), 4))

@@ -1,0 +1,9 @@
+"""The one exception type that reaches users: its message is a complete, one-line diagnosis."""
+
+
+class OctlensError(Exception):
+    """A problem with the user's input (a file, a folder, a checkpoint, an option).
+
+    The CLI prints the message alone, without a traceback, so it must name the path and the
+    problem, e.g. ``"data/train/CNV: class folder has no images"``.
+    """

@@ -1,0 +1,356 @@
+"""The training run: data, model, optimizer, epochs, checkpoints, resume, early stopping.
+
+Determinism: the model is initialized from ``seed`` and every epoch re-seeds all random streams
+(shuffling, augmentation in every worker, dropout) from ``(seed, epoch)``. A resumed run therefore
+continues exactly as an uninterrupted one would, with no generator state to save.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from timm.optim import param_groups_weight_decay
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from octlens.data.dataset import OCTDataset, estimate_normalization
+from octlens.data.index import DatasetIndex, Sample, scan
+from octlens.data.splits import split_by_patient
+from octlens.data.transforms import Normalization, eval_transform, train_transform
+from octlens.errors import OctlensError
+from octlens.models import create_model, is_vit
+from octlens.training.checkpoint import load_checkpoint, save_checkpoint
+from octlens.training.config import TrainConfig
+from octlens.training.history import plot_learning_curves, write_history
+from octlens.training.inference import predict_logits, prepare_input
+from octlens.training.precision import PrecisionPlan, resolve_device, resolve_precision
+
+# Settings that may differ between a run and its resumption; any other change is a new run.
+_RESUMABLE_CHANGES = {"epochs", "patience", "num_workers", "device"}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    history: list[dict[str, Any]]
+    best_epoch: int
+    stopped_early: bool
+
+    @property
+    def best(self) -> dict[str, Any]:
+        return self.history[self.best_epoch - 1]
+
+
+def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> TrainResult:
+    """Train a classifier as ``config`` says; write checkpoints, history and curves to ``out``."""
+    console = Console(quiet=not verbose)
+    out = config.out
+    last_path = out / "last.safetensors"
+    resumed = _load_resumable(last_path, config) if resume else None
+    if resumed is None and last_path.exists():
+        raise OctlensError(f"{out}: holds a run already; add --resume, or choose another --out")
+
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    index = scan(config.data, strict=config.strict)
+    train_samples, val_samples = _train_val_samples(index, config)
+    normalization = (
+        Normalization(**resumed.meta["normalization"])
+        if resumed
+        else estimate_normalization(index, train_samples, config.img_size, seed=config.seed)
+    )
+
+    _seed_everything(config.seed)
+    model = create_model(
+        config.model,
+        num_classes=len(index.classes),
+        img_size=config.img_size,
+        patch_size=config.patch_size,
+        pretrained=None if resumed else config.pretrained,
+        **config.model_kwargs,
+    )
+    if resumed:
+        model.load_state_dict(resumed.model_state())
+    channels_last = not is_vit(model)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+
+    workers = config.num_workers if config.num_workers is not None else _default_workers()
+    val_loader = DataLoader(
+        OCTDataset(
+            index,
+            val_samples,
+            eval_transform(config.img_size, normalization),
+            config.img_size,
+            config.strict,
+        ),
+        batch_size=config.batch_size,
+        num_workers=workers,
+    )
+    train_set = OCTDataset(
+        index,
+        train_samples,
+        train_transform(config.img_size, normalization),
+        config.img_size,
+        config.strict,
+    )
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+
+    optimizer = torch.optim.AdamW(
+        param_groups_weight_decay(model, config.weight_decay), lr=config.lr
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        warmup_cosine(
+            round(config.warmup_epochs * steps_per_epoch), config.epochs * steps_per_epoch
+        ),
+    )
+    scaler = precision.grad_scaler()
+    class_weights = (
+        _class_weights(train_set.labels, len(index.classes)) if config.balance == "loss" else None
+    )
+    criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
+    criterion.to(device)
+
+    history: list[dict[str, Any]] = []
+    if resumed:
+        history = resumed.meta["history"]
+        optimizer.load_state_dict(resumed.optimizer_state())
+        scheduler.load_state_dict(resumed.meta["training_state"]["scheduler"])
+        scaler.load_state_dict(resumed.meta["training_state"]["scaler"])
+        console.print(f"resuming {out} after epoch {len(history)}")
+
+    console.print(
+        f"{config.model} @ {config.img_size}px on {device.type} ({precision.name}): "
+        f"{len(train_samples)} train / {len(val_samples)} val images, classes {index.classes}"
+    )
+    meta_base = _run_metadata(config, index, normalization, len(train_samples), len(val_samples))
+    stopped_early = False
+    for epoch in range(len(history) + 1, config.epochs + 1):
+        if _patience_exhausted(history, config.patience):
+            stopped_early = True
+            console.print(f"early stop: no val-loss improvement in {config.patience} epochs")
+            break
+        _seed_everything(config.seed * 1_000_003 + epoch)
+        loader = _train_loader(train_set, config, workers, epoch)
+        lr = scheduler.get_last_lr()[0]
+        started = time.perf_counter()
+        train_loss, train_acc = _train_one_epoch(
+            model,
+            loader,
+            criterion,
+            optimizer,
+            scheduler,
+            scaler,
+            precision,
+            channels_last,
+            description=f"epoch {epoch}/{config.epochs}",
+            show_progress=verbose,
+        )
+        seconds = time.perf_counter() - started
+        logits, labels = predict_logits(model, val_loader, precision, channels_last)
+        row = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "val_loss": F.cross_entropy(logits, labels).item(),
+            "val_acc": (logits.argmax(1) == labels).float().mean().item(),
+            "seconds": round(seconds, 2),
+            "images_per_s": round(len(train_set) / seconds, 1),
+        }
+        history.append(row)
+        console.print(
+            f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
+            f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | "
+            f"{row['images_per_s']:.0f} img/s"
+        )
+        meta = {**meta_base, "epoch": epoch, "metrics": row, "history": history}
+        if row["val_loss"] <= min(r["val_loss"] for r in history):
+            save_checkpoint(out / "best.safetensors", model, meta)
+        save_checkpoint(
+            last_path,
+            model,
+            meta,
+            optimizer,
+            {"scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()},
+        )
+        write_history(history, out / "history.csv")
+        plot_learning_curves(history, out / "learning_curves.png", title=config.model)
+    else:
+        stopped_early = (
+            _patience_exhausted(history, config.patience) and len(history) < config.epochs
+        )
+    best_epoch = min(history, key=lambda r: r["val_loss"])["epoch"]
+    return TrainResult(
+        run_dir=out, history=history, best_epoch=best_epoch, stopped_early=stopped_early
+    )
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int):
+    """Learning-rate factor per step: linear warm-up from ~0 to 1, then cosine decay to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    precision: PrecisionPlan,
+    channels_last: bool,
+    description: str,
+    show_progress: bool,
+) -> tuple[float, float]:
+    model.train()
+    total_loss = correct = seen = 0.0
+    started = time.perf_counter()
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(
+            "loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f} {task.fields[ips]:.0f} img/s"
+        ),
+        TimeRemainingColumn(),
+        disable=not show_progress,
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task(description, total=len(loader.dataset), loss=0.0, acc=0.0, ips=0.0)
+        for images, labels in loader:
+            inputs = prepare_input(images, precision.device, channels_last)
+            labels = labels.to(precision.device)
+            with precision.autocast():
+                logits = model(inputs)
+            loss = criterion(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+
+            batch = len(labels)
+            total_loss += loss.item() * batch
+            correct += (logits.argmax(1) == labels).sum().item()
+            seen += batch
+            progress.update(
+                task,
+                advance=batch,
+                loss=total_loss / seen,
+                acc=correct / seen,
+                ips=seen / (time.perf_counter() - started),
+            )
+    return total_loss / seen, correct / seen
+
+
+def _train_val_samples(
+    index: DatasetIndex, config: TrainConfig
+) -> tuple[list[Sample], list[Sample]]:
+    """The train split, and the val split or, if there is none, a by-patient carve of train."""
+    train_samples = index.split(config.train_split)
+    if config.val_split in index.splits and config.val_split != config.train_split:
+        return train_samples, index.split(config.val_split)
+    return split_by_patient(train_samples, config.val_fraction, seed=config.seed)
+
+
+def _train_loader(dataset: OCTDataset, config: TrainConfig, workers: int, epoch: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    sampler = None
+    if config.balance == "sampler":
+        counts = Counter(dataset.labels)
+        weights = [1.0 / counts[label] for label in dataset.labels]
+        sampler = WeightedRandomSampler(
+            weights, len(weights), replacement=True, generator=generator
+        )
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        generator=generator,
+        drop_last=len(dataset) > config.batch_size,
+        persistent_workers=False,
+    )
+
+
+def _class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights, normalized so a balanced set gets all ones."""
+    counts = torch.bincount(torch.tensor(labels), minlength=num_classes).float().clamp(min=1)
+    return counts.sum() / (num_classes * counts)
+
+
+def _patience_exhausted(history: list[dict[str, Any]], patience: int | None) -> bool:
+    if patience is None or not history:
+        return False
+    best_epoch = min(history, key=lambda r: r["val_loss"])["epoch"]
+    return history[-1]["epoch"] - best_epoch >= patience
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _default_workers() -> int:
+    """Decoding a scan costs a few ms against tens of ms of compute: one worker per 4 cores."""
+    return max(1, (os.cpu_count() or 1) // 4)
+
+
+def _load_resumable(last_path: Path, config: TrainConfig):
+    if not last_path.exists():
+        raise OctlensError(f"{last_path}: no checkpoint to resume from")
+    checkpoint = load_checkpoint(last_path)
+    saved = TrainConfig.model_validate(checkpoint.meta["config"])
+    changed = [
+        name
+        for name in TrainConfig.model_fields
+        if name not in _RESUMABLE_CHANGES and getattr(saved, name) != getattr(config, name)
+    ]
+    if changed:
+        raise OctlensError(
+            f"{last_path}: cannot resume with different settings ({', '.join(changed)}); "
+            "start a new run with another --out"
+        )
+    return checkpoint
+
+
+def _run_metadata(
+    config: TrainConfig, index: DatasetIndex, normalization: Normalization, n_train: int, n_val: int
+) -> dict[str, Any]:
+    return {
+        "classes": index.classes,
+        "model": {
+            "name": config.model,
+            "img_size": config.img_size,
+            "patch_size": config.patch_size,
+            "kwargs": config.model_kwargs,
+        },
+        "img_size": config.img_size,
+        "normalization": {"mean": normalization.mean, "std": normalization.std},
+        "seed": config.seed,
+        "data": {"root": str(index.root), "train_images": n_train, "val_images": n_val},
+        "config": config.model_dump(mode="json"),
+    }
