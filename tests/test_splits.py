@@ -39,3 +39,14 @@ def test_carving_is_seeded():
 def test_fraction_must_be_a_fraction():
     with pytest.raises(ValueError, match="between 0 and 1"):
         split_by_patient(_samples(), 1.0)
+
+
+def test_carving_the_real_dev_sample_keeps_patients_apart(real_dev):
+    from octlens.data.index import scan
+
+    samples = scan(real_dev).split("all")
+    kept, carved = split_by_patient(samples, 0.25, seed=0)
+    kept_patients = {s.patient for s in kept if s.patient}
+    carved_patients = {s.patient for s in carved if s.patient}
+    assert carved_patients and not kept_patients & carved_patients
+    assert len(kept) + len(carved) == len(samples) == 139

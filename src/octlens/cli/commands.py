@@ -177,13 +177,13 @@ def demo(
         "model",
         "accuracy",
         "macro AUC",
-        "urgent sens.",
-        "urgent spec.",
+        "urgent sens",
+        "urgent spec",
         "ECE",
         "best epoch",
         "train img/s",
     ):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True)
     for name, (metrics, result) in results.items():
         urgent = metrics["urgent_referral"]
         table.add_row(
@@ -193,10 +193,10 @@ def demo(
             f"{urgent['sensitivity']:.3f}",
             f"{urgent['specificity']:.3f}",
             f"{metrics['ece']:.3f}",
-            str(result.best_epoch),
+            f"{result.best_epoch}/{len(result.history)}",
             f"{sum(r['images_per_s'] for r in result.history) / len(result.history):.0f}",
         )
-    console.print(table)
+    Console(width=max(console.width, 110)).print(table)
     console.print(f"runs, metrics and figures under {out}")
 
 

@@ -70,11 +70,16 @@ def estimate_normalization(
     chosen = rng.choice(len(samples), size=min(max_images, len(samples)), replace=False)
     total = total_sq = count = 0.0
     for position in sorted(chosen):
-        image = index.load(samples[position], img_size).resize((img_size, img_size))
+        try:
+            image = index.load(samples[position], img_size).resize((img_size, img_size))
+        except UnreadableImageError:
+            continue  # the dataset warns about it when training reaches it
         pixels = np.asarray(image, dtype=np.float64) / 255.0
         total += pixels.sum()
         total_sq += np.square(pixels).sum()
         count += pixels.size
+    if not count:
+        raise UnreadableImageError(f"{index.root}: none of the sampled images could be decoded")
     mean = total / count
     std = max(np.sqrt(max(total_sq / count - mean**2, 0.0)), 1e-3)
     return Normalization(mean=round(float(mean), 4), std=round(float(std), 4))

@@ -43,9 +43,9 @@ def healthy(width: int) -> Lesions:
 def drusen(rng: np.random.Generator, x: np.ndarray, fovea: float, scale: float) -> Lesions:
     """Several dome-shaped RPE elevations with moderately reflective material beneath."""
     lesions = healthy(len(x))
-    for _ in range(rng.integers(2, 7)):
+    for _ in range(rng.integers(3, 8)):
         centre = fovea + rng.uniform(-0.32, 0.32) * len(x)
-        bump = _dome(x, centre, rng.uniform(9, 24) * scale, rng.uniform(7, 17) * scale)
+        bump = _dome(x, centre, rng.uniform(12, 30) * scale, rng.uniform(10, 24) * scale)
         lesions.sub_rpe = np.maximum(lesions.sub_rpe, bump)
     lesions.sub_rpe_reflectivity = rng.uniform(0.32, 0.5)
     return lesions
@@ -55,11 +55,11 @@ def cnv(rng: np.random.Generator, x: np.ndarray, fovea: float, scale: float) -> 
     """A fibrovascular RPE elevation (bright, heterogeneous) with subretinal fluid above it."""
     lesions = healthy(len(x))
     centre = fovea + rng.uniform(-0.18, 0.18) * len(x)
-    half_width = rng.uniform(30, 75) * scale
-    lesions.sub_rpe = _dome(x, centre, half_width, rng.uniform(14, 40) * scale)
+    half_width = rng.uniform(35, 80) * scale
+    lesions.sub_rpe = _dome(x, centre, half_width, rng.uniform(20, 55) * scale)
     fluid_centre = centre + rng.uniform(-0.4, 0.4) * half_width
     fluid_width = half_width * rng.uniform(0.8, 1.6)
-    lesions.fluid = _dome(x, fluid_centre, fluid_width, rng.uniform(6, 24) * scale)
+    lesions.fluid = _dome(x, fluid_centre, fluid_width, rng.uniform(10, 30) * scale)
     lesions.sub_rpe_reflectivity = rng.uniform(0.5, 0.7)
     return lesions
 
@@ -69,17 +69,17 @@ def dme(rng: np.random.Generator, x: np.ndarray, fovea: float, scale: float) -> 
     lesions = healthy(len(x))
     centre = fovea + rng.uniform(-0.12, 0.12) * len(x)
     half_width = rng.uniform(55, 120) * scale
-    lesions.thickening = 1.0 + _dome(x, centre, half_width, rng.uniform(0.5, 1.3)).astype(
+    lesions.thickening = 1.0 + _dome(x, centre, half_width, rng.uniform(0.6, 1.5)).astype(
         np.float32
     )
-    for _ in range(rng.integers(2, 8)):
+    for _ in range(rng.integers(3, 9)):
         cx = centre + rng.uniform(-0.75, 0.75) * half_width
         lesions.cysts.append(
             (
                 rng.uniform(0.3, 0.75),
                 cx,
-                rng.uniform(8, 20) * scale,
-                rng.uniform(8, 26) * scale,
+                rng.uniform(10, 24) * scale,
+                rng.uniform(10, 30) * scale,
             )
         )
     return lesions

@@ -23,10 +23,10 @@ CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
 # Retinal layers from Bruch's membrane up: (name, thickness in px at 496 px high, reflectivity).
 # The inner five thin out in the foveal pit and thicken in DME.
 _OUTER = (("RPE", 7, 0.92), ("IZ", 4, 0.42), ("EZ", 4, 0.8), ("myoid", 5, 0.26), ("ELM", 2, 0.5))
-_ONL = ("ONL", 24, 0.12)
+_ONL = ("ONL", 24, 0.19)
 _INNER = (
     ("OPL", 6, 0.5),
-    ("INL", 12, 0.2),
+    ("INL", 12, 0.26),
     ("IPL", 11, 0.46),
     ("GCL", 12, 0.33),
     ("RNFL", 8, 0.62),
@@ -183,7 +183,7 @@ def _draw_cysts(signal, region, tops, lesions, rows, x) -> np.ndarray:
         cy = top + depth * (bottom - top)
         inside = ((rows - cy) / ry) ** 2 + ((x[None, :] - cx) / rx) ** 2 < 1.0
         mask |= inside & (region >= _INL) & (region <= _ONL_ID)
-    signal[mask] = 0.04
+    signal[mask] = 0.0
     return mask
 
 
