@@ -156,7 +156,7 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
             precision,
             channels_last,
             description=f"epoch {epoch}/{config.epochs}",
-            show_progress=verbose,
+            console=console,
         )
         seconds = time.perf_counter() - started
         logits, labels = predict_logits(model, val_loader, precision, channels_last)
@@ -220,7 +220,7 @@ def _train_one_epoch(
     precision: PrecisionPlan,
     channels_last: bool,
     description: str,
-    show_progress: bool,
+    console: Console,
 ) -> tuple[float, float]:
     model.train()
     total_loss = correct = seen = 0.0
@@ -233,7 +233,8 @@ def _train_one_epoch(
             "loss {task.fields[loss]:.3f} acc {task.fields[acc]:.3f} {task.fields[ips]:.0f} img/s"
         ),
         TimeRemainingColumn(),
-        disable=not show_progress,
+        console=console,
+        disable=not console.is_terminal,
         transient=True,
     )
     with progress:
