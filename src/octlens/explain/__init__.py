@@ -1,0 +1,27 @@
+"""Explainers for CNNs and ViTs: batched, pure PyTorch, every one a small subclass of one base."""
+
+from octlens.explain.base import Explainer, Explanation
+from octlens.explain.cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
+from octlens.explain.occlusion import Occlusion
+from octlens.explain.rollout import AttentionRollout
+
+EXPLAINERS: dict[str, type[Explainer]] = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "hirescam": HiResCAM,
+    "layercam": LayerCAM,
+    "rollout": AttentionRollout,
+    "occlusion": Occlusion,
+}
+
+__all__ = [
+    "EXPLAINERS",
+    "AttentionRollout",
+    "Explainer",
+    "Explanation",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
+    "Occlusion",
+]

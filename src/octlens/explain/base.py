@@ -1,0 +1,121 @@
+"""The one base every explainer derives from: targets, hooks, model state, and the output map.
+
+An explainer takes images ``(B, 1, H, W)`` and per-image target classes (default: the predicted
+class) and returns an :class:`Explanation` whose ``raw`` map is ``(B, H, W)`` float32 at input
+resolution. Whatever an explainer changes on the model while it runs (hooks, train/eval mode,
+``requires_grad`` flags, timm's fused-attention switches) is undone when it returns, also on error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.hooks import RemovableHandle
+
+from octlens.errors import OctlensError
+
+
+@dataclass
+class Explanation:
+    """Saliency maps for a batch: ``raw`` (B, H, W) fp32 at input resolution, and the targets."""
+
+    raw: torch.Tensor
+    targets: torch.Tensor
+
+    @property
+    def normalized(self) -> torch.Tensor:
+        """Each map min-max scaled to [0, 1] (a constant map becomes all zeros)."""
+        flat = self.raw.flatten(1)
+        low = flat.min(dim=1, keepdim=True).values
+        span = (flat.max(dim=1, keepdim=True).values - low).clamp_min(1e-12)
+        return ((flat - low) / span).view_as(self.raw)
+
+
+class Explainer(ABC):
+    """Base of all explainers: call it with images and optional targets.
+
+    Subclasses implement :meth:`_explain`, returning maps (B, h, w) at any resolution; the base
+    resolves targets, restores model state, and upsamples bilinearly to the input size.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._check_model(model)
+
+    def _check_model(self, model: nn.Module) -> None:  # noqa: B027  (optional for subclasses)
+        """Raise :class:`OctlensError` when the method does not apply to ``model``."""
+
+    def __call__(
+        self, images: torch.Tensor, targets: Sequence[int] | torch.Tensor | None = None
+    ) -> Explanation:
+        if images.dim() != 4:
+            raise OctlensError(f"expected images (B, C, H, W), got shape {tuple(images.shape)}")
+        with preserved_state(self.model):
+            self.model.eval()
+            target_tensor = self._resolve_targets(images, targets)
+            maps = self._explain(images, target_tensor)
+        maps = maps.float()
+        if maps.shape[-2:] != images.shape[-2:]:
+            maps = F.interpolate(
+                maps[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False
+            )[:, 0]
+        return Explanation(raw=maps.detach(), targets=target_tensor)
+
+    @abstractmethod
+    def _explain(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+    def _resolve_targets(
+        self, images: torch.Tensor, targets: Sequence[int] | torch.Tensor | None
+    ) -> torch.Tensor:
+        if targets is None:
+            with torch.no_grad():
+                return self.model(images).argmax(dim=1)
+        target_tensor = torch.as_tensor(targets, dtype=torch.long, device=images.device).flatten()
+        if len(target_tensor) != len(images):
+            raise OctlensError(
+                f"{len(target_tensor)} targets for {len(images)} images: give one per image"
+            )
+        return target_tensor
+
+
+@contextlib.contextmanager
+def preserved_state(model: nn.Module) -> Iterator[None]:
+    """Restore train/eval mode, ``requires_grad`` and fused-attention flags on exit."""
+    modes = {module: module.training for module in model.modules()}
+    grad_flags = {param: param.requires_grad for param in model.parameters()}
+    fused = {m: m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")}
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+        for param, flag in grad_flags.items():
+            param.requires_grad_(flag)
+        for module, flag in fused.items():
+            module.fused_attn = flag
+
+
+@contextlib.contextmanager
+def forward_hooks(
+    hooks: Sequence[tuple[nn.Module, Callable[..., object]]],
+) -> Iterator[list[RemovableHandle]]:
+    """Register forward hooks for the duration of a ``with`` block; always remove them."""
+    handles: list[RemovableHandle] = []
+    try:
+        for module, hook in hooks:
+            handles.append(module.register_forward_hook(hook))
+        yield handles
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def target_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The logit of each image's target class, (B,)."""
+    return logits.gather(1, targets[:, None])[:, 0]

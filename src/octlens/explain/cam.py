@@ -1,0 +1,99 @@
+"""Class activation maps from a layer's activations A (B, K, h, w) and gradients G = dy_c/dA.
+
+All four share one hook and one backward pass; they differ only in how A and G combine:
+
+* Grad-CAM (Selvaraju et al. 2017): ``ReLU(sum_k mean_ij(G_k) A_k)``
+* HiResCAM (Draelos & Carin 2020): ``ReLU(sum_k G_k * A_k)``, element-wise, no averaging
+* LayerCAM (Jiang et al. 2021): ``ReLU(sum_k ReLU(G_k) * A_k)``
+* Grad-CAM++ (Chattopadhay et al. 2018): ``ReLU(sum_k w_k A_k)`` with
+  ``w_k = sum_ij ReLU(G_kij) a_kij``, ``a = G^2 / (2 G^2 + sum_ij(A_k) G^3)`` (0 where G = 0),
+  the closed form for an exponential score.
+
+For a ViT, tokens are reshaped to the patch grid and prefix (CLS) tokens dropped first.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from octlens.explain.base import Explainer, forward_hooks, target_scores
+from octlens.explain.layers import resolve_layer, tokens_to_grid
+from octlens.models import is_vit
+
+
+class _GradientCAM(Explainer):
+    """Captures the target layer's output, differentiates the target scores, combines."""
+
+    def __init__(self, model: nn.Module, target_layer: nn.Module | str | None = None) -> None:
+        super().__init__(model)
+        self.target_layer = resolve_layer(model, target_layer)
+
+    def activations_and_gradients(
+        self, images: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A and dy/dA at the target layer, as feature maps (B, K, h, w)."""
+        captured: list[torch.Tensor] = []
+
+        def keep(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
+            leaf = output if output.requires_grad else output.detach().requires_grad_()
+            captured.append(leaf)
+            return leaf.clone()  # later in-place ops change the clone, never the capture
+
+        with torch.enable_grad(), forward_hooks([(self.target_layer, keep)]):
+            scores = target_scores(self.model(images), targets)
+            (gradients,) = torch.autograd.grad(scores.sum(), captured[0])
+        activations = captured[0].detach()
+        if is_vit(self.model):
+            size = images.shape[-2:]
+            activations = tokens_to_grid(activations, self.model, size)
+            gradients = tokens_to_grid(gradients, self.model, size)
+        return activations.float(), gradients.float()
+
+    def _explain(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.combine(*self.activations_and_gradients(images, targets)))
+
+    @staticmethod
+    def combine(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class GradCAM(_GradientCAM):
+    """Channel weights are the spatially averaged gradients."""
+
+    @staticmethod
+    def combine(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        weights = gradients.mean(dim=(2, 3), keepdim=True)
+        return (weights * activations).sum(dim=1)
+
+
+class HiResCAM(_GradientCAM):
+    """Gradients multiply activations element-wise: faithful to the score for linear heads."""
+
+    @staticmethod
+    def combine(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        return (gradients * activations).sum(dim=1)
+
+
+class LayerCAM(_GradientCAM):
+    """Positive gradients weight each location: usable at early, high-resolution layers."""
+
+    @staticmethod
+    def combine(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        return (torch.relu(gradients) * activations).sum(dim=1)
+
+
+class GradCAMPlusPlus(_GradientCAM):
+    """Pixel-wise weighting of positive gradients: better for several instances of a class."""
+
+    eps = 1e-6
+
+    @staticmethod
+    def combine(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        squared = gradients.pow(2)
+        cubed = squared * gradients
+        sum_activations = activations.sum(dim=(2, 3), keepdim=True)
+        alpha = squared / (2 * squared + sum_activations * cubed + GradCAMPlusPlus.eps)
+        alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
+        weights = (torch.relu(gradients) * alpha).sum(dim=(2, 3), keepdim=True)
+        return (weights * activations).sum(dim=1)

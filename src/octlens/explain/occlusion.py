@@ -1,0 +1,56 @@
+"""Occlusion sensitivity, the protocol of Kermany et al. (2018) for OCT.
+
+A blank ``window`` x ``window`` box slides over the image with ``stride``; for each position the
+target-class probability drop ``p(x) - p(x with the box filled)`` is added to every pixel under the
+box, and each pixel's total is divided by the number of boxes that covered it (pixels no box
+covers get 0). All occluded copies of all images go through the model in batches.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from octlens.explain.base import Explainer
+
+
+class Occlusion(Explainer):
+    def __init__(
+        self,
+        model: nn.Module,
+        window: int = 20,
+        stride: int = 10,
+        fill: float = 0.0,
+        batch_size: int = 64,
+    ) -> None:
+        super().__init__(model)
+        self.window, self.stride, self.fill, self.batch_size = window, stride, fill, batch_size
+
+    @torch.no_grad()
+    def _explain(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        height, width = images.shape[-2:]
+        tops = range(0, height - self.window + 1, self.stride)
+        lefts = range(0, width - self.window + 1, self.stride)
+        boxes = [(top, left) for top in tops for left in lefts]
+        base = self._probability(images, targets)
+
+        drops = torch.zeros(len(images), height, width, device=images.device)
+        counts = torch.zeros(height, width, device=images.device)
+        for top, left in boxes:
+            counts[top : top + self.window, left : left + self.window] += 1
+        per_batch = max(1, self.batch_size // len(images))
+        for start in range(0, len(boxes), per_batch):
+            chunk = boxes[start : start + per_batch]
+            occluded = images.repeat(len(chunk), 1, 1, 1)  # (len(chunk) * B, C, H, W)
+            for i, (top, left) in enumerate(chunk):
+                block = slice(i * len(images), (i + 1) * len(images))
+                occluded[block, :, top : top + self.window, left : left + self.window] = self.fill
+            probs = self._probability(occluded, targets.repeat(len(chunk)))
+            for i, (top, left) in enumerate(chunk):
+                drop = base - probs[i * len(images) : (i + 1) * len(images)]
+                drops[:, top : top + self.window, left : left + self.window] += drop[:, None, None]
+        return drops / counts.clamp_min(1)
+
+    def _probability(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(self.model(images).float(), dim=1)
+        return probs.gather(1, targets[:, None])[:, 0]

@@ -1,0 +1,90 @@
+"""Attention rollout (Abnar & Zuidema 2020) for timm Vision Transformers.
+
+Per block, the attention probabilities (B, heads, N, N) are fused over heads (mean, max or min),
+optionally the lowest ``discard_ratio`` of each row's weights (CLS column kept) set to zero, the
+identity added for the residual path, and rows renormalized: ``Â_l = norm(A_l + I)``. The rollout
+is ``R = Â_L ... Â_2 Â_1``; the map is the CLS row of ``R`` over the patch tokens (the mean of the
+patch rows for models without prefix tokens), reshaped to the patch grid.
+
+timm computes attention inside ``F.scaled_dot_product_attention`` when ``fused_attn`` is on; it is
+switched off while explaining (the base class restores it) so that ``attn_drop`` sees, and its hook
+records, the probabilities.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from octlens.errors import OctlensError
+from octlens.explain.base import Explainer, forward_hooks
+from octlens.models import is_vit
+
+
+def record_attention(model: nn.Module) -> tuple[list[torch.Tensor], list]:
+    """Hooks that append each block's attention probabilities to a list, in block order."""
+    maps: list[torch.Tensor] = []
+
+    def keep(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+        maps.append(output)
+
+    hooks = []
+    for block in model.blocks:
+        block.attn.fused_attn = False
+        hooks.append((block.attn.attn_drop, keep))
+    return maps, hooks
+
+
+class AttentionRollout(Explainer):
+    def __init__(
+        self,
+        model: nn.Module,
+        head_fusion: Literal["mean", "max", "min"] = "mean",
+        discard_ratio: float = 0.0,
+    ) -> None:
+        super().__init__(model)
+        if head_fusion not in ("mean", "max", "min"):
+            raise OctlensError(f"head_fusion must be mean, max or min, not '{head_fusion}'")
+        if not 0.0 <= discard_ratio < 1.0:
+            raise OctlensError(f"discard_ratio must be in [0, 1), not {discard_ratio}")
+        self.head_fusion, self.discard_ratio = head_fusion, discard_ratio
+
+    def _check_model(self, model: nn.Module) -> None:
+        if not is_vit(model):
+            raise OctlensError(
+                f"attention rollout needs a Vision Transformer, not {type(model).__name__}"
+            )
+
+    @torch.no_grad()
+    def _explain(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        maps, hooks = record_attention(self.model)
+        with forward_hooks(hooks):
+            self.model(images)
+        rollout = None
+        for attention in maps:
+            fused = getattr(attention.float(), self.head_fusion)(dim=1)
+            if self.head_fusion != "mean":
+                fused = fused.values
+            fused = self._discard(fused)
+            eye = torch.eye(fused.shape[-1], device=fused.device)
+            step = fused + eye
+            step = step / step.sum(dim=-1, keepdim=True)
+            rollout = step if rollout is None else step @ rollout
+        prefix = self.model.num_prefix_tokens
+        # The CLS row says what the classifier's token gathered; without one, average the rows.
+        relevance = rollout[:, 0, prefix:] if prefix else rollout.mean(dim=1)
+        grid_h = images.shape[-2] // self.model.patch_embed.patch_size[0]
+        return relevance.reshape(len(images), grid_h, -1)
+
+    def _discard(self, fused: torch.Tensor) -> torch.Tensor:
+        if self.discard_ratio == 0:
+            return fused
+        n = fused.shape[-1]
+        k = int(self.discard_ratio * n)
+        lowest = fused.topk(k, dim=-1, largest=False).indices
+        kept = fused.clone()
+        kept.scatter_(-1, lowest, 0.0)
+        kept[..., 0] = fused[..., 0]  # the CLS column is never discarded
+        return kept

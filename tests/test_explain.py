@@ -1,0 +1,218 @@
+"""Explainers against independent references: pytorch-grad-cam, captum, and hand computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from octlens.errors import OctlensError
+from octlens.explain import (
+    AttentionRollout,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    Occlusion,
+)
+from octlens.models import create_model
+
+TINY_VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0}
+OURS_TO_ORACLE = {
+    GradCAM: "GradCAM",
+    HiResCAM: "HiResCAM",
+    GradCAMPlusPlus: "GradCAMPlusPlus",
+    LayerCAM: "LayerCAM",
+}
+
+
+def _resnet() -> nn.Module:
+    torch.manual_seed(0)
+    return create_model("resnet18", 4).eval()
+
+
+def _vit(img_size: int = 32, patch_size: int = 8) -> nn.Module:
+    torch.manual_seed(0)
+    return create_model("vit_tiny", 4, img_size=img_size, patch_size=patch_size, **TINY_VIT).eval()
+
+
+def _vit_reshape(tokens: torch.Tensor, grid: int = 4) -> torch.Tensor:
+    """pytorch-grad-cam's documented ViT reshape transform, written for the oracle."""
+    patches = tokens[:, 1:, :].reshape(tokens.size(0), grid, grid, tokens.size(2))
+    return patches.permute(0, 3, 1, 2)
+
+
+def _oracle_cam(name, model, layer, images, targets, reshape=None) -> np.ndarray:
+    """pytorch-grad-cam's map before its per-image min-max scaling and resizing."""
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cam = getattr(pytorch_grad_cam, name)(
+        model=model, target_layers=[layer], reshape_transform=reshape
+    )
+    oracle_targets = [ClassifierOutputTarget(int(t)) for t in targets]
+    outputs = cam.activations_and_grads(images)
+    model.zero_grad()
+    loss = sum(t(o) for t, o in zip(oracle_targets, outputs, strict=True))
+    loss.backward()
+    activations = cam.activations_and_grads.activations[0].cpu().numpy()
+    gradients = cam.activations_and_grads.gradients[0].cpu().numpy()
+    raw = cam.get_cam_image(images, layer, oracle_targets, activations, gradients, False)
+    cam.activations_and_grads.release()
+    return np.maximum(raw, 0)
+
+
+@pytest.mark.parametrize("explainer", list(OURS_TO_ORACLE))
+def test_cams_equal_pytorch_grad_cam_on_a_resnet(explainer):
+    model = _resnet()
+    images = torch.randn(3, 1, 64, 64)
+    targets = torch.tensor([0, 3, 1])
+    ours = explainer(model)
+    activations, gradients = ours.activations_and_gradients(images, targets)
+    mine = torch.relu(ours.combine(activations, gradients)).numpy()
+    theirs = _oracle_cam(OURS_TO_ORACLE[explainer], model, model.layer4, images, targets)
+    np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-6 * np.abs(theirs).max())
+    assert np.abs(theirs).max() > 0
+
+
+@pytest.mark.parametrize("explainer", list(OURS_TO_ORACLE))
+def test_cams_equal_pytorch_grad_cam_on_a_vit(explainer):
+    model = _vit()
+    images = torch.randn(2, 1, 32, 32)
+    targets = torch.tensor([2, 1])
+    ours = explainer(model)  # default layer: the last block's norm1
+    assert ours.target_layer is model.blocks[-1].norm1
+    mine = torch.relu(ours.combine(*ours.activations_and_gradients(images, targets))).numpy()
+    theirs = _oracle_cam(
+        OURS_TO_ORACLE[explainer],
+        model,
+        model.blocks[-1].norm1,
+        images,
+        targets,
+        reshape=_vit_reshape,
+    )
+    np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-6 * np.abs(theirs).max())
+
+
+def test_occlusion_equals_captum():
+    from captum.attr import Occlusion as CaptumOcclusion
+
+    model = _resnet()
+    images = torch.randn(2, 1, 32, 32)
+    targets = torch.tensor([1, 2])
+    ours = Occlusion(model, window=8, stride=4, fill=0.0, batch_size=16)(images, targets).raw
+
+    def probability(x):
+        return torch.softmax(model(x), dim=1)
+
+    theirs = CaptumOcclusion(probability).attribute(
+        images, sliding_window_shapes=(1, 8, 8), strides=(1, 4, 4), baselines=0.0, target=targets
+    )[:, 0]
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def _hand_attention(model: nn.Module, images: torch.Tensor) -> list[np.ndarray]:
+    """Each block's attention probabilities computed from its weights, with no hooks."""
+    x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
+    attentions = []
+    for block in model.blocks:
+        attn = block.attn
+        normed = block.norm1(x)
+        b, n, c = normed.shape
+        qkv = attn.qkv(normed).reshape(b, n, 3, attn.num_heads, c // attn.num_heads)
+        q, k = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)
+        weights = torch.softmax(q @ k.transpose(-2, -1) * attn.scale, dim=-1)
+        attentions.append(weights.detach().numpy())
+        x = block(x)
+    return attentions
+
+
+def test_rollout_matches_hand_computation_on_a_two_block_vit():
+    model = _vit()
+    images = torch.randn(2, 1, 32, 32)
+    expected = []
+    attentions = _hand_attention(model, images)
+    for i in range(len(images)):
+        rollout = np.eye(17)
+        for attention in attentions:
+            step = attention[i].mean(axis=0) + np.eye(17)
+            step /= step.sum(axis=1, keepdims=True)
+            rollout = step @ rollout
+        expected.append(rollout[0, 1:].reshape(4, 4))
+    explainer = AttentionRollout(model)
+    low_res = explainer._explain(images, torch.zeros(2, dtype=torch.long))
+    np.testing.assert_allclose(low_res.numpy(), np.stack(expected), rtol=1e-5, atol=1e-7)
+    assert explainer(images).raw.shape == (2, 32, 32)
+
+
+def test_rollout_fusion_and_discard_by_hand():
+    explainer = AttentionRollout(_vit(), head_fusion="max", discard_ratio=0.5)
+    row = torch.tensor([[[0.1, 0.4, 0.2, 0.3]]])
+    # The two lowest entries are dropped, but the CLS column (0.1) is always kept.
+    torch.testing.assert_close(explainer._discard(row), torch.tensor([[[0.1, 0.4, 0.0, 0.3]]]))
+
+
+def test_every_method_gives_input_sized_maps_and_leaves_the_model_as_it_was():
+    cnn, vit = _resnet(), _vit()
+    vit.train()
+    fused_before = [block.attn.fused_attn for block in vit.blocks]
+    for block in vit.blocks[:1]:
+        block.attn.qkv.weight.requires_grad_(False)
+    grad_flags = [p.requires_grad for p in vit.parameters()]
+    runs = [(cls(cnn), cnn, 64) for cls in OURS_TO_ORACLE] + [(Occlusion(cnn, 16, 16), cnn, 64)]
+    runs += [(cls(vit), vit, 32) for cls in OURS_TO_ORACLE] + [(AttentionRollout(vit), vit, 32)]
+    for explainer, model, size in runs:
+        explanation = explainer(torch.randn(2, 1, size, size))
+        assert explanation.raw.shape == (2, size, size)
+        assert explanation.raw.dtype == torch.float32
+        normalized = explanation.normalized
+        assert normalized.min() >= 0 and normalized.max() <= 1
+        for module in model.modules():
+            assert not module._forward_hooks and not module._backward_hooks
+    assert vit.training and all(m.training for m in vit.modules())
+    assert [block.attn.fused_attn for block in vit.blocks] == fused_before
+    assert [p.requires_grad for p in vit.parameters()] == grad_flags
+
+
+def test_two_explainers_on_one_model_agree_with_a_fresh_one():
+    model = _vit()
+    images = torch.randn(2, 1, 32, 32)
+    first = GradCAM(model)(images).raw
+    AttentionRollout(model)(images)
+    LayerCAM(model)(images)
+    torch.testing.assert_close(GradCAM(model)(images).raw, first)
+
+
+def test_inplace_activations_do_not_break_cams():
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
+    maps = GradCAM(model, target_layer=model[2])(torch.randn(2, 1, 8, 8), [0, 2]).raw
+    assert maps.shape == (2, 8, 8) and torch.isfinite(maps).all()
+
+
+def test_user_errors():
+    with pytest.raises(OctlensError, match="needs a Vision Transformer"):
+        AttentionRollout(_resnet())
+    with pytest.raises(OctlensError, match="3 targets for 2 images"):
+        GradCAM(_resnet())(torch.randn(2, 1, 32, 32), [0, 1, 2])
+    with pytest.raises(OctlensError, match="no layer named 'layer9'"):
+        GradCAM(_resnet(), target_layer="layer9")
+
+
+def test_the_vit_oracle_comparison_tells_the_four_cams_apart():
+    """On a ResNet's pooled linear head Grad-CAM and HiResCAM coincide; on a ViT they must not."""
+    model = _vit()
+    images, targets = torch.randn(2, 1, 32, 32), torch.tensor([2, 1])
+    activations, gradients = GradCAM(model).activations_and_gradients(images, targets)
+    maps = [torch.relu(cls.combine(activations, gradients)) for cls in OURS_TO_ORACLE]
+    for i in range(len(maps)):
+        for j in range(i + 1, len(maps)):
+            assert not torch.allclose(maps[i], maps[j], rtol=1e-3, atol=1e-7), (i, j)
