@@ -14,7 +14,9 @@ from octlens.explain import (
     GradCAMPlusPlus,
     HiResCAM,
     LayerCAM,
+    LeGrad,
     Occlusion,
+    ViTReciproCAM,
 )
 from octlens.models import create_model
 
@@ -162,6 +164,7 @@ def test_every_method_gives_input_sized_maps_and_leaves_the_model_as_it_was():
     grad_flags = [p.requires_grad for p in vit.parameters()]
     runs = [(cls(cnn), cnn, 64) for cls in OURS_TO_ORACLE] + [(Occlusion(cnn, 16, 16), cnn, 64)]
     runs += [(cls(vit), vit, 32) for cls in OURS_TO_ORACLE] + [(AttentionRollout(vit), vit, 32)]
+    runs += [(LeGrad(vit), vit, 32), (ViTReciproCAM(vit), vit, 32)]
     for explainer, model, size in runs:
         explanation = explainer(torch.randn(2, 1, size, size))
         assert explanation.raw.shape == (2, size, size)
@@ -199,8 +202,9 @@ def test_inplace_activations_do_not_break_cams():
 
 
 def test_user_errors():
-    with pytest.raises(OctlensError, match="needs a Vision Transformer"):
-        AttentionRollout(_resnet())
+    for vit_only in (AttentionRollout, LeGrad, ViTReciproCAM):
+        with pytest.raises(OctlensError, match="needs a Vision Transformer"):
+            vit_only(_resnet())
     with pytest.raises(OctlensError, match="3 targets for 2 images"):
         GradCAM(_resnet())(torch.randn(2, 1, 32, 32), [0, 1, 2])
     with pytest.raises(OctlensError, match="no layer named 'layer9'"):
@@ -216,3 +220,68 @@ def test_the_vit_oracle_comparison_tells_the_four_cams_apart():
     for i in range(len(maps)):
         for j in range(i + 1, len(maps)):
             assert not torch.allclose(maps[i], maps[j], rtol=1e-3, atol=1e-7), (i, j)
+
+
+def _manual_vit_forward(model: nn.Module, images: torch.Tensor):
+    """A timm ViT forward written out by hand, keeping each block's attention and output."""
+    x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
+    attentions, outputs = [], []
+    for block in model.blocks:
+        attn = block.attn
+        normed = block.norm1(x)
+        b, n, c = normed.shape
+        qkv = attn.qkv(normed).reshape(b, n, 3, attn.num_heads, c // attn.num_heads)
+        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+        weights = torch.softmax(q @ k.transpose(-2, -1) * attn.scale, dim=-1)
+        mixed = (weights @ v).transpose(1, 2).reshape(b, n, c)
+        x = x + block.ls1(attn.proj(mixed))
+        x = x + block.ls2(block.mlp(block.norm2(x)))
+        attentions.append(weights)
+        outputs.append(x)
+    return attentions, outputs, model.forward_head(model.norm(x))
+
+
+def test_legrad_matches_hand_computation_on_a_two_block_vit():
+    model = _vit()
+    images, targets = torch.randn(2, 1, 32, 32), torch.tensor([3, 0])
+    attentions, outputs, logits = _manual_vit_forward(model, images)
+    torch.testing.assert_close(logits, model(images), rtol=1e-5, atol=1e-5)
+    expected = 0
+    for attention, tokens in zip(attentions, outputs, strict=True):
+        score = model.head(model.norm(tokens.mean(dim=1))).gather(1, targets[:, None]).sum()
+        (gradient,) = torch.autograd.grad(score, attention, retain_graph=True)
+        expected = expected + torch.relu(gradient).mean(dim=(1, 2))[:, 1:]
+    expected = (expected / 2).reshape(2, 4, 4)
+    mine = LeGrad(model)._explain(images, targets)
+    torch.testing.assert_close(mine, expected.detach(), rtol=1e-5, atol=1e-8)
+    assert expected.abs().max() > 0
+    last_only = LeGrad(model, num_blocks=1)._explain(images, targets)
+    assert not torch.allclose(last_only, mine)
+
+
+def test_reciprocam_batched_equals_one_image_at_a_time_and_a_hooked_forward():
+    from octlens.explain.reciprocam import neighbourhood_weights
+
+    model = _vit()
+    images, targets = torch.randn(3, 1, 32, 32), torch.tensor([0, 1, 3])
+    batched = ViTReciproCAM(model, batch_size=7)._explain(images, targets)
+    for i in range(3):
+        single = ViTReciproCAM(model, batch_size=16)._explain(images[i : i + 1], targets[i : i + 1])
+        torch.testing.assert_close(batched[i : i + 1], single, rtol=1e-5, atol=1e-6)
+
+    # Position 5 of image 1, through the model's own forward with norm1's output replaced.
+    weights = neighbourhood_weights(4, 4)[5]
+    assert weights.sum() == pytest.approx(1.0) and weights.max() == pytest.approx(0.25)
+
+    def mask(module, inputs, output):
+        masked = output.clone()
+        masked[:, 1:] = weights[None, :, None] * output[:, 1:]
+        return masked
+
+    handle = model.blocks[-1].norm1.register_forward_hook(mask)
+    try:
+        with torch.no_grad():
+            probability = torch.softmax(model(images[1:2]), dim=1)[0, 1]
+    finally:
+        handle.remove()
+    assert batched[1].flatten()[5].item() == pytest.approx(probability.item(), rel=1e-5)

@@ -2,7 +2,9 @@
 
 from octlens.explain.base import Explainer, Explanation
 from octlens.explain.cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
+from octlens.explain.legrad import LeGrad
 from octlens.explain.occlusion import Occlusion
+from octlens.explain.reciprocam import ViTReciproCAM
 from octlens.explain.rollout import AttentionRollout
 
 EXPLAINERS: dict[str, type[Explainer]] = {
@@ -11,6 +13,8 @@ EXPLAINERS: dict[str, type[Explainer]] = {
     "hirescam": HiResCAM,
     "layercam": LayerCAM,
     "rollout": AttentionRollout,
+    "legrad": LeGrad,
+    "reciprocam": ViTReciproCAM,
     "occlusion": Occlusion,
 }
 
@@ -23,5 +27,7 @@ __all__ = [
     "GradCAMPlusPlus",
     "HiResCAM",
     "LayerCAM",
+    "LeGrad",
     "Occlusion",
+    "ViTReciproCAM",
 ]

@@ -1,0 +1,54 @@
+"""LeGrad (Bousselham et al. 2024): gradients of per-layer class scores w.r.t. attention.
+
+For each of the last ``num_blocks`` blocks ``l`` of a timm ViT, with ``z_l`` the block's output
+tokens and ``A_l`` its post-softmax attention (B, heads, N, N):
+
+    s_l = head(norm(mean_tokens(z_l)))[target]
+    E_l = mean over heads and query rows of ReLU(ds_l / dA_l)       -> (B, N)
+
+the map is the mean of ``E_l`` over the blocks, at the patch keys, on the patch grid. One forward
+pass and one short backward per block (from ``s_l`` to ``A_l`` crosses only block ``l``'s tail).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from octlens.errors import OctlensError
+from octlens.explain.base import Explainer, forward_hooks
+from octlens.explain.rollout import record_attention
+from octlens.models import is_vit
+
+
+class LeGrad(Explainer):
+    def __init__(self, model: nn.Module, num_blocks: int | None = None) -> None:
+        super().__init__(model)
+        depth = len(model.blocks)
+        self.num_blocks = depth if num_blocks is None else num_blocks
+        if not 1 <= self.num_blocks <= depth:
+            raise OctlensError(f"num_blocks must be 1 to {depth}, not {num_blocks}")
+
+    def _check_model(self, model: nn.Module) -> None:
+        if not is_vit(model):
+            raise OctlensError(f"LeGrad needs a Vision Transformer, not {type(model).__name__}")
+
+    def _explain(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        model = self.model
+        attentions, hooks = record_attention(model)
+        outputs: list[torch.Tensor] = []
+        hooks += [(block, lambda m, i, out: outputs.append(out)) for block in model.blocks]
+        with torch.enable_grad(), forward_hooks(hooks):
+            # Inputs that need a gradient make every attention map part of the graph, even when
+            # the model's own parameters are frozen.
+            model(images.detach().requires_grad_())
+            first = len(model.blocks) - self.num_blocks
+            relevance = 0.0
+            for attention, tokens in zip(attentions[first:], outputs[first:], strict=True):
+                pooled = model.norm(tokens.mean(dim=1))
+                scores = model.head(model.fc_norm(pooled)).gather(1, targets[:, None])
+                (gradient,) = torch.autograd.grad(scores.sum(), attention, retain_graph=True)
+                relevance = relevance + torch.relu(gradient).mean(dim=(1, 2))
+        relevance = relevance[:, model.num_prefix_tokens :] / self.num_blocks
+        grid_h = images.shape[-2] // model.patch_embed.patch_size[0]
+        return relevance.reshape(len(images), grid_h, -1).detach()

@@ -1,0 +1,85 @@
+"""ViT-ReciproCAM (Byun & Lee 2023): gradient-free maps from spatially masked token copies.
+
+At the chosen block, the first norm's output tokens are copied once per patch position ``p``;
+each copy keeps the prefix (CLS) tokens and the 3x3 neighbourhood of ``p`` weighted by
+``[[1, 2, 1], [2, 4, 2], [1, 2, 1]] / 16``, and zeros every other patch token. The rest of the
+block (with the block's own residual input, replicated explicitly for every copy), the later
+blocks, the final norm and the head run on all copies in batches; the map at ``p`` is the softmax
+probability of the target class for copy ``p``.
+
+Cost: one forward pass plus ``tokens x blocks-after-target / depth`` pass equivalents.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from octlens.errors import OctlensError
+from octlens.explain.base import Explainer, forward_hooks
+from octlens.models import is_vit
+
+_KERNEL = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16
+
+
+def neighbourhood_weights(grid_h: int, grid_w: int) -> torch.Tensor:
+    """(P, P) weights: row p holds the 3x3 kernel centred on patch p, clipped at the edges."""
+    weights = torch.zeros(grid_h, grid_w, grid_h, grid_w)
+    for i in range(grid_h):
+        for j in range(grid_w):
+            for di in (-1, 0, 1):
+                for dj in (-1, 0, 1):
+                    if 0 <= i + di < grid_h and 0 <= j + dj < grid_w:
+                        weights[i, j, i + di, j + dj] = _KERNEL[di + 1, dj + 1]
+    return weights.reshape(grid_h * grid_w, grid_h * grid_w)
+
+
+class ViTReciproCAM(Explainer):
+    def __init__(self, model: nn.Module, block: int = -1, batch_size: int = 128) -> None:
+        super().__init__(model)
+        self.block = block % len(model.blocks)
+        self.batch_size = batch_size
+
+    def _check_model(self, model: nn.Module) -> None:
+        if not is_vit(model):
+            raise OctlensError(
+                f"ViT-ReciproCAM needs a Vision Transformer, not {type(model).__name__}"
+            )
+
+    @torch.no_grad()
+    def _explain(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        model, block = self.model, self.model.blocks[self.block]
+        captured: dict[str, torch.Tensor] = {}
+        hooks = [
+            (block.norm1, lambda m, i, out: captured.setdefault("normed", out)),
+            (block, lambda m, inputs, out: captured.setdefault("residual", inputs[0])),
+        ]
+        with forward_hooks(hooks):
+            model(images)
+        normed, residual = captured["normed"], captured["residual"]
+        prefix = model.num_prefix_tokens
+        grid_h = images.shape[-2] // model.patch_embed.patch_size[0]
+        grid_w = images.shape[-1] // model.patch_embed.patch_size[1]
+        weights = neighbourhood_weights(grid_h, grid_w).to(normed)  # (P, P)
+        positions = len(weights)
+
+        # Copy k is image k // P masked around patch k % P; chunks mix images freely.
+        copies = torch.arange(len(images) * positions, device=images.device)
+        probs = torch.empty(len(copies), device=images.device)
+        for chunk in copies.split(self.batch_size):
+            image, position = chunk // positions, chunk % positions
+            masked = normed[image].clone()
+            masked[:, prefix:] = weights[position][:, :, None] * normed[image, prefix:]
+            logits = self._finish(block, residual[image], masked)
+            probs[chunk] = torch.softmax(logits.float(), dim=1).gather(1, targets[image, None])[
+                :, 0
+            ]
+        return probs.reshape(len(images), grid_h, grid_w)
+
+    def _finish(self, block: nn.Module, residual: torch.Tensor, normed: torch.Tensor):
+        """The chosen block from its normed tokens on, then the later blocks and the head."""
+        x = residual + block.drop_path1(block.ls1(block.attn(normed)))
+        x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+        for later in self.model.blocks[self.block + 1 :]:
+            x = later(x)
+        return self.model.forward_head(self.model.norm(x))
