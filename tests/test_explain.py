@@ -285,3 +285,12 @@ def test_reciprocam_batched_equals_one_image_at_a_time_and_a_hooked_forward():
     finally:
         handle.remove()
     assert batched[1].flatten()[5].item() == pytest.approx(probability.item(), rel=1e-5)
+
+
+def test_bf16_autocast_gives_fp32_maps_close_to_fp32():
+    model = _vit()
+    images = torch.randn(2, 1, 32, 32)
+    exact = GradCAM(model, precision="fp32")(images, [0, 1]).raw
+    fast = GradCAM(model, precision="bf16")(images, [0, 1]).raw
+    assert fast.dtype == torch.float32
+    assert (fast - exact).abs().max() <= 0.05 * exact.abs().max()

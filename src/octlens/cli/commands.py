@@ -161,6 +161,30 @@ def evaluate(
 
 
 @app.command()
+def explain(
+    run: Annotated[Path, typer.Argument(help="run folder or checkpoint file")],
+    images: Annotated[list[Path], typer.Argument(help="scans to explain (files; globs work)")],
+    out: Annotated[Path, typer.Option(help="folder for overlays, .npy maps and grid.png")],
+    methods: Annotated[
+        str,
+        typer.Option(
+            help="comma-separated: gradcam,gradcam++,hirescam,layercam,"
+            "rollout,legrad,reciprocam,occlusion"
+        ),
+    ] = "gradcam",
+    precision: str = "auto",
+    strict: Annotated[bool, typer.Option(help="unreadable images are errors")] = False,
+) -> None:
+    """Explain a run's predictions on scans: an overlay and a raw map per scan and method."""
+    from octlens.report import explain_images
+
+    names = [name.strip() for name in methods.split(",") if name.strip()]
+    maps = explain_images(run, images, names, out, strict=strict, precision=precision)
+    count = len(next(iter(maps.values())))
+    console.print(f"explained {count} scan(s) with {', '.join(maps)} -> {out / 'grid.png'}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="folder for the data and both runs")] = Path(
         "runs/demo"

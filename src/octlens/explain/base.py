@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from torch.utils.hooks import RemovableHandle
 
 from octlens.errors import OctlensError
+from octlens.training.precision import resolve_precision
 
 
 @dataclass
@@ -44,9 +45,12 @@ class Explainer(ABC):
     resolves targets, restores model state, and upsamples bilinearly to the input size.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, precision: str = "auto") -> None:
         self.model = model
         self._check_model(model)
+        device = next(model.parameters()).device
+        # bf16 autocast on CPUs with native bf16, AMP on CUDA, else fp32; maps are fp32 always.
+        self.precision = resolve_precision(precision, device)
 
     def _check_model(self, model: nn.Module) -> None:  # noqa: B027  (optional for subclasses)
         """Raise :class:`OctlensError` when the method does not apply to ``model``."""
@@ -56,7 +60,7 @@ class Explainer(ABC):
     ) -> Explanation:
         if images.dim() != 4:
             raise OctlensError(f"expected images (B, C, H, W), got shape {tuple(images.shape)}")
-        with preserved_state(self.model):
+        with preserved_state(self.model), self.precision.autocast():
             self.model.eval()
             target_tensor = self._resolve_targets(images, targets)
             maps = self._explain(images, target_tensor)

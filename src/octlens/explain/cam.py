@@ -25,8 +25,13 @@ from octlens.models import is_vit
 class _GradientCAM(Explainer):
     """Captures the target layer's output, differentiates the target scores, combines."""
 
-    def __init__(self, model: nn.Module, target_layer: nn.Module | str | None = None) -> None:
-        super().__init__(model)
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: nn.Module | str | None = None,
+        precision: str = "auto",
+    ) -> None:
+        super().__init__(model, precision)
         self.target_layer = resolve_layer(model, target_layer)
 
     def activations_and_gradients(

@@ -22,8 +22,10 @@ from octlens.models import is_vit
 
 
 class LeGrad(Explainer):
-    def __init__(self, model: nn.Module, num_blocks: int | None = None) -> None:
-        super().__init__(model)
+    def __init__(
+        self, model: nn.Module, num_blocks: int | None = None, precision: str = "auto"
+    ) -> None:
+        super().__init__(model, precision)
         depth = len(model.blocks)
         self.num_blocks = depth if num_blocks is None else num_blocks
         if not 1 <= self.num_blocks <= depth:

@@ -22,8 +22,9 @@ class Occlusion(Explainer):
         stride: int = 10,
         fill: float = 0.0,
         batch_size: int = 64,
+        precision: str = "auto",
     ) -> None:
-        super().__init__(model)
+        super().__init__(model, precision)
         self.window, self.stride, self.fill, self.batch_size = window, stride, fill, batch_size
 
     @torch.no_grad()

@@ -35,8 +35,10 @@ def neighbourhood_weights(grid_h: int, grid_w: int) -> torch.Tensor:
 
 
 class ViTReciproCAM(Explainer):
-    def __init__(self, model: nn.Module, block: int = -1, batch_size: int = 128) -> None:
-        super().__init__(model)
+    def __init__(
+        self, model: nn.Module, block: int = -1, batch_size: int = 128, precision: str = "auto"
+    ) -> None:
+        super().__init__(model, precision)
         self.block = block % len(model.blocks)
         self.batch_size = batch_size
 

@@ -43,8 +43,9 @@ class AttentionRollout(Explainer):
         model: nn.Module,
         head_fusion: Literal["mean", "max", "min"] = "mean",
         discard_ratio: float = 0.0,
+        precision: str = "auto",
     ) -> None:
-        super().__init__(model)
+        super().__init__(model, precision)
         if head_fusion not in ("mean", "max", "min"):
             raise OctlensError(f"head_fusion must be mean, max or min, not '{head_fusion}'")
         if not 0.0 <= discard_ratio < 1.0:

@@ -1,0 +1,97 @@
+"""Explaining a trained run on image files: maps, overlays and a grid figure on disk."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from octlens.data.images import UnreadableImageError, check_image, is_image_file, load_grayscale
+from octlens.data.index import warn_skipped
+from octlens.data.transforms import Normalization, eval_transform
+from octlens.errors import OctlensError
+from octlens.explain import EXPLAINERS, Explainer
+from octlens.training.checkpoint import load_checkpoint
+from octlens.viz import plot_explanation_grid, save_overlay
+
+
+def explain_images(
+    run: str | Path,
+    paths: Sequence[str | Path],
+    methods: Sequence[str],
+    out: str | Path,
+    strict: bool = False,
+    precision: str = "auto",
+) -> dict[str, np.ndarray]:
+    """Explain ``paths`` with each of ``methods`` on ``run``'s best checkpoint.
+
+    Writes ``<stem>_<method>.png`` (overlay) and ``<stem>_<method>.npy`` (raw map at the model's
+    input size) per image and method, and ``grid.png``; returns ``{method: maps (N, H, W)}``.
+    Unreadable or non-image paths are skipped with one warning (``strict``: an error).
+    """
+    unknown = [m for m in methods if m not in EXPLAINERS]
+    if unknown:
+        raise OctlensError(f"unknown method(s) {unknown}; choose from {', '.join(EXPLAINERS)}")
+    checkpoint = load_checkpoint(run)
+    model = checkpoint.build_model()
+    explainers: dict[str, Explainer] = {
+        name: EXPLAINERS[name](model, precision=precision) for name in methods
+    }
+    readable, skipped = _readable(paths, strict)
+    if not readable:
+        raise OctlensError("none of the given paths is a readable image")
+
+    img_size = checkpoint.meta["img_size"]
+    transform = eval_transform(img_size, Normalization(**checkpoint.meta["normalization"]))
+    scans = [load_grayscale(path, img_size) for path in readable]
+    batch = torch.stack([transform(scan) for scan in scans])
+    display = [np.asarray(scan.resize((img_size, img_size)), np.float32) / 255 for scan in scans]
+    with torch.no_grad():
+        predictions = torch.softmax(model(batch), dim=1)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    maps: dict[str, np.ndarray] = {}
+    scaled_maps: dict[str, np.ndarray] = {}
+    for name, explainer in explainers.items():
+        explanation = explainer(batch)
+        maps[name] = explanation.raw.numpy()
+        scaled_maps[name] = explanation.normalized.numpy()
+        for path, image, raw, scaled in zip(
+            readable, display, explanation.raw, explanation.normalized, strict=True
+        ):
+            stem = f"{Path(path).stem}_{name.replace('+', 'p')}"
+            np.save(out / f"{stem}.npy", raw.numpy())
+            save_overlay(image, scaled.numpy(), out / f"{stem}.png")
+    classes = checkpoint.classes
+    titles = [
+        f"{Path(p).name}\n{classes[int(row.argmax())]} {float(row.max()):.2f}"
+        for p, row in zip(readable, predictions, strict=True)
+    ]
+    plot_explanation_grid(
+        display,
+        scaled_maps,
+        titles,
+        out / "grid.png",
+        title=f"{checkpoint.meta['model']['name']}: predicted class, probability",
+    )
+    warn_skipped(skipped)
+    return maps
+
+
+def _readable(paths: Sequence[str | Path], strict: bool) -> tuple[list[Path], list]:
+    readable, skipped = [], []
+    for path in map(Path, paths):
+        try:
+            if not is_image_file(path):
+                raise UnreadableImageError(f"{path}: not an image file")
+            check_image(path)
+        except UnreadableImageError as error:
+            if strict:
+                raise
+            skipped.append((path, str(error)))
+            continue
+        readable.append(path)
+    return readable, skipped

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from octlens.errors import OctlensError
+from octlens.report import explain_images
+from octlens.training import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def vit_run(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "vit"
+    config = TrainConfig(
+        data=tiny_data,
+        out=out,
+        model="vit_tiny",
+        img_size=32,
+        patch_size=8,
+        epochs=1,
+        batch_size=8,
+        num_workers=0,
+        model_kwargs={"embed_dim": 32, "depth": 2, "num_heads": 2},
+    )
+    train(config, verbose=False)
+    return out
+
+
+def test_explain_images_writes_maps_overlays_and_a_grid(tiny_data, vit_run, tmp_path):
+    scans = sorted((tiny_data / "test").rglob("*.jpeg"))[:3]
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not a scan")
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable file\(s\): .*notes.txt"):
+        maps = explain_images(
+            vit_run, [*scans, junk], ["gradcam", "rollout", "legrad"], tmp_path / "out"
+        )
+    assert set(maps) == {"gradcam", "rollout", "legrad"}
+    for method, method_maps in maps.items():
+        assert method_maps.shape == (3, 32, 32)
+        for scan, raw in zip(scans, method_maps, strict=True):
+            saved = np.load(tmp_path / "out" / f"{scan.stem}_{method}.npy")
+            np.testing.assert_array_equal(saved, raw)
+            assert (tmp_path / "out" / f"{scan.stem}_{method}.png").is_file()
+    assert (tmp_path / "out" / "grid.png").stat().st_size > 10_000
+
+
+def test_explain_images_errors(tiny_data, vit_run, tmp_path):
+    scan = next((tiny_data / "test").rglob("*.jpeg"))
+    with pytest.raises(OctlensError, match="unknown method"):
+        explain_images(vit_run, [scan], ["magic"], tmp_path)
+    with pytest.raises(OctlensError, match="none of the given paths"):
+        explain_images(vit_run, [tmp_path / "missing.png"], ["gradcam"], tmp_path)
