@@ -71,7 +71,7 @@ def test_cams_equal_pytorch_grad_cam_on_a_resnet(explainer):
     images = torch.randn(3, 1, 64, 64)
     targets = torch.tensor([0, 3, 1])
     ours = explainer(model)
-    activations, gradients = ours.activations_and_gradients(images, targets)
+    activations, gradients, _ = ours.activations_and_gradients(images, targets)
     mine = torch.relu(ours.combine(activations, gradients)).numpy()
     theirs = _oracle_cam(OURS_TO_ORACLE[explainer], model, model.layer4, images, targets)
     np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-6 * np.abs(theirs).max())
@@ -85,7 +85,8 @@ def test_cams_equal_pytorch_grad_cam_on_a_vit(explainer):
     targets = torch.tensor([2, 1])
     ours = explainer(model)  # default layer: the last block's norm1
     assert ours.target_layer is model.blocks[-1].norm1
-    mine = torch.relu(ours.combine(*ours.activations_and_gradients(images, targets))).numpy()
+    activations, gradients, _ = ours.activations_and_gradients(images, targets)
+    mine = torch.relu(ours.combine(activations, gradients)).numpy()
     theirs = _oracle_cam(
         OURS_TO_ORACLE[explainer],
         model,
@@ -143,7 +144,7 @@ def test_rollout_matches_hand_computation_on_a_two_block_vit():
             rollout = step @ rollout
         expected.append(rollout[0, 1:].reshape(4, 4))
     explainer = AttentionRollout(model)
-    low_res = explainer._explain(images, torch.zeros(2, dtype=torch.long))
+    low_res, _ = explainer._explain(images, torch.zeros(2, dtype=torch.long))
     np.testing.assert_allclose(low_res.numpy(), np.stack(expected), rtol=1e-5, atol=1e-7)
     assert explainer(images).raw.shape == (2, 32, 32)
 
@@ -166,8 +167,14 @@ def test_every_method_gives_input_sized_maps_and_leaves_the_model_as_it_was():
     runs += [(cls(vit), vit, 32) for cls in OURS_TO_ORACLE] + [(AttentionRollout(vit), vit, 32)]
     runs += [(LeGrad(vit), vit, 32), (ViTReciproCAM(vit), vit, 32)]
     for explainer, model, size in runs:
-        explanation = explainer(torch.randn(2, 1, size, size))
+        images = torch.randn(2, 1, size, size)
+        explanation = explainer(images)
         assert explanation.raw.shape == (2, size, size)
+        with torch.no_grad():  # default targets: the predicted class (where not a near-tie)
+            top2 = model.eval()(images).topk(2, dim=1)
+            model.train(model is vit)
+        clear = (top2.values[:, 0] - top2.values[:, 1]) > 1e-3
+        assert (explanation.targets == top2.indices[:, 0])[clear].all()
         assert explanation.raw.dtype == torch.float32
         normalized = explanation.normalized
         assert normalized.min() >= 0 and normalized.max() <= 1
@@ -215,7 +222,7 @@ def test_the_vit_oracle_comparison_tells_the_four_cams_apart():
     """On a ResNet's pooled linear head Grad-CAM and HiResCAM coincide; on a ViT they must not."""
     model = _vit()
     images, targets = torch.randn(2, 1, 32, 32), torch.tensor([2, 1])
-    activations, gradients = GradCAM(model).activations_and_gradients(images, targets)
+    activations, gradients, _ = GradCAM(model).activations_and_gradients(images, targets)
     maps = [torch.relu(cls.combine(activations, gradients)) for cls in OURS_TO_ORACLE]
     for i in range(len(maps)):
         for j in range(i + 1, len(maps)):
@@ -252,10 +259,10 @@ def test_legrad_matches_hand_computation_on_a_two_block_vit():
         (gradient,) = torch.autograd.grad(score, attention, retain_graph=True)
         expected = expected + torch.relu(gradient).mean(dim=(1, 2))[:, 1:]
     expected = (expected / 2).reshape(2, 4, 4)
-    mine = LeGrad(model)._explain(images, targets)
+    mine, _ = LeGrad(model)._explain(images, targets)
     torch.testing.assert_close(mine, expected.detach(), rtol=1e-5, atol=1e-8)
     assert expected.abs().max() > 0
-    last_only = LeGrad(model, num_blocks=1)._explain(images, targets)
+    last_only, _ = LeGrad(model, num_blocks=1)._explain(images, targets)
     assert not torch.allclose(last_only, mine)
 
 
@@ -264,9 +271,11 @@ def test_reciprocam_batched_equals_one_image_at_a_time_and_a_hooked_forward():
 
     model = _vit()
     images, targets = torch.randn(3, 1, 32, 32), torch.tensor([0, 1, 3])
-    batched = ViTReciproCAM(model, batch_size=7)._explain(images, targets)
+    batched, _ = ViTReciproCAM(model, batch_size=7)._explain(images, targets)
     for i in range(3):
-        single = ViTReciproCAM(model, batch_size=16)._explain(images[i : i + 1], targets[i : i + 1])
+        single, _ = ViTReciproCAM(model, batch_size=16)._explain(
+            images[i : i + 1], targets[i : i + 1]
+        )
         torch.testing.assert_close(batched[i : i + 1], single, rtol=1e-5, atol=1e-6)
 
     # Position 5 of image 1, through the model's own forward with norm1's output replaced.

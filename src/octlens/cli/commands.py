@@ -185,6 +185,21 @@ def explain(
 
 
 @app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="run folders, shown side by side")],
+    out: Annotated[Path, typer.Option(help="the HTML file to write")] = Path("report.html"),
+    data: Annotated[Path | None, typer.Option(help="dataset: evaluate and explain on it")] = None,
+    split: str = "test",
+    scans_per_class: int = 1,
+) -> None:
+    """One self-contained HTML report: metrics, curves and explanations of each run."""
+    from octlens.report import write_report
+
+    path = write_report(runs, out, data=data, split=split, scans_per_class=scans_per_class)
+    console.print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="folder for the data and both runs")] = Path(
         "runs/demo"

@@ -42,7 +42,7 @@ class Explainer(ABC):
     """Base of all explainers: call it with images and optional targets.
 
     Subclasses implement :meth:`_explain`, returning maps (B, h, w) at any resolution; the base
-    resolves targets, restores model state, and upsamples bilinearly to the input size.
+    checks targets, restores model state, and upsamples bilinearly to the input size.
     """
 
     def __init__(self, model: nn.Module, precision: str = "auto") -> None:
@@ -60,32 +60,31 @@ class Explainer(ABC):
     ) -> Explanation:
         if images.dim() != 4:
             raise OctlensError(f"expected images (B, C, H, W), got shape {tuple(images.shape)}")
+        if targets is not None:
+            targets = torch.as_tensor(targets, dtype=torch.long, device=images.device).flatten()
+            if len(targets) != len(images):
+                raise OctlensError(
+                    f"{len(targets)} targets for {len(images)} images: give one per image"
+                )
         with preserved_state(self.model), self.precision.autocast():
             self.model.eval()
-            target_tensor = self._resolve_targets(images, targets)
-            maps = self._explain(images, target_tensor)
+            maps, targets = self._explain(images, targets)
         maps = maps.float()
         if maps.shape[-2:] != images.shape[-2:]:
             maps = F.interpolate(
                 maps[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False
             )[:, 0]
-        return Explanation(raw=maps.detach(), targets=target_tensor)
+        return Explanation(raw=maps.detach(), targets=targets)
 
     @abstractmethod
-    def _explain(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+    def _explain(
+        self, images: torch.Tensor, targets: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Maps (B, h, w) and the targets used: the given ones, or the predicted classes.
 
-    def _resolve_targets(
-        self, images: torch.Tensor, targets: Sequence[int] | torch.Tensor | None
-    ) -> torch.Tensor:
-        if targets is None:
-            with torch.no_grad():
-                return self.model(images).argmax(dim=1)
-        target_tensor = torch.as_tensor(targets, dtype=torch.long, device=images.device).flatten()
-        if len(target_tensor) != len(images):
-            raise OctlensError(
-                f"{len(target_tensor)} targets for {len(images)} images: give one per image"
-            )
-        return target_tensor
+        Each method picks default targets from the logits of its own forward pass, so no method
+        pays for an extra pass to find them.
+        """
 
 
 @contextlib.contextmanager
@@ -118,6 +117,10 @@ def forward_hooks(
     finally:
         for handle in handles:
             handle.remove()
+
+
+def predicted_unless_given(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+    return logits.detach().argmax(dim=1) if targets is None else targets
 
 
 def target_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

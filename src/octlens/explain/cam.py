@@ -17,7 +17,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from octlens.explain.base import Explainer, forward_hooks, target_scores
+from octlens.explain.base import (
+    Explainer,
+    forward_hooks,
+    predicted_unless_given,
+    preserved_state,
+    target_scores,
+)
 from octlens.explain.layers import resolve_layer, tokens_to_grid
 from octlens.models import is_vit
 
@@ -35,28 +41,39 @@ class _GradientCAM(Explainer):
         self.target_layer = resolve_layer(model, target_layer)
 
     def activations_and_gradients(
-        self, images: torch.Tensor, targets: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A and dy/dA at the target layer, as feature maps (B, K, h, w)."""
+        self, images: torch.Tensor, targets: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A and dy/dA at the target layer as feature maps (B, K, h, w), and the targets.
+
+        Parameters are frozen for the pass (the base restores them) and the capture is made a
+        leaf that needs a gradient, so autograd records only from the target layer on: the
+        layers before it run as in inference, and the backward pass is only the model's tail.
+        """
         captured: list[torch.Tensor] = []
 
         def keep(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
-            leaf = output if output.requires_grad else output.detach().requires_grad_()
+            leaf = output.detach().requires_grad_()
             captured.append(leaf)
             return leaf.clone()  # later in-place ops change the clone, never the capture
 
-        with torch.enable_grad(), forward_hooks([(self.target_layer, keep)]):
-            scores = target_scores(self.model(images), targets)
-            (gradients,) = torch.autograd.grad(scores.sum(), captured[0])
+        with preserved_state(self.model), torch.enable_grad():
+            for param in self.model.parameters():
+                param.requires_grad_(False)
+            with forward_hooks([(self.target_layer, keep)]):
+                logits = self.model(images)
+                targets = predicted_unless_given(logits, targets)
+                scores = target_scores(logits, targets).sum()
+            (gradients,) = torch.autograd.grad(scores, captured[0])
         activations = captured[0].detach()
         if is_vit(self.model):
             size = images.shape[-2:]
             activations = tokens_to_grid(activations, self.model, size)
             gradients = tokens_to_grid(gradients, self.model, size)
-        return activations.float(), gradients.float()
+        return activations.float(), gradients.float(), targets
 
-    def _explain(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.combine(*self.activations_and_gradients(images, targets)))
+    def _explain(self, images, targets):
+        activations, gradients, targets = self.activations_and_gradients(images, targets)
+        return torch.relu(self.combine(activations, gradients)), targets
 
     @staticmethod
     def combine(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from octlens.errors import OctlensError
-from octlens.explain.base import Explainer, forward_hooks
+from octlens.explain.base import Explainer, forward_hooks, predicted_unless_given
 from octlens.explain.rollout import record_attention
 from octlens.models import is_vit
 
@@ -35,7 +35,7 @@ class LeGrad(Explainer):
         if not is_vit(model):
             raise OctlensError(f"LeGrad needs a Vision Transformer, not {type(model).__name__}")
 
-    def _explain(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _explain(self, images: torch.Tensor, targets: torch.Tensor | None):
         model = self.model
         attentions, hooks = record_attention(model)
         outputs: list[torch.Tensor] = []
@@ -43,7 +43,7 @@ class LeGrad(Explainer):
         with torch.enable_grad(), forward_hooks(hooks):
             # Inputs that need a gradient make every attention map part of the graph, even when
             # the model's own parameters are frozen.
-            model(images.detach().requires_grad_())
+            targets = predicted_unless_given(model(images.detach().requires_grad_()), targets)
             first = len(model.blocks) - self.num_blocks
             relevance = 0.0
             for attention, tokens in zip(attentions[first:], outputs[first:], strict=True):
@@ -53,4 +53,4 @@ class LeGrad(Explainer):
                 relevance = relevance + torch.relu(gradient).mean(dim=(1, 2))
         relevance = relevance[:, model.num_prefix_tokens :] / self.num_blocks
         grid_h = images.shape[-2] // model.patch_embed.patch_size[0]
-        return relevance.reshape(len(images), grid_h, -1).detach()
+        return relevance.reshape(len(images), grid_h, -1).detach(), targets

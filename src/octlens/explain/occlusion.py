@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from octlens.explain.base import Explainer
+from octlens.explain.base import Explainer, predicted_unless_given
 
 
 class Occlusion(Explainer):
@@ -28,12 +28,14 @@ class Occlusion(Explainer):
         self.window, self.stride, self.fill, self.batch_size = window, stride, fill, batch_size
 
     @torch.no_grad()
-    def _explain(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _explain(self, images: torch.Tensor, targets: torch.Tensor | None):
         height, width = images.shape[-2:]
         tops = range(0, height - self.window + 1, self.stride)
         lefts = range(0, width - self.window + 1, self.stride)
         boxes = [(top, left) for top in tops for left in lefts]
-        base = self._probability(images, targets)
+        logits = self.model(images).float()
+        targets = predicted_unless_given(logits, targets)
+        base = torch.softmax(logits, dim=1).gather(1, targets[:, None])[:, 0]
 
         drops = torch.zeros(len(images), height, width, device=images.device)
         counts = torch.zeros(height, width, device=images.device)
@@ -50,7 +52,7 @@ class Occlusion(Explainer):
             for i, (top, left) in enumerate(chunk):
                 drop = base - probs[i * len(images) : (i + 1) * len(images)]
                 drops[:, top : top + self.window, left : left + self.window] += drop[:, None, None]
-        return drops / counts.clamp_min(1)
+        return drops / counts.clamp_min(1), targets
 
     def _probability(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(self.model(images).float(), dim=1)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from octlens.errors import OctlensError
-from octlens.explain.base import Explainer, forward_hooks
+from octlens.explain.base import Explainer, forward_hooks, predicted_unless_given
 from octlens.models import is_vit
 
 _KERNEL = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16
@@ -49,15 +49,19 @@ class ViTReciproCAM(Explainer):
             )
 
     @torch.no_grad()
-    def _explain(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _explain(self, images: torch.Tensor, targets: torch.Tensor | None):
         model, block = self.model, self.model.blocks[self.block]
         captured: dict[str, torch.Tensor] = {}
-        hooks = [
-            (block.norm1, lambda m, i, out: captured.setdefault("normed", out)),
-            (block, lambda m, inputs, out: captured.setdefault("residual", inputs[0])),
-        ]
+
+        def keep_normed(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            captured["normed"] = output
+
+        def keep_residual(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            captured["residual"] = inputs[0]  # hooks return None: the output stays untouched
+
+        hooks = [(block.norm1, keep_normed), (block, keep_residual)]
         with forward_hooks(hooks):
-            model(images)
+            targets = predicted_unless_given(model(images), targets)
         normed, residual = captured["normed"], captured["residual"]
         prefix = model.num_prefix_tokens
         grid_h = images.shape[-2] // model.patch_embed.patch_size[0]
@@ -76,7 +80,7 @@ class ViTReciproCAM(Explainer):
             probs[chunk] = torch.softmax(logits.float(), dim=1).gather(1, targets[image, None])[
                 :, 0
             ]
-        return probs.reshape(len(images), grid_h, grid_w)
+        return probs.reshape(len(images), grid_h, grid_w), targets
 
     def _finish(self, block: nn.Module, residual: torch.Tensor, normed: torch.Tensor):
         """The chosen block from its normed tokens on, then the later blocks and the head."""

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from octlens.errors import OctlensError
-from octlens.explain.base import Explainer, forward_hooks
+from octlens.explain.base import Explainer, forward_hooks, predicted_unless_given
 from octlens.models import is_vit
 
 
@@ -59,10 +59,11 @@ class AttentionRollout(Explainer):
             )
 
     @torch.no_grad()
-    def _explain(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _explain(self, images: torch.Tensor, targets: torch.Tensor | None):
+        """Rollout is class-agnostic: targets are reported, not used."""
         maps, hooks = record_attention(self.model)
         with forward_hooks(hooks):
-            self.model(images)
+            targets = predicted_unless_given(self.model(images), targets)
         rollout = None
         for attention in maps:
             fused = getattr(attention.float(), self.head_fusion)(dim=1)
@@ -77,7 +78,7 @@ class AttentionRollout(Explainer):
         # The CLS row says what the classifier's token gathered; without one, average the rows.
         relevance = rollout[:, 0, prefix:] if prefix else rollout.mean(dim=1)
         grid_h = images.shape[-2] // self.model.patch_embed.patch_size[0]
-        return relevance.reshape(len(images), grid_h, -1)
+        return relevance.reshape(len(images), grid_h, -1), targets
 
     def _discard(self, fused: torch.Tensor) -> torch.Tensor:
         if self.discard_ratio == 0:
