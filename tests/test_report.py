@@ -50,3 +50,20 @@ def test_explain_images_errors(tiny_data, vit_run, tmp_path):
         explain_images(vit_run, [scan], ["magic"], tmp_path)
     with pytest.raises(OctlensError, match="none of the given paths"):
         explain_images(vit_run, [tmp_path / "missing.png"], ["gradcam"], tmp_path)
+
+
+def test_html_report_is_self_contained_with_both_models(tiny_data, vit_run, tmp_path):
+    from octlens.report import write_report
+
+    resnet = tmp_path / "resnet"
+    train(
+        TrainConfig(data=tiny_data, out=resnet, img_size=32, epochs=1, batch_size=8, num_workers=0),
+        verbose=False,
+    )
+    path = write_report([resnet, vit_run], tmp_path / "report.html", data=tiny_data)
+    text = path.read_text()
+    assert text.count("data:image/png;base64,") >= 10  # curves, evaluation and explanations
+    assert "resnet18" in text and "vit_tiny" in text and "Explanations" in text
+    assert "What the ViT sees" in text and "accuracy" in text
+    assert "src='http" not in text and "href=" not in text  # nothing fetched when opened
+    assert (resnet / "eval" / "test" / "metrics.json").is_file()  # evaluated on the way

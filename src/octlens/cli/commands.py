@@ -236,7 +236,7 @@ def demo(
             f"{sum(r['images_per_s'] for r in result.history) / len(result.history):.0f}",
         )
     Console(width=max(console.width, 110)).print(table)
-    console.print(f"runs, metrics and figures under {out}")
+    console.print(f"runs, metrics and figures under {out}; report: {out / 'report.html'}")
 
 
 def metrics_table(metrics: dict) -> Table:

@@ -121,22 +121,35 @@ def scan(root: str | Path, strict: bool = False) -> DatasetIndex:
             files = sorted(path for path in folder.iterdir() if is_image_file(path))
             if not files:
                 raise OctlensError(f"{folder}: class folder has no images")
-            label, readable = classes.index(name), 0
-            for path in files:
-                try:
-                    check_image(path)
-                except UnreadableImageError as error:
-                    if strict:
-                        raise
-                    skipped.append((path, str(error)))
-                    continue
-                samples.append(Sample(path, label, patient_id(path)))
-                readable += 1
+            readable, unreadable = split_readable(files, strict)
+            skipped += unreadable
             if not readable:
                 raise OctlensError(f"{folder}: class folder has no readable images")
+            label = classes.index(name)
+            samples += [Sample(path, label, patient_id(path)) for path in readable]
         splits[split] = samples
     warn_skipped(skipped)
     return DatasetIndex(root=root, classes=classes, splits=splits, skipped=skipped)
+
+
+def split_readable(
+    paths: Iterable[Path], strict: bool = False
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The image files among ``paths`` that pass :func:`check_image`, and ``(path, reason)`` for
+    the others; with ``strict=True`` the first bad one raises instead."""
+    readable, skipped = [], []
+    for path in paths:
+        try:
+            if not is_image_file(path):
+                raise UnreadableImageError(f"{path}: not an image file")
+            check_image(path)
+        except UnreadableImageError as error:
+            if strict:
+                raise
+            skipped.append((path, str(error)))
+            continue
+        readable.append(path)
+    return readable, skipped
 
 
 def warn_skipped(skipped: list[tuple[Path, str]], shown: int = 3) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from octlens.data.images import UnreadableImageError, check_image, is_image_file, load_grayscale
-from octlens.data.index import warn_skipped
+from octlens.data.images import load_grayscale
+from octlens.data.index import split_readable, warn_skipped
 from octlens.data.transforms import Normalization, eval_transform
 from octlens.errors import OctlensError
 from octlens.explain import EXPLAINERS, Explainer
@@ -39,7 +39,7 @@ def explain_images(
     explainers: dict[str, Explainer] = {
         name: EXPLAINERS[name](model, precision=precision) for name in methods
     }
-    readable, skipped = _readable(paths, strict)
+    readable, skipped = split_readable(map(Path, paths), strict)
     if not readable:
         raise OctlensError("none of the given paths is a readable image")
 
@@ -79,19 +79,3 @@ def explain_images(
     )
     warn_skipped(skipped)
     return maps
-
-
-def _readable(paths: Sequence[str | Path], strict: bool) -> tuple[list[Path], list]:
-    readable, skipped = [], []
-    for path in map(Path, paths):
-        try:
-            if not is_image_file(path):
-                raise UnreadableImageError(f"{path}: not an image file")
-            check_image(path)
-        except UnreadableImageError as error:
-            if strict:
-                raise
-            skipped.append((path, str(error)))
-            continue
-        readable.append(path)
-    return readable, skipped
