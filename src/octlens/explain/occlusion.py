@@ -33,9 +33,9 @@ class Occlusion(Explainer):
         tops = range(0, height - self.window + 1, self.stride)
         lefts = range(0, width - self.window + 1, self.stride)
         boxes = [(top, left) for top in tops for left in lefts]
-        logits = self.model(images).float()
+        logits = self.model(images)
         targets = predicted_unless_given(logits, targets)
-        base = torch.softmax(logits, dim=1).gather(1, targets[:, None])[:, 0]
+        base = _target_probability(logits, targets)
 
         drops = torch.zeros(len(images), height, width, device=images.device)
         counts = torch.zeros(height, width, device=images.device)
@@ -48,12 +48,12 @@ class Occlusion(Explainer):
             for i, (top, left) in enumerate(chunk):
                 block = slice(i * len(images), (i + 1) * len(images))
                 occluded[block, :, top : top + self.window, left : left + self.window] = self.fill
-            probs = self._probability(occluded, targets.repeat(len(chunk)))
+            probs = _target_probability(self.model(occluded), targets.repeat(len(chunk)))
             for i, (top, left) in enumerate(chunk):
                 drop = base - probs[i * len(images) : (i + 1) * len(images)]
                 drops[:, top : top + self.window, left : left + self.window] += drop[:, None, None]
         return drops / counts.clamp_min(1), targets
 
-    def _probability(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(self.model(images).float(), dim=1)
-        return probs.gather(1, targets[:, None])[:, 0]
+
+def _target_probability(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(logits.float(), dim=1).gather(1, targets[:, None])[:, 0]
