@@ -12,6 +12,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ from torch.nn import functional as F
 from torch.utils.hooks import RemovableHandle
 
 from octlens.errors import OctlensError
+from octlens.models import is_vit
 from octlens.training.precision import resolve_precision
 
 
@@ -45,15 +47,20 @@ class Explainer(ABC):
     checks targets, restores model state, and upsamples bilinearly to the input size.
     """
 
+    #: Set by methods that read attention or tokens: they refuse other models up front.
+    vit_only: ClassVar[bool] = False
+    #: The method's name in error messages.
+    title: ClassVar[str] = "this method"
+
     def __init__(self, model: nn.Module, precision: str = "auto") -> None:
+        if self.vit_only and not is_vit(model):
+            raise OctlensError(
+                f"{self.title} needs a Vision Transformer, not {type(model).__name__}"
+            )
         self.model = model
-        self._check_model(model)
         device = next(model.parameters()).device
         # bf16 autocast on CPUs with native bf16, AMP on CUDA, else fp32; maps are fp32 always.
         self.precision = resolve_precision(precision, device)
-
-    def _check_model(self, model: nn.Module) -> None:  # noqa: B027  (optional for subclasses)
-        """Raise :class:`OctlensError` when the method does not apply to ``model``."""
 
     def __call__(
         self, images: torch.Tensor, targets: Sequence[int] | torch.Tensor | None = None

@@ -18,10 +18,12 @@ from torch import nn
 from octlens.errors import OctlensError
 from octlens.explain.base import Explainer, forward_hooks, predicted_unless_given
 from octlens.explain.rollout import record_attention
-from octlens.models import is_vit
 
 
 class LeGrad(Explainer):
+    vit_only = True
+    title = "LeGrad"
+
     def __init__(
         self, model: nn.Module, num_blocks: int | None = None, precision: str = "auto"
     ) -> None:
@@ -30,10 +32,6 @@ class LeGrad(Explainer):
         self.num_blocks = depth if num_blocks is None else num_blocks
         if not 1 <= self.num_blocks <= depth:
             raise OctlensError(f"num_blocks must be 1 to {depth}, not {num_blocks}")
-
-    def _check_model(self, model: nn.Module) -> None:
-        if not is_vit(model):
-            raise OctlensError(f"LeGrad needs a Vision Transformer, not {type(model).__name__}")
 
     def _explain(self, images: torch.Tensor, targets: torch.Tensor | None):
         model = self.model

@@ -15,9 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from octlens.errors import OctlensError
 from octlens.explain.base import Explainer, forward_hooks, predicted_unless_given
-from octlens.models import is_vit
 
 _KERNEL = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16
 
@@ -35,18 +33,15 @@ def neighbourhood_weights(grid_h: int, grid_w: int) -> torch.Tensor:
 
 
 class ViTReciproCAM(Explainer):
+    vit_only = True
+    title = "ViT-ReciproCAM"
+
     def __init__(
         self, model: nn.Module, block: int = -1, batch_size: int = 128, precision: str = "auto"
     ) -> None:
         super().__init__(model, precision)
         self.block = block % len(model.blocks)
         self.batch_size = batch_size
-
-    def _check_model(self, model: nn.Module) -> None:
-        if not is_vit(model):
-            raise OctlensError(
-                f"ViT-ReciproCAM needs a Vision Transformer, not {type(model).__name__}"
-            )
 
     @torch.no_grad()
     def _explain(self, images: torch.Tensor, targets: torch.Tensor | None):

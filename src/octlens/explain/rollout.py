@@ -20,7 +20,6 @@ from torch import nn
 
 from octlens.errors import OctlensError
 from octlens.explain.base import Explainer, forward_hooks, predicted_unless_given
-from octlens.models import is_vit
 
 
 def record_attention(model: nn.Module) -> tuple[list[torch.Tensor], list]:
@@ -38,6 +37,9 @@ def record_attention(model: nn.Module) -> tuple[list[torch.Tensor], list]:
 
 
 class AttentionRollout(Explainer):
+    vit_only = True
+    title = "attention rollout"
+
     def __init__(
         self,
         model: nn.Module,
@@ -51,12 +53,6 @@ class AttentionRollout(Explainer):
         if not 0.0 <= discard_ratio < 1.0:
             raise OctlensError(f"discard_ratio must be in [0, 1), not {discard_ratio}")
         self.head_fusion, self.discard_ratio = head_fusion, discard_ratio
-
-    def _check_model(self, model: nn.Module) -> None:
-        if not is_vit(model):
-            raise OctlensError(
-                f"attention rollout needs a Vision Transformer, not {type(model).__name__}"
-            )
 
     @torch.no_grad()
     def _explain(self, images: torch.Tensor, targets: torch.Tensor | None):
