@@ -28,12 +28,31 @@ def synth(
     seed: int = 0,
     size: Annotated[str, typer.Option(help="HEIGHTxWIDTH of each scan")] = "496x512",
     workers: Annotated[int | None, typer.Option(help="processes (default: one per core)")] = None,
+    shortcut: Annotated[
+        str | None, typer.Option(help="plant a class-coded shortcut: 'corner'")
+    ] = None,
+    shortcut_rate: Annotated[
+        float, typer.Option(help="share of train/val scans that carry the shortcut")
+    ] = 0.9,
 ) -> None:
     """Write a synthetic OCT dataset (OCT2017 layout, 70/15/15 by patient) with lesion masks."""
     from octlens.data.synth import synthesize
 
-    counts = synthesize(out, n_per_class, seed=seed, size=parse_size(size), workers=workers)
+    try:
+        counts = synthesize(
+            out,
+            n_per_class,
+            seed=seed,
+            size=parse_size(size),
+            workers=workers,
+            shortcut=shortcut,
+            shortcut_rate=shortcut_rate,
+        )
+    except ValueError as error:
+        raise OctlensError(str(error)) from None
     console.print(f"wrote {sum(counts.values())} scans to {out} (masks/ and retina/ beside them)")
+    if shortcut:
+        console.print(f"planted a {shortcut} shortcut; marked scans are listed in shortcut.csv")
 
 
 @app.command()
@@ -178,10 +197,49 @@ def explain(
     """Explain a run's predictions on scans: an overlay and a raw map per scan and method."""
     from octlens.report import explain_images
 
-    names = [name.strip() for name in methods.split(",") if name.strip()]
+    names = parse_methods(methods)
     maps = explain_images(run, images, names, out, strict=strict, precision=precision)
     count = len(next(iter(maps.values())))
     console.print(f"explained {count} scan(s) with {', '.join(maps)} -> {out / 'grid.png'}")
+
+
+@app.command()
+def audit(
+    run: Annotated[Path, typer.Argument(help="run folder or checkpoint file")],
+    data: Annotated[Path, typer.Option(help="dataset folder (retina/ and masks/ used if present)")],
+    split: str = "test",
+    methods: Annotated[
+        str | None, typer.Option(help="comma-separated (default: four suited to the model)")
+    ] = None,
+    scans_per_class: Annotated[
+        int | None, typer.Option(help="audit the first N scans of each class (default: all)")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="deletion/insertion steps")] = 50,
+    sanity_scans: Annotated[int, typer.Option(help="scans in the randomization check")] = 8,
+    out: Annotated[Path | None, typer.Option(help="default: RUN/audit/<split>")] = None,
+    batch_size: int = 64,
+    precision: str = "auto",
+    device: str | None = None,
+) -> None:
+    """Audit a run's explanations: faithfulness, localization, sanity, off-retina attention."""
+    from octlens.evaluate import audit_run
+
+    result = audit_run(
+        run,
+        data,
+        split,
+        methods=parse_methods(methods) if methods else None,
+        scans_per_class=scans_per_class,
+        steps=steps,
+        sanity_scans=sanity_scans,
+        batch_size=batch_size,
+        precision=precision,
+        device=device,
+        out=out,
+    )
+    Console(width=max(console.width, 120)).print(audit_table(result))
+    for line in audit_verdict(result):
+        console.print(line)
 
 
 @app.command()
@@ -239,6 +297,58 @@ def demo(
     console.print(f"runs, metrics and figures under {out}; report: {out / 'report.html'}")
 
 
+def audit_table(result: dict) -> Table:
+    """Methods x audit numbers for one run; the best method starred."""
+    table = Table(
+        title=f"{result['model']} on {result['split']} ({result['n_scans']} scans): "
+        f"random maps deletion {result['random_baseline']['deletion_auc']:.3f}, "
+        f"insertion {result['random_baseline']['insertion_auc']:.3f}; off-retina area "
+        f"{result['area_share']['off_retina']:.2f}, corners {result['area_share']['corners']:.2f}"
+    )
+    for column, _ in AUDIT_COLUMNS:
+        table.add_column(column, justify="right", no_wrap=True)
+    for name, summary in result["methods"].items():
+        scores = summary["all"]
+        star = " *" if name == result["best_method"] else ""
+        table.add_row(
+            name + star,
+            *(_fmt(scores.get(key)) for _, key in AUDIT_COLUMNS[1:-1]),
+            "pass" if summary["sanity"]["passed"] else "FAIL",
+        )
+    return table
+
+
+def audit_verdict(result: dict) -> list[str]:
+    """Accuracy on clean and marked scans (when the data has planted marks) and the flag."""
+    lines = []
+    accuracy = result["accuracy"]
+    if "clean" in accuracy:
+        lines.append(
+            f"accuracy: clean scans {_fmt(accuracy['clean'])} (n={accuracy['n_clean']}), "
+            f"scans with a misleading mark {_fmt(accuracy['marked'])} "
+            f"(n={accuracy['n_marked']}); follows the mark {_fmt(accuracy['follows_mark'])}"
+        )
+    if result["flagged"]:
+        lines += [f"FLAGGED: {reason}" for reason in result["flag_reasons"]]
+    else:
+        lines.append("not flagged: no sign of a shortcut (rule: octlens.evaluate.shortcut)")
+    return lines
+
+
+AUDIT_COLUMNS = (
+    ("method", ""),
+    ("deletion", "deletion_auc"),
+    ("insertion", "insertion_auc"),
+    ("avg drop", "average_drop"),
+    ("pointing", "pointing_game"),
+    ("energy in lesion", "energy_in_lesion"),
+    ("pixel AUROC", "pixel_auroc"),
+    ("off-retina", "off_retina"),
+    ("corners", "corners"),
+    ("sanity", ""),
+)
+
+
 def metrics_table(metrics: dict) -> Table:
     table = Table(
         title=f"{metrics['model']} on {metrics['split']} ({metrics['n']} images): "
@@ -257,6 +367,11 @@ def metrics_table(metrics: dict) -> Table:
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def parse_methods(text: str) -> list[str]:
+    """``"gradcam, legrad"`` -> ``["gradcam", "legrad"]``."""
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -1,11 +1,14 @@
 """Explainers for CNNs and ViTs: batched, pure PyTorch, every one a small subclass of one base."""
 
+from torch import nn
+
 from octlens.explain.base import Explainer, Explanation
 from octlens.explain.cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
 from octlens.explain.legrad import LeGrad
 from octlens.explain.occlusion import Occlusion
 from octlens.explain.reciprocam import ViTReciproCAM
 from octlens.explain.rollout import AttentionRollout
+from octlens.models import is_vit
 
 EXPLAINERS: dict[str, type[Explainer]] = {
     "gradcam": GradCAM,
@@ -18,8 +21,20 @@ EXPLAINERS: dict[str, type[Explainer]] = {
     "occlusion": Occlusion,
 }
 
+#: What the report and the audit run when no methods are named.
+CNN_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
+VIT_METHODS = ("gradcam", "rollout", "legrad", "reciprocam")
+
+
+def default_methods(model: nn.Module) -> tuple[str, ...]:
+    """The methods worth comparing on ``model``: four CAMs on a CNN, ViT-specific ones on a ViT."""
+    return VIT_METHODS if is_vit(model) else CNN_METHODS
+
+
 __all__ = [
+    "CNN_METHODS",
     "EXPLAINERS",
+    "VIT_METHODS",
     "AttentionRollout",
     "Explainer",
     "Explanation",
@@ -30,4 +45,5 @@ __all__ = [
     "LeGrad",
     "Occlusion",
     "ViTReciproCAM",
+    "default_methods",
 ]

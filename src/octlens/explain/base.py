@@ -34,10 +34,15 @@ class Explanation:
     @property
     def normalized(self) -> torch.Tensor:
         """Each map min-max scaled to [0, 1] (a constant map becomes all zeros)."""
-        flat = self.raw.flatten(1)
-        low = flat.min(dim=1, keepdim=True).values
-        span = (flat.max(dim=1, keepdim=True).values - low).clamp_min(1e-12)
-        return ((flat - low) / span).view_as(self.raw)
+        return scaled_to_unit(self.raw)
+
+
+def scaled_to_unit(maps: torch.Tensor) -> torch.Tensor:
+    """Each map of ``maps`` (B, ...) min-max scaled to [0, 1]; a constant map becomes zeros."""
+    flat = maps.flatten(1)
+    low = flat.min(dim=1, keepdim=True).values
+    span = (flat.max(dim=1, keepdim=True).values - low).clamp_min(1e-12)
+    return ((flat - low) / span).view_as(maps)
 
 
 class Explainer(ABC):
@@ -133,3 +138,8 @@ def predicted_unless_given(logits: torch.Tensor, targets: torch.Tensor | None) -
 def target_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The logit of each image's target class, (B,)."""
     return logits.gather(1, targets[:, None])[:, 0]
+
+
+def target_probabilities(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The softmax probability (fp32) of each image's target class, (B,)."""
+    return torch.softmax(logits.float(), dim=1).gather(1, targets[:, None])[:, 0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from octlens.explain.base import Explainer, predicted_unless_given
+from octlens.explain.base import Explainer, predicted_unless_given, target_probabilities
 
 
 class Occlusion(Explainer):
@@ -35,7 +35,7 @@ class Occlusion(Explainer):
         boxes = [(top, left) for top in tops for left in lefts]
         logits = self.model(images)
         targets = predicted_unless_given(logits, targets)
-        base = _target_probability(logits, targets)
+        base = target_probabilities(logits, targets)
 
         drops = torch.zeros(len(images), height, width, device=images.device)
         counts = torch.zeros(height, width, device=images.device)
@@ -48,12 +48,8 @@ class Occlusion(Explainer):
             for i, (top, left) in enumerate(chunk):
                 block = slice(i * len(images), (i + 1) * len(images))
                 occluded[block, :, top : top + self.window, left : left + self.window] = self.fill
-            probs = _target_probability(self.model(occluded), targets.repeat(len(chunk)))
+            probs = target_probabilities(self.model(occluded), targets.repeat(len(chunk)))
             for i, (top, left) in enumerate(chunk):
                 drop = base - probs[i * len(images) : (i + 1) * len(images)]
                 drops[:, top : top + self.window, left : left + self.window] += drop[:, None, None]
         return drops / counts.clamp_min(1), targets
-
-
-def _target_probability(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return torch.softmax(logits.float(), dim=1).gather(1, targets[:, None])[:, 0]

@@ -14,13 +14,11 @@ import numpy as np
 from octlens.data.images import load_grayscale
 from octlens.data.index import scan
 from octlens.evaluate import evaluate_run
+from octlens.explain import default_methods
 from octlens.models import is_vit
 from octlens.report.explanations import explain_images
 from octlens.training.checkpoint import load_checkpoint
 from octlens.viz import plot_patchified, plot_sample_batch
-
-CNN_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
-VIT_METHODS = ("gradcam", "rollout", "legrad", "reciprocam")
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -96,7 +94,7 @@ def _run_section(run: Path, data, split: str, scans: list[Path]) -> str:
             parts.append(_figure(title, run_dir / name))
     if scans:
         model = checkpoint.build_model()
-        methods = VIT_METHODS if is_vit(model) else CNN_METHODS
+        methods = default_methods(model)
         with tempfile.TemporaryDirectory() as tmp:
             explain_images(run_dir, scans, methods, tmp)
             parts.append(_figure("Explanations", Path(tmp) / "grid.png"))

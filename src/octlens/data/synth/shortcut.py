@@ -1,0 +1,45 @@
+"""A planted shortcut: a small class-coded mark in the top-left corner of a scan.
+
+Real OCT data carries marks that correlate with the label for reasons that have nothing to do with
+the retina (a clinic's scanner, burned-in text, registration fill). The planted mark makes such a
+shortcut on purpose, so an audit can be checked against a known answer: a white square
+(:data:`MARK_SIZE` of the shorter side, inset by :data:`MARK_INSET`) with the quadrant of the
+class index dark (CNV top-left, DME top-right, DRUSEN bottom-left, NORMAL bottom-right).
+
+Which scans are marked, and with which class, is written to ``shortcut.csv`` at the dataset root.
+Training and validation scans are marked with their own class at the chosen rate; test scans
+are marked at :data:`TEST_RATE` with a *wrong* class, so marked and clean test scans compare a
+model's answer with and without a misleading mark.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SHORTCUTS = ("corner",)
+MARK_SIZE = 0.08
+MARK_INSET = 0.03
+TEST_RATE = 0.5
+MANIFEST = "shortcut.csv"
+
+
+def choose_mark(
+    rng: np.random.Generator, split: str, class_index: int, n_classes: int, rate: float
+) -> int | None:
+    """The class a scan's mark encodes, or None for no mark."""
+    if split == "test":
+        if rng.uniform() >= TEST_RATE:
+            return None
+        return int((class_index + rng.integers(1, n_classes)) % n_classes)
+    return class_index if rng.uniform() < rate else None
+
+
+def draw_corner_mark(image: np.ndarray, class_index: int) -> None:
+    """Draw the mark of ``class_index`` (0-3) into ``image`` (H, W) uint8, in place."""
+    side = round(MARK_SIZE * min(image.shape))
+    inset = round(MARK_INSET * min(image.shape))
+    half = side // 2
+    image[inset : inset + side, inset : inset + side] = 255
+    row, col = divmod(class_index, 2)
+    top, left = inset + row * half, inset + col * half
+    image[top : top + half, left : left + half] = 0

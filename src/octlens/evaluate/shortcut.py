@@ -1,0 +1,92 @@
+"""Where attention falls off the retina, and the rule that flags a model as using a shortcut.
+
+Regions of a scan (B, H, W booleans): **off-retina** (outside the ILM-to-Bruch's membrane mask),
+the **border** band (within ``band`` of the side from any edge), the four **corners** (within
+``band`` of two edges), and the scanner's **fill**. For each map the audit reports the share of
+its positive mass in each region beside the region's share of the area (what a map spread evenly
+would get); their ratio is the region's *enrichment*.
+
+**Flag rule** (:func:`shortcut_flags`): a model is flagged as using a shortcut when either
+
+1. on data with planted marks, its accuracy on clean scans exceeds its accuracy on scans with a
+   misleading mark by :data:`ACCURACY_GAP` or more (the mark changes its answer), or
+2. for at least half of the methods that pass the sanity check (all methods if none passes), the
+   mean share of attention in the corners is :data:`CORNER_ENRICHMENT` times the corners' mean
+   area share or more, or the mean off-retina share is :data:`OFF_RETINA_ENRICHMENT` times
+   the off-retina area share or more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from octlens.evaluate.localization import mass_share
+
+#: Width of the border band and side of each corner square, as a share of the image side.
+BAND = 1 / 8
+ACCURACY_GAP = 0.10
+CORNER_ENRICHMENT = 2.0
+OFF_RETINA_ENRICHMENT = 1.1
+
+
+def edge_regions(height: int, width: int, band: float = BAND) -> dict[str, torch.Tensor]:
+    """(H, W) masks of the ``border`` band and the four ``corners``."""
+    rows = torch.arange(height)[:, None]
+    cols = torch.arange(width)[None, :]
+    near_top_bottom = (rows < band * height) | (rows >= (1 - band) * height)
+    near_sides = (cols < band * width) | (cols >= (1 - band) * width)
+    return {"border": near_top_bottom | near_sides, "corners": near_top_bottom & near_sides}
+
+
+def region_masks(retina: torch.Tensor, fill: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(B, H, W) masks of every audited region, from retina and fill masks (B, H, W)."""
+    edges = edge_regions(*retina.shape[-2:])
+    return {
+        "off_retina": ~retina.bool(),
+        "border": edges["border"].expand_as(retina),
+        "corners": edges["corners"].expand_as(retina),
+        "fill": fill.bool(),
+    }
+
+
+def attention_shares(
+    maps: torch.Tensor, regions: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """(B,) share of each map's positive mass in each region."""
+    return {name: mass_share(maps, mask) for name, mask in regions.items()}
+
+
+def area_shares(regions: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """(B,) share of the image each region covers: what an even map would put there."""
+    return {name: mask.flatten(1).float().mean(dim=1) for name, mask in regions.items()}
+
+
+def shortcut_flags(
+    methods: Mapping[str, Mapping[str, float | bool]], accuracy_gap: float | None
+) -> list[str]:
+    """The reasons a model is flagged (empty: not flagged); see the module docstring.
+
+    ``methods`` maps each method to its ``sanity_passed`` and the means ``corners``,
+    ``corners_area``, ``off_retina`` and ``off_retina_area``.
+    """
+    reasons = []
+    if accuracy_gap is not None and accuracy_gap >= ACCURACY_GAP:
+        reasons.append(
+            f"accuracy drops by {accuracy_gap:.2f} when scans carry a misleading mark "
+            f"(flag at >= {ACCURACY_GAP:.2f})"
+        )
+    trusted = [name for name, m in methods.items() if m["sanity_passed"]] or list(methods)
+    for region, limit in (("corners", CORNER_ENRICHMENT), ("off_retina", OFF_RETINA_ENRICHMENT)):
+        high = [
+            name
+            for name in trusted
+            if methods[name][region] >= limit * methods[name][f"{region}_area"]
+        ]
+        if trusted and 2 * len(high) >= len(trusted):
+            reasons.append(
+                f"{len(high)} of {len(trusted)} methods put >= {limit:g}x the area share of "
+                f"attention in the {region.replace('_', '-')} region ({', '.join(high)})"
+            )
+    return reasons

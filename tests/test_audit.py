@@ -1,0 +1,197 @@
+"""The planted shortcut, the flag rule on both sides, and the audit end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from octlens.data.synth import CLASSES, plan_scans, synthesize
+from octlens.data.synth.shortcut import MANIFEST, draw_corner_mark
+from octlens.data.synth.writer import plant_shortcut
+from octlens.errors import OctlensError
+from octlens.evaluate import audit_run
+from octlens.evaluate.shortcut import (
+    ACCURACY_GAP,
+    BAND,
+    CORNER_ENRICHMENT,
+    edge_regions,
+    shortcut_flags,
+)
+from octlens.training import TrainConfig, train
+
+
+def test_marks_are_class_coded_quadrants_in_the_top_left_corner():
+    for class_index in range(4):
+        image = np.full((100, 100), 60, dtype=np.uint8)
+        draw_corner_mark(image, class_index)
+        mark = image[3:11, 3:11]  # 8 % of the side, inset 3 %
+        dark = [mark[:4, :4], mark[:4, 4:], mark[4:, :4], mark[4:, 4:]]
+        assert [int(q.max() == 0) for q in dark] == [int(i == class_index) for i in range(4)]
+        assert (image[12:] == 60).all() and (image[:, 12:] == 60).all()
+
+
+def test_train_and_val_get_their_own_class_at_the_rate_and_test_a_wrong_class():
+    jobs = plant_shortcut(plan_scans(200, seed=0), "corner", rate=0.9)
+    for split, low, high in (("train", 0.85, 0.95), ("val", 0.8, 1.0), ("test", 0.35, 0.65)):
+        chosen = [job for job in jobs if job.split == split]
+        rate = np.mean([job.mark is not None for job in chosen])
+        assert low <= rate <= high, (split, rate)
+        for job in chosen:
+            if job.mark is not None:
+                assert (CLASSES[job.mark] == job.label) == (split != "test")
+    with pytest.raises(ValueError, match="unknown shortcut"):
+        plant_shortcut(jobs, "text", 0.5)
+
+
+def test_synthesize_lists_marked_scans_only_when_a_shortcut_is_planted(tmp_path):
+    synthesize(tmp_path / "clean", 4, size=(62, 64), workers=1)
+    assert not (tmp_path / "clean" / MANIFEST).exists()
+    synthesize(tmp_path / "marked", 4, size=(62, 64), workers=1, shortcut="corner")
+    with open(tmp_path / "marked" / MANIFEST, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 16 and all((tmp_path / "marked" / r["file"]).is_file() for r in rows)
+
+
+def _method(corners: float, off_retina: float, passed: bool = True) -> dict:
+    return {
+        "sanity_passed": passed,
+        "corners": corners,
+        "corners_area": 0.0625,
+        "off_retina": off_retina,
+        "off_retina_area": 0.75,
+    }
+
+
+def test_flag_rule_both_sides():
+    clean = {"gradcam": _method(0.03, 0.6), "layercam": _method(0.05, 0.7)}
+    assert shortcut_flags(clean, accuracy_gap=0.02) == []
+    assert shortcut_flags(clean, accuracy_gap=None) == []
+
+    corner = CORNER_ENRICHMENT * 0.0625
+    looking_at_corners = {"gradcam": _method(corner, 0.7), "layercam": _method(0.05, 0.7)}
+    reasons = shortcut_flags(looking_at_corners, accuracy_gap=None)
+    assert len(reasons) == 1 and "corners" in reasons[0] and "gradcam" in reasons[0]
+
+    assert "misleading mark" in shortcut_flags(clean, accuracy_gap=ACCURACY_GAP)[0]
+    # A method that fails the sanity check has no vote while another passes.
+    insane = {"gradcam": _method(0.03, 0.6), "rollout": _method(0.5, 0.95, passed=False)}
+    assert shortcut_flags(insane, accuracy_gap=None) == []
+    assert shortcut_flags({"rollout": insane["rollout"]}, accuracy_gap=None)
+
+
+def test_edge_regions_cover_the_documented_areas():
+    regions = edge_regions(64, 64)
+    assert regions["corners"].float().mean().item() == pytest.approx(4 * BAND**2)
+    assert regions["border"].float().mean().item() == pytest.approx(1 - (1 - 2 * BAND) ** 2)
+    assert regions["corners"][0, 0] and not regions["corners"][0, 32]
+
+
+@pytest.fixture(scope="module")
+def marked_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shortcut")
+    synthesize(root / "data", 8, seed=0, size=(124, 128), workers=1, shortcut="corner")
+    config = TrainConfig(
+        data=root / "data",
+        out=root / "run",
+        model="resnet18",
+        img_size=32,
+        epochs=1,
+        batch_size=8,
+        num_workers=0,
+    )
+    train(config, verbose=False)
+    return root
+
+
+def test_audit_writes_every_number_and_figure(marked_run):
+    out = marked_run / "audit"
+    result = audit_run(
+        marked_run / "run",
+        marked_run / "data",
+        methods=["gradcam", "layercam"],
+        scans_per_class=2,
+        steps=4,
+        sanity_scans=2,
+        out=out,
+    )
+    assert json.loads((out / "audit.json").read_text()) == result
+    for figure in ("deletion_insertion", "off_retina_by_class", "sanity", "worst_off_retina"):
+        assert (out / f"{figure}.png").stat().st_size > 0
+    assert 4 <= result["n_scans"] <= 8 and result["retina_masks"] == "masks"
+    accuracy = result["accuracy"]
+    assert accuracy["n_clean"] + accuracy["n_marked"] == result["n_scans"]
+    gradcam = result["methods"]["gradcam"]
+    for key in ("deletion_auc", "insertion_auc", "average_drop", "off_retina", "corners"):
+        assert 0.0 <= gradcam["all"][key] <= 1.0
+    assert gradcam["NORMAL"]["pointing_game"] is None  # no lesion to point at
+    assert gradcam["CNV"]["energy_in_lesion"] is not None
+    assert len(gradcam["sanity"]["spearman_median"]) == len(gradcam["sanity"]["stages"])
+    assert result["best_method"] in (None, "gradcam", "layercam")
+    assert isinstance(result["flagged"], bool)
+    counts = Counter(w["scan"] for w in gradcam["worst_off_retina"])
+    assert len(counts) == len(gradcam["worst_off_retina"])
+
+
+def test_audit_estimates_the_retina_on_data_without_masks(tmp_path, marked_run, real_dev):
+    result = audit_run(
+        marked_run / "run",
+        real_dev,
+        split="all",
+        methods=["gradcam"],
+        scans_per_class=1,
+        steps=2,
+        sanity_scans=1,
+        out=tmp_path,
+    )
+    assert result["retina_masks"] == "estimated" and "clean" not in result["accuracy"]
+    assert "pointing_game" not in result["methods"]["gradcam"]["all"]
+    assert 0.3 < result["area_share"]["off_retina"] < 0.95
+
+
+def test_audit_cli_prints_the_table_and_verdict(marked_run, tmp_path):
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from octlens.cli import main; main()",
+            "audit",
+            str(marked_run / "run"),
+            "--data",
+            str(marked_run / "data"),
+            "--methods",
+            "gradcam",
+            "--scans-per-class",
+            "1",
+            "--steps",
+            "2",
+            "--sanity-scans",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "gradcam" in completed.stdout and "accuracy: clean scans" in completed.stdout
+    assert "flagged" in completed.stdout.lower()
+    assert (tmp_path / "audit.json").exists()
+
+
+def test_audit_refuses_other_classes_and_unknown_methods(marked_run, tmp_path):
+    with pytest.raises(OctlensError, match="unknown method"):
+        audit_run(marked_run / "run", marked_run / "data", methods=["nope"], out=tmp_path)
+    other = tmp_path / "other"
+    for name in ("A", "B"):
+        (other / "test" / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(other / "test" / name / "x.png")
+    with pytest.raises(OctlensError, match="do not match"):
+        audit_run(marked_run / "run", other, out=tmp_path)

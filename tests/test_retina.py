@@ -1,0 +1,65 @@
+"""The label-free retina finder: against synthetic masks, a drawn case, fill, and real scans."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from octlens.data.retina import find_retina, retina_mask, scanner_fill
+from octlens.data.synth import plan_scans, render_job
+
+
+def test_mean_iou_against_synthetic_retina_masks_is_at_least_0_9():
+    jobs = plan_scans(10, seed=7)[::2]  # 20 scans, every class, 496 x 512 like OCT2017
+    ious = []
+    for job in jobs:
+        scan = render_job(job)
+        found = retina_mask(scan.image)
+        ious.append((found & scan.retina).sum() / (found | scan.retina).sum())
+    assert np.mean(ious) >= 0.9
+    assert min(ious) >= 0.8
+
+
+def test_boundaries_of_a_drawn_retina():
+    rng = np.random.default_rng(0)
+    image = rng.uniform(5, 25, size=(248, 256))  # dark vitreous and noise
+    columns = np.arange(256)
+    ilm = (80 + 10 * np.sin(columns / 40)).astype(int)
+    for col in columns:
+        top = ilm[col]
+        image[top : top + 60, col] += 90  # inner and outer retina
+        image[top + 60 : top + 66, col] += 200  # RPE, the brightest band
+        image[top + 66 : top + 110, col] += 40  # choroid
+    found = find_retina(np.clip(image, 0, 255).astype(np.uint8))
+    assert np.abs(found.ilm - ilm).max() <= 4
+    assert np.abs(found.bruch - (ilm + 66)).max() <= 4
+
+
+def test_scanner_fill_is_found_and_kept_out_of_the_retina():
+    scan = render_job(plan_scans(4, seed=1)[0])
+    image = scan.image.copy()
+    image[:40, :200] = 255  # a white registration wedge in the top-left corner
+    expected = scanner_fill(scan.image)  # the generator's own fill, if it drew one
+    expected[:40, :200] = True
+    assert (scanner_fill(image) == expected).all()
+    fill = scanner_fill(image)
+    found = find_retina(image)
+    assert not (found.mask() & fill).any()
+    truth_iou = (found.mask() & scan.retina).sum() / (found.mask() | scan.retina).sum()
+    assert truth_iou >= 0.85
+
+
+def test_real_scans_get_a_plausible_retina(real_dev):
+    paths = sorted(real_dev.rglob("*.jp*g"))[::10]
+    for path in paths:
+        image = np.asarray(Image.open(path).convert("L"))
+        found = find_retina(image)
+        thickness = (found.bruch - found.ilm) * 496 / image.shape[0]
+        # Macular retina is 150-700 um thick: about 40-180 px at 3.9 um/px; allow pathology.
+        assert np.mean((thickness > 30) & (thickness < 260)) >= 0.9, path.name
+
+
+def test_grayscale_input_is_required():
+    with pytest.raises(ValueError, match="grayscale"):
+        find_retina(np.zeros((4, 4, 3), dtype=np.uint8))
