@@ -1,10 +1,12 @@
-"""Make the README's figures: synthetic vs real scans per class (run from the repository root).
+"""Make the README's figures (run from the repository root).
 
-.venv/bin/python docs/make_figures.py
+.venv/bin/python docs/make_figures.py                  # synthetic vs real, retina on real
+.venv/bin/python docs/make_figures.py --sheets DIR     # also every dev scan's retina, 36 a page
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import matplotlib
@@ -13,7 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from octlens.data.index import scan
+from octlens.data.index import Sample, scan
+from octlens.data.retina import find_retina
 from octlens.data.synth import CLASSES, plan_scans, render_job
 
 REAL = Path("../shared/data/oct2017-real/dev")
@@ -47,5 +50,35 @@ def synthetic_vs_real(seed: int = 3) -> None:
     plt.close(figure)
 
 
+def retina_on_real(samples: list[Sample], path: Path, columns: int = 4) -> None:
+    """Real scans with the label-free retina boundaries: ILM (cyan), Bruch's membrane (yellow)."""
+    real = scan(REAL)
+    rows = -(-len(samples) // columns)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False, constrained_layout=True
+    )
+    for axis in axes.flat:
+        axis.set_axis_off()
+    for axis, sample in zip(axes.flat, samples, strict=False):
+        image = np.asarray(real.load(sample))
+        found = find_retina(image)
+        axis.imshow(image, cmap="gray", vmin=0, vmax=255, aspect="auto")
+        axis.plot(found.ilm, color="cyan", linewidth=1)
+        axis.plot(found.bruch, color="yellow", linewidth=1)
+        axis.set_title(sample.path.name, fontsize=9)
+    figure.savefig(path, dpi=60)
+    plt.close(figure)
+
+
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="make the README's figures")
+    parser.add_argument("--sheets", type=Path, help="also draw every dev scan's retina here")
+    args = parser.parse_args()
     synthetic_vs_real()
+    everything = scan(REAL).split("all")
+    retina_on_real(everything[::12], OUT / "retina_real_dev.png")
+    if args.sheets:
+        args.sheets.mkdir(parents=True, exist_ok=True)
+        for page, start in enumerate(range(0, len(everything), 36)):
+            sheet = everything[start : start + 36]
+            retina_on_real(sheet, args.sheets / f"retina_dev_{page}.png", columns=6)

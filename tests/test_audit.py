@@ -13,13 +13,14 @@ import pytest
 from PIL import Image
 
 from octlens.data.synth import CLASSES, plan_scans, synthesize
-from octlens.data.synth.shortcut import MANIFEST, draw_corner_mark
+from octlens.data.synth.shortcut import MANIFEST, MARK_INSET, MARK_SIZE, draw_corner_mark
 from octlens.data.synth.writer import plant_shortcut
 from octlens.errors import OctlensError
 from octlens.evaluate import audit_run
 from octlens.evaluate.shortcut import (
     ACCURACY_GAP,
-    BAND,
+    BORDER,
+    CORNER,
     CORNER_ENRICHMENT,
     edge_regions,
     shortcut_flags,
@@ -31,10 +32,11 @@ def test_marks_are_class_coded_quadrants_in_the_top_left_corner():
     for class_index in range(4):
         image = np.full((100, 100), 60, dtype=np.uint8)
         draw_corner_mark(image, class_index)
-        mark = image[3:11, 3:11]  # 8 % of the side, inset 3 %
-        dark = [mark[:4, :4], mark[:4, 4:], mark[4:, :4], mark[4:, 4:]]
+        mark = image[2:18, 2:18]  # 16 % of the side, inset 2 %
+        dark = [mark[:8, :8], mark[:8, 8:], mark[8:, :8], mark[8:, 8:]]
         assert [int(q.max() == 0) for q in dark] == [int(i == class_index) for i in range(4)]
-        assert (image[12:] == 60).all() and (image[:, 12:] == 60).all()
+        assert (image[18:] == 60).all() and (image[:, 18:] == 60).all()
+        assert mark.max() == 255
 
 
 def test_train_and_val_get_their_own_class_at_the_rate_and_test_a_wrong_class():
@@ -87,10 +89,12 @@ def test_flag_rule_both_sides():
 
 
 def test_edge_regions_cover_the_documented_areas():
-    regions = edge_regions(64, 64)
-    assert regions["corners"].float().mean().item() == pytest.approx(4 * BAND**2)
-    assert regions["border"].float().mean().item() == pytest.approx(1 - (1 - 2 * BAND) ** 2)
-    assert regions["corners"][0, 0] and not regions["corners"][0, 32]
+    regions = edge_regions(80, 80)
+    assert regions["corners"].float().mean().item() == pytest.approx(4 * CORNER**2)
+    assert regions["border"].float().mean().item() == pytest.approx(1 - (1 - 2 * BORDER) ** 2)
+    assert regions["corners"][0, 0] and not regions["corners"][0, 40]
+    # The planted mark lies inside the top-left corner square.
+    assert (MARK_INSET + MARK_SIZE) <= CORNER
 
 
 @pytest.fixture(scope="module")

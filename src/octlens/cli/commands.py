@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from octlens.errors import OctlensError
+from octlens.evaluate.audit import verdict_lines
+from octlens.report.embed import number
 
 app = typer.Typer(
     add_completion=False,
@@ -237,8 +239,8 @@ def audit(
         device=device,
         out=out,
     )
-    Console(width=max(console.width, 120)).print(audit_table(result))
-    for line in audit_verdict(result):
+    Console(width=max(console.width, 140)).print(audit_table(result))
+    for line in verdict_lines(result):
         console.print(line)
 
 
@@ -281,7 +283,7 @@ def demo(
         "train img/s",
     ):
         table.add_column(column, justify="right", no_wrap=True)
-    for name, (metrics, result) in results.items():
+    for name, (metrics, result, _) in results.items():
         urgent = metrics["urgent_referral"]
         table.add_row(
             name,
@@ -293,8 +295,13 @@ def demo(
             f"{result.best_epoch}/{len(result.history)}",
             f"{sum(r['images_per_s'] for r in result.history) / len(result.history):.0f}",
         )
-    Console(width=max(console.width, 110)).print(table)
-    console.print(f"runs, metrics and figures under {out}; report: {out / 'report.html'}")
+    wide = Console(width=max(console.width, 140))
+    wide.print(table)
+    for _, _, audit in results.values():
+        wide.print(audit_table(audit))
+        for line in verdict_lines(audit):
+            console.print(line)
+    console.print(f"runs, metrics, audits and figures under {out}; report: {out / 'report.html'}")
 
 
 def audit_table(result: dict) -> Table:
@@ -312,27 +319,10 @@ def audit_table(result: dict) -> Table:
         star = " *" if name == result["best_method"] else ""
         table.add_row(
             name + star,
-            *(_fmt(scores.get(key)) for _, key in AUDIT_COLUMNS[1:-1]),
+            *(number(scores.get(key)) for _, key in AUDIT_COLUMNS[1:-1]),
             "pass" if summary["sanity"]["passed"] else "FAIL",
         )
     return table
-
-
-def audit_verdict(result: dict) -> list[str]:
-    """Accuracy on clean and marked scans (when the data has planted marks) and the flag."""
-    lines = []
-    accuracy = result["accuracy"]
-    if "clean" in accuracy:
-        lines.append(
-            f"accuracy: clean scans {_fmt(accuracy['clean'])} (n={accuracy['n_clean']}), "
-            f"scans with a misleading mark {_fmt(accuracy['marked'])} "
-            f"(n={accuracy['n_marked']}); follows the mark {_fmt(accuracy['follows_mark'])}"
-        )
-    if result["flagged"]:
-        lines += [f"FLAGGED: {reason}" for reason in result["flag_reasons"]]
-    else:
-        lines.append("not flagged: no sign of a shortcut (rule: octlens.evaluate.shortcut)")
-    return lines
 
 
 AUDIT_COLUMNS = (
@@ -359,14 +349,10 @@ def metrics_table(metrics: dict) -> Table:
     for name, m in metrics["per_class"].items():
         table.add_row(
             name,
-            *(_fmt(m[k]) for k in ("sensitivity", "specificity", "precision", "f1", "auc")),
+            *(number(m[k]) for k in ("sensitivity", "specificity", "precision", "f1", "auc")),
             str(m["support"]),
         )
     return table
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 def parse_methods(text: str) -> list[str]:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from octlens.data.index import DatasetIndex, Sample, scan
+from octlens.data.index import DatasetIndex, Sample
 from octlens.data.retina import find_retina, scanner_fill
 from octlens.data.synth.shortcut import MANIFEST
 from octlens.data.transforms import Normalization, eval_transform
@@ -43,11 +43,11 @@ from octlens.evaluate.faithfulness import (
     random_maps,
 )
 from octlens.evaluate.localization import energy_in_mask, pixel_auroc, pointing_game
+from octlens.evaluate.runner import load_run_and_data
 from octlens.evaluate.sanity import cascading_randomization
 from octlens.evaluate.shortcut import area_shares, attention_shares, region_masks, shortcut_flags
 from octlens.explain import EXPLAINERS, default_methods
 from octlens.models import is_vit
-from octlens.training.checkpoint import load_checkpoint
 from octlens.training.precision import resolve_device, resolve_precision
 
 REGIONS = ("off_retina", "border", "corners", "fill")
@@ -85,13 +85,7 @@ def audit_run(
 
     ``out`` defaults to ``RUN/audit/<split>/``. Returns the contents of ``audit.json``.
     """
-    checkpoint = load_checkpoint(run)
-    index = scan(data)
-    if index.classes != checkpoint.classes:
-        raise OctlensError(
-            f"{data}: classes {index.classes} do not match the checkpoint's "
-            f"{checkpoint.classes} ({checkpoint.path})"
-        )
+    checkpoint, index = load_run_and_data(run, data)
     plan = resolve_precision(precision, resolve_device(device))
     model = checkpoint.build_model().to(plan.device).eval()
     if not is_vit(model):
@@ -165,7 +159,7 @@ def audit_run(
             images[:sanity_scans],
             predictions[:sanity_scans],
         )
-        summary[name] = _summarize(per_scan[name], samples, index.classes)
+        summary[name] = _summarize(per_scan[name], samples, index.classes, batch.marks)
         summary[name]["sanity"] = {
             "passed": sanity[name].passed,
             "stages": sanity[name].stages,
@@ -227,6 +221,27 @@ def audit_run(
         out / "worst_off_retina.png",
     )
     return result
+
+
+def verdict_lines(result: dict[str, Any]) -> list[str]:
+    """The audit's verdict in words: accuracy with and without planted marks, and the flag."""
+    lines = []
+    accuracy = result["accuracy"]
+    if "clean" in accuracy:
+        lines.append(
+            f"accuracy: clean scans {_number(accuracy['clean'])} (n={accuracy['n_clean']}), "
+            f"scans with a misleading mark {_number(accuracy['marked'])} "
+            f"(n={accuracy['n_marked']}); follows the mark {_number(accuracy['follows_mark'])}"
+        )
+    if result["flagged"]:
+        lines += [f"FLAGGED: {reason}" for reason in result["flag_reasons"]]
+    else:
+        lines.append("not flagged: no sign of a shortcut (rule: octlens.evaluate.shortcut)")
+    return lines
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def best_method(summary: dict[str, dict[str, Any]]) -> str | None:
@@ -324,16 +339,23 @@ def _accuracy(labels, predictions, marks, classes) -> dict[str, Any]:
 
 
 def _summarize(
-    scores: dict[str, torch.Tensor], samples: list[Sample], classes: list[str]
+    scores: dict[str, torch.Tensor],
+    samples: list[Sample],
+    classes: list[str],
+    marks: list[str | None] | None,
 ) -> dict[str, Any]:
-    """Mean of each score over all scans and per class (NaN scans, e.g. NORMAL, skipped)."""
+    """Mean of each score over all scans, per class, and over marked and clean scans when the
+    data has planted marks (NaN scores, e.g. localization on NORMAL scans, are skipped)."""
     labels = torch.tensor([s.label for s in samples])
     groups = {"all": torch.ones_like(labels, dtype=torch.bool)}
     groups.update({name: labels == i for i, name in enumerate(classes)})
-    summary: dict[str, Any] = {}
-    for group, members in groups.items():
-        summary[group] = {key: _nan_mean(values[members]) for key, values in scores.items()}
-    return summary
+    if marks is not None:
+        marked = torch.tensor([m is not None for m in marks])
+        groups.update({"marked": marked, "clean": ~marked})
+    return {
+        group: {key: _nan_mean(values[members]) for key, values in scores.items()}
+        for group, members in groups.items()
+    }
 
 
 def _nan_mean(values: torch.Tensor) -> float | None:

@@ -12,13 +12,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from octlens.data.dataset import OCTDataset
-from octlens.data.index import scan
+from octlens.data.index import DatasetIndex, scan
 from octlens.data.transforms import Normalization, eval_transform
 from octlens.errors import OctlensError
 from octlens.evaluate.metrics import calibration_bins, classification_metrics
 from octlens.evaluate.plots import plot_confusion_matrix, plot_reliability, plot_roc_curves
 from octlens.models import is_vit
-from octlens.training.checkpoint import load_checkpoint
+from octlens.training.checkpoint import Checkpoint, load_checkpoint
 from octlens.training.inference import predict_logits
 from octlens.training.precision import resolve_device, resolve_precision
 
@@ -38,13 +38,7 @@ def evaluate_run(
     Writes ``metrics.json``, ``predictions.csv``, ``confusion_matrix.png``, ``roc.png`` and
     ``reliability.png`` to ``out`` (default ``RUN/eval/<split>/``) and returns the metrics.
     """
-    checkpoint = load_checkpoint(run)
-    index = scan(data)
-    if index.classes != checkpoint.classes:
-        raise OctlensError(
-            f"{data}: classes {index.classes} do not match the checkpoint's "
-            f"{checkpoint.classes} ({checkpoint.path})"
-        )
+    checkpoint, index = load_run_and_data(run, data)
     samples = index.split(split)
     img_size = checkpoint.meta["img_size"]
     dataset = OCTDataset(
@@ -84,6 +78,18 @@ def evaluate_run(
     ece, bins = calibration_bins(labels, probs)
     plot_reliability(bins, ece, out / "reliability.png")
     return metrics
+
+
+def load_run_and_data(run: str | Path, data: str | Path) -> tuple[Checkpoint, DatasetIndex]:
+    """``run``'s best checkpoint and ``data``'s index, refusing data of other classes."""
+    checkpoint = load_checkpoint(run)
+    index = scan(data)
+    if index.classes != checkpoint.classes:
+        raise OctlensError(
+            f"{data}: classes {index.classes} do not match the checkpoint's "
+            f"{checkpoint.classes} ({checkpoint.path})"
+        )
+    return checkpoint, index
 
 
 def _write_predictions(path: Path, samples, labels, probs, classes) -> None:

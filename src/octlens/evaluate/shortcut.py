@@ -1,10 +1,11 @@
 """Where attention falls off the retina, and the rule that flags a model as using a shortcut.
 
 Regions of a scan (B, H, W booleans): **off-retina** (outside the ILM-to-Bruch's membrane mask),
-the **border** band (within ``band`` of the side from any edge), the four **corners** (within
-``band`` of two edges), and the scanner's **fill**. For each map the audit reports the share of
-its positive mass in each region beside the region's share of the area (what a map spread evenly
-would get); their ratio is the region's *enrichment*.
+the **border** band (within :data:`BORDER` of the side from any edge), the four **corners**
+(squares of side :data:`CORNER` of the image side: where scanners print labels and where the
+registration fill and the planted mark sit), and the scanner's **fill**. For each map the audit
+reports the share of its positive mass in each region beside the region's share of the area (what
+a map spread evenly would get); their ratio is the region's *enrichment*.
 
 **Flag rule** (:func:`shortcut_flags`): a model is flagged as using a shortcut when either
 
@@ -24,20 +25,25 @@ import torch
 
 from octlens.evaluate.localization import mass_share
 
-#: Width of the border band and side of each corner square, as a share of the image side.
-BAND = 1 / 8
+#: Width of the border band, and side of each corner square, as shares of the image side.
+BORDER = 1 / 8
+CORNER = 1 / 5
 ACCURACY_GAP = 0.10
 CORNER_ENRICHMENT = 2.0
 OFF_RETINA_ENRICHMENT = 1.1
 
 
-def edge_regions(height: int, width: int, band: float = BAND) -> dict[str, torch.Tensor]:
+def edge_regions(height: int, width: int) -> dict[str, torch.Tensor]:
     """(H, W) masks of the ``border`` band and the four ``corners``."""
-    rows = torch.arange(height)[:, None]
-    cols = torch.arange(width)[None, :]
-    near_top_bottom = (rows < band * height) | (rows >= (1 - band) * height)
-    near_sides = (cols < band * width) | (cols >= (1 - band) * width)
-    return {"border": near_top_bottom | near_sides, "corners": near_top_bottom & near_sides}
+    rows = torch.arange(height)[:, None].float()
+    cols = torch.arange(width)[None, :].float()
+
+    def near_edge(position: torch.Tensor, size: int, share: float) -> torch.Tensor:
+        return (position < share * size) | (position >= (1 - share) * size)
+
+    border = near_edge(rows, height, BORDER) | near_edge(cols, width, BORDER)
+    corners = near_edge(rows, height, CORNER) & near_edge(cols, width, CORNER)
+    return {"border": border, "corners": corners}
 
 
 def region_masks(retina: torch.Tensor, fill: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import tempfile
@@ -16,6 +15,8 @@ from octlens.data.index import scan
 from octlens.evaluate import evaluate_run
 from octlens.explain import default_methods
 from octlens.models import is_vit
+from octlens.report.audit_section import audit_figures, audit_table
+from octlens.report.embed import figure_html, number
 from octlens.report.explanations import explain_images
 from octlens.training.checkpoint import load_checkpoint
 from octlens.viz import plot_patchified, plot_sample_batch
@@ -38,7 +39,9 @@ def write_report(
     split: str = "test",
     scans_per_class: int = 1,
 ) -> Path:
-    """Write ``out`` (HTML) for ``runs``: metrics, curves, confusion matrices and explanations.
+    """Write ``out`` (HTML) for ``runs``: metrics, curves, confusion matrices and explanations,
+    and the shortcut audit of each run that has one (``RUN/audit/<split>/audit.json``, written by
+    ``octlens audit``).
 
     With ``data``, each run is evaluated on ``split`` if it has not been yet, and explained on the
     first ``scans_per_class`` scans of each class (the same scans for every run).
@@ -57,10 +60,15 @@ def write_report(
                 [f"{index.classes[s.label]} {s.path.name}" for s in samples[:8]],
                 batch,
             )
-            header = _figure("A sample of the data", batch)
+            header = figure_html("A sample of the data", batch)
+    audits = []
     for run in runs:
         sections.append(_run_section(Path(run), data, split, scans))
-    body = f"<h1>octlens report</h1>{header}<div class='runs'>{''.join(sections)}</div>"
+        audit_path = load_checkpoint(run).path.parent / "audit" / split / "audit.json"
+        if audit_path.exists():
+            audits.append(json.loads(audit_path.read_text()))
+    audit = audit_table(audits) if audits else ""
+    body = f"<h1>octlens report</h1>{header}{audit}<div class='runs'>{''.join(sections)}</div>"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>octlens report</title>"
@@ -91,19 +99,20 @@ def _run_section(run: Path, data, split: str, scans: list[Path]) -> str:
         ("Reliability", f"eval/{split}/reliability.png"),
     ):
         if (run_dir / name).exists():
-            parts.append(_figure(title, run_dir / name))
+            parts.append(figure_html(title, run_dir / name))
     if scans:
         model = checkpoint.build_model()
         methods = default_methods(model)
         with tempfile.TemporaryDirectory() as tmp:
             explain_images(run_dir, scans, methods, tmp)
-            parts.append(_figure("Explanations", Path(tmp) / "grid.png"))
+            parts.append(figure_html("Explanations", Path(tmp) / "grid.png"))
             if is_vit(model):
                 size = meta["img_size"]
                 image = np.asarray(load_grayscale(scans[0]).resize((size, size)), np.float32)
                 patches = Path(tmp) / "patches.png"
                 plot_patchified(image / 255, model.patch_embed.patch_size[0], patches)
-                parts.append(_figure("What the ViT sees: patches and token order", patches))
+                parts.append(figure_html("What the ViT sees: patches and token order", patches))
+    parts.append(audit_figures(run_dir / "audit" / split))
     return f"<div class='run'>{''.join(parts)}</div>"
 
 
@@ -116,10 +125,10 @@ def _metrics_table(metrics: dict) -> str:
         ("urgent specificity", urgent.get("specificity")),
         ("ECE", metrics["ece"]),
     ]
-    summary = "".join(f"<tr><th>{k}</th><td>{_fmt(v)}</td></tr>" for k, v in rows)
+    summary = "".join(f"<tr><th>{k}</th><td>{number(v)}</td></tr>" for k, v in rows)
     per_class = "".join(
-        f"<tr><th>{html.escape(name)}</th><td>{_fmt(m['sensitivity'])}</td>"
-        f"<td>{_fmt(m['specificity'])}</td><td>{_fmt(m['auc'])}</td><td>{m['support']}</td></tr>"
+        f"<tr><th>{html.escape(name)}</th><td>{number(m['sensitivity'])}</td>"
+        f"<td>{number(m['specificity'])}</td><td>{number(m['auc'])}</td><td>{m['support']}</td></tr>"
         for name, m in metrics["per_class"].items()
     )
     return (
@@ -127,12 +136,3 @@ def _metrics_table(metrics: dict) -> str:
         f"<table>{summary}</table><table><tr><th>class</th><th>sensitivity</th>"
         f"<th>specificity</th><th>AUC</th><th>n</th></tr>{per_class}</table>"
     )
-
-
-def _figure(title: str, path: Path) -> str:
-    encoded = base64.b64encode(path.read_bytes()).decode()
-    return f"<h3>{html.escape(title)}</h3><img src='data:image/png;base64,{encoded}'>"
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.3f}"

@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 SHORTCUTS = ("corner",)
-MARK_SIZE = 0.08
-MARK_INSET = 0.03
+MARK_SIZE = 0.16
+MARK_INSET = 0.02
 TEST_RATE = 0.5
 MANIFEST = "shortcut.csv"
 
