@@ -44,7 +44,7 @@ from octlens.evaluate.faithfulness import (
 )
 from octlens.evaluate.localization import energy_in_mask, pixel_auroc, pointing_game
 from octlens.evaluate.runner import load_run_and_data
-from octlens.evaluate.sanity import cascading_randomization
+from octlens.evaluate.sanity import SanityResult, cascading_randomization
 from octlens.evaluate.shortcut import area_shares, attention_shares, region_masks, shortcut_flags
 from octlens.explain import EXPLAINERS, default_methods
 from octlens.models import is_vit
@@ -115,21 +115,21 @@ def audit_run(
             images,
             maps.to(plan.device),
             predictions,
-            steps,
-            black,
-            None,
-            batch_size,
-            plan.name,
+            steps=steps,
+            baseline=black,
+            batch_size=batch_size,
+            precision=plan.name,
         )
 
     random_curves = perturbation(random_maps(tuple(batch.retina.shape)))
     curves: dict[str, PerturbationCurves] = {"random": random_curves}
+    maps: dict[str, torch.Tensor] = {}
     per_scan: dict[str, dict[str, torch.Tensor]] = {}
     summary: dict[str, dict[str, Any]] = {}
-    sanity = {}
+    sanity: dict[str, SanityResult] = {}
     for name in methods:
         explainer = EXPLAINERS[name](model, precision=plan.name)
-        maps = torch.cat(
+        maps[name] = torch.cat(
             [
                 explainer(chunk, targets).raw.cpu()
                 for chunk, targets in zip(
@@ -137,37 +137,34 @@ def audit_run(
                 )
             ]
         )
-        curves[name] = perturbation(maps)
+        curves[name] = perturbation(maps[name])
         drop, increase = average_drop_increase(
-            model, images, maps.to(plan.device), predictions, black, batch_size, plan.name
+            model, images, maps[name].to(plan.device), predictions, black, batch_size, plan.name
         )
-        scores = {
+        per_scan[name] = {
             "deletion_auc": curves[name].deletion_auc,
             "insertion_auc": curves[name].insertion_auc,
             "average_drop": drop,
             "increase": increase.float(),
-            **attention_shares(maps, regions),
+            **attention_shares(maps[name], regions),
+            **_localization(maps[name], batch.lesions),
         }
-        if batch.lesions is not None:
-            scores["pointing_game"] = pointing_game(maps, batch.lesions)
-            scores["energy_in_lesion"] = energy_in_mask(maps, batch.lesions)
-            scores["pixel_auroc"] = pixel_auroc(maps, batch.lesions)
-        per_scan[name] = {key: value.cpu().float() for key, value in scores.items()}
         sanity[name] = cascading_randomization(
             model,
             lambda m, name=name: EXPLAINERS[name](m, precision=plan.name),
             images[:sanity_scans],
             predictions[:sanity_scans],
         )
-        summary[name] = _summarize(per_scan[name], samples, index.classes, batch.marks)
-        summary[name]["sanity"] = {
-            "passed": sanity[name].passed,
-            "stages": sanity[name].stages,
-            "spearman_median": sanity[name].spearman.median(dim=1).values.tolist(),
-            "ssim_median": sanity[name].ssim.median(dim=1).values.tolist(),
+        summary[name] = {
+            **_summarize(per_scan[name], samples, index.classes, batch.marks),
+            "sanity": {
+                "passed": sanity[name].passed,
+                "stages": sanity[name].stages,
+                "spearman_median": sanity[name].spearman.median(dim=1).values.tolist(),
+                "ssim_median": sanity[name].ssim.median(dim=1).values.tolist(),
+            },
+            "worst_off_retina": _worst(per_scan[name]["off_retina"], samples, worst),
         }
-        summary[name]["worst_off_retina"] = _worst(per_scan[name]["off_retina"], samples, worst)
-        per_scan[name]["maps"] = maps
 
     accuracy = _accuracy(labels, predictions, batch.marks, index.classes)
     flag_inputs = {
@@ -214,7 +211,7 @@ def audit_run(
     plot_worst_scans(
         batch.display,
         batch.retina.numpy(),
-        {m: per_scan[m]["maps"].numpy() for m in methods},
+        {m: maps[m].numpy() for m in methods},
         {m: per_scan[m]["off_retina"].numpy() for m in methods},
         [s.path.name for s in samples],
         worst,
@@ -289,6 +286,16 @@ def load_audit_batch(
         retina_source="masks" if has_retina else "estimated",
         marks=_planted_marks(index, samples),
     )
+
+
+def _localization(maps: torch.Tensor, lesions: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    if lesions is None:
+        return {}
+    return {
+        "pointing_game": pointing_game(maps, lesions),
+        "energy_in_lesion": energy_in_mask(maps, lesions),
+        "pixel_auroc": pixel_auroc(maps, lesions),
+    }
 
 
 def _chosen_samples(samples: list[Sample], n_classes: int, per_class: int | None) -> list[Sample]:

@@ -5,7 +5,7 @@
 - **Energy-based pointing game** (Wang et al., Score-CAM, CVPRW 2020): the share of the map's
   positive mass that falls inside the lesion, ``sum(relu(m) * mask) / sum(relu(m))``.
 - **Pixel AUROC**: the map as a per-pixel lesion detector, the area under its ROC curve against
-  the mask (ties count half, the Mann-Whitney statistic).
+  the mask: the Mann-Whitney statistic from average ranks, so tied pixels count half.
 
 Each returns one value per image; images whose mask is empty (NORMAL scans) get NaN, so averages
 skip them with ``nanmean``.
@@ -13,9 +13,7 @@ skip them with ``nanmean``.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from scipy.stats import rankdata
 from torch.nn import functional as F
 
 
@@ -37,17 +35,22 @@ def energy_in_mask(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 def pixel_auroc(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """(B,) ROC AUC of map values as scores for mask pixels; NaN for empty (or full) masks."""
-    scores = maps.flatten(1).double().cpu().numpy()
-    labels = masks.flatten(1).bool().cpu().numpy()
-    ranks = rankdata(scores, axis=1)  # average ranks for ties
-    positives = labels.sum(axis=1)
+    ranks = average_ranks(maps.flatten(1).double())
+    labels = masks.flatten(1).bool().to(ranks.device)
+    positives = labels.sum(dim=1).double()
     negatives = labels.shape[1] - positives
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = ((ranks * labels).sum(axis=1) - positives * (positives + 1) / 2) / (
-            positives * negatives
-        )
-    auc[(positives == 0) | (negatives == 0)] = np.nan
-    return torch.from_numpy(auc).float()
+    rank_sum = (ranks * labels).sum(dim=1)
+    auc = (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+    return torch.where((positives > 0) & (negatives > 0), auc, torch.nan).float()
+
+
+def average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """(B, N) 1-based ranks of each row's values, tied values sharing their mean rank."""
+    ordered, order = values.sort(dim=1)
+    first = torch.searchsorted(ordered, ordered, right=False)  # ties: first position ...
+    last = torch.searchsorted(ordered, ordered, right=True)  # ... and one past the last
+    ranks = torch.empty_like(values, dtype=torch.float64)
+    return ranks.scatter_(1, order, (first + last + 1).double() / 2)
 
 
 def mass_share(maps: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:

@@ -21,12 +21,11 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from scipy.stats import rankdata
 from torch import nn
 from torch.nn import functional as F
 
+from octlens.evaluate.localization import average_ranks
 from octlens.explain.base import Explainer, scaled_to_unit
 
 #: Median Spearman correlation, after the head and last block are randomized, to pass.
@@ -98,14 +97,13 @@ def cascading_randomization(
 
 def spearman_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(B,) Spearman correlation of maps ``a`` and ``b`` (B, H, W); 0 where a map is constant."""
-    ranks_a = rankdata(a.flatten(1).double().cpu().numpy(), axis=1)
-    ranks_b = rankdata(b.flatten(1).double().cpu().numpy(), axis=1)
-    ranks_a -= ranks_a.mean(axis=1, keepdims=True)
-    ranks_b -= ranks_b.mean(axis=1, keepdims=True)
-    norms = np.sqrt((ranks_a**2).sum(axis=1) * (ranks_b**2).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = (ranks_a * ranks_b).sum(axis=1) / norms
-    return torch.from_numpy(np.nan_to_num(rho, nan=0.0)).float()
+    ranks_a = average_ranks(a.flatten(1).double())
+    ranks_b = average_ranks(b.flatten(1).double())
+    ranks_a = ranks_a - ranks_a.mean(dim=1, keepdim=True)
+    ranks_b = ranks_b - ranks_b.mean(dim=1, keepdim=True)
+    norms = (ranks_a.square().sum(dim=1) * ranks_b.square().sum(dim=1)).sqrt()
+    rho = (ranks_a * ranks_b).sum(dim=1) / norms
+    return torch.nan_to_num(rho, nan=0.0).float().cpu()
 
 
 def structural_similarity(
