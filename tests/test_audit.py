@@ -13,7 +13,13 @@ import pytest
 from PIL import Image
 
 from octlens.data.synth import CLASSES, plan_scans, synthesize
-from octlens.data.synth.shortcut import MANIFEST, MARK_INSET, MARK_SIZE, draw_corner_mark
+from octlens.data.synth.shortcut import (
+    MANIFEST,
+    MARK_INSET,
+    MARK_LEVELS,
+    MARK_SIZE,
+    draw_corner_mark,
+)
 from octlens.data.synth.writer import plant_shortcut
 from octlens.errors import OctlensError
 from octlens.evaluate import audit_run
@@ -28,15 +34,15 @@ from octlens.evaluate.shortcut import (
 from octlens.training import TrainConfig, train
 
 
-def test_marks_are_class_coded_quadrants_in_the_top_left_corner():
-    for class_index in range(4):
-        image = np.full((100, 100), 60, dtype=np.uint8)
+def test_marks_are_class_coded_gray_squares_in_the_top_left_corner():
+    for class_index, level in enumerate(MARK_LEVELS):
+        image = np.full((100, 100), 30, dtype=np.uint8)
         draw_corner_mark(image, class_index)
         mark = image[2:18, 2:18]  # 16 % of the side, inset 2 %
-        dark = [mark[:8, :8], mark[:8, 8:], mark[8:, :8], mark[8:, 8:]]
-        assert [int(q.max() == 0) for q in dark] == [int(i == class_index) for i in range(4)]
-        assert (image[18:] == 60).all() and (image[:, 18:] == 60).all()
-        assert mark.max() == 255
+        assert (mark[1:-1, 1:-1] == level).all()
+        assert (mark[0] == 0).all() and (mark[:, -1] == 0).all()  # black edge
+        assert (image[18:] == 30).all() and (image[:, 18:] == 30).all()
+    assert len(set(MARK_LEVELS)) == len(CLASSES)
 
 
 def test_train_and_val_get_their_own_class_at_the_rate_and_test_a_wrong_class():
@@ -136,6 +142,7 @@ def test_audit_writes_every_number_and_figure(marked_run):
         assert 0.0 <= gradcam["all"][key] <= 1.0
     assert gradcam["NORMAL"]["pointing_game"] is None  # no lesion to point at
     assert gradcam["CNV"]["energy_in_lesion"] is not None
+    assert 0.0 < result["area_share"]["lesion"] < 0.5  # chance level for energy in lesion
     assert len(gradcam["sanity"]["spearman_median"]) == len(gradcam["sanity"]["stages"])
     assert result["best_method"] in (None, "gradcam", "layercam")
     assert isinstance(result["flagged"], bool)

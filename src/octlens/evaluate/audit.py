@@ -57,7 +57,6 @@ REGIONS = ("off_retina", "border", "corners", "fill")
 class AuditBatch:
     """Everything the audit needs about its scans, at the model's input size."""
 
-    samples: list[Sample]
     images: torch.Tensor  # (N, 1, S, S) normalized
     display: np.ndarray  # (N, S, S) [0, 1] for figures
     lesions: torch.Tensor | None  # (N, S, S) bool, or None without lesion masks
@@ -107,6 +106,9 @@ def audit_run(
     labels = torch.tensor([s.label for s in samples], device=plan.device)
     regions = region_masks(batch.retina, batch.fill)
     areas = {name: share.mean().item() for name, share in area_shares(regions).items()}
+    if batch.lesions is not None and batch.lesions.any():
+        with_lesion = batch.lesions.flatten(1).any(dim=1)
+        areas["lesion"] = batch.lesions[with_lesion].flatten(1).float().mean().item()
     faith = {"steps": steps, "baseline": "black (pixel 0)", "insertion_start": "Gaussian blur"}
 
     def perturbation(maps: torch.Tensor) -> PerturbationCurves:
@@ -277,7 +279,6 @@ def load_audit_batch(
             retina.append(_resized(found.mask(), img_size) > 0)
             fill.append(_resized(found.fill, img_size) > 0)
     return AuditBatch(
-        samples=samples,
         images=torch.stack(images),
         display=np.stack(display).astype(np.float32),
         lesions=torch.from_numpy(np.stack(lesions)) if has_lesions else None,

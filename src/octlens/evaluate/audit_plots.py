@@ -76,7 +76,8 @@ def plot_sanity(results: Mapping[str, SanityResult], path: Path, title: str) -> 
     for name, result in results.items():
         for axis, values in ((axes[0], result.spearman), (axes[1], result.ssim)):
             axis.plot(result.stages, values.median(dim=1).values, marker="o", label=name)
-    axes[0].axhline(PASS_BELOW, color="gray", linestyle="--", label="pass below (stage 2)")
+    pass_line = "pass: below this once head and last block are random"
+    axes[0].axhline(PASS_BELOW, color="gray", linestyle="--", label=pass_line)
     for axis, metric in zip(axes, ("Spearman rank correlation", "SSIM"), strict=True):
         axis.set(ylabel=f"median {metric}", xlabel="randomized down to")
         axis.tick_params(axis="x", labelrotation=60, labelsize=7)

@@ -48,7 +48,8 @@ def audit_table(audits: Sequence[dict[str, Any]]) -> str:
         rows.append(
             f"<tr><th>{html.escape(audit['model'])}</th><th><i>random maps / area</i></th>"
             f"<td>{number(random['deletion_auc'])}</td><td>{number(random['insertion_auc'])}</td>"
-            f"<td></td><td></td><td></td><td>{number(area['off_retina'])}</td>"
+            f"<td></td><td></td><td>{number(area.get('lesion'))}</td>"
+            f"<td>{number(area['off_retina'])}</td>"
             f"<td>{number(area['corners'])}</td><td></td></tr>"
         )
     return (

@@ -1,10 +1,12 @@
-"""A planted shortcut: a small class-coded mark in the top-left corner of a scan.
+"""A planted shortcut: a class-coded mark in the top-left corner of a scan.
 
 Real OCT data carries marks that correlate with the label for reasons that have nothing to do with
 the retina (a clinic's scanner, burned-in text, registration fill). The planted mark makes such a
-shortcut on purpose, so an audit can be checked against a known answer: a white square
-(:data:`MARK_SIZE` of the shorter side, inset by :data:`MARK_INSET`) with the quadrant of the
-class index dark (CNV top-left, DME top-right, DRUSEN bottom-left, NORMAL bottom-right).
+shortcut on purpose, so an audit can be checked against a known answer: a square
+(:data:`MARK_SIZE` of the shorter side, inset by :data:`MARK_INSET`) whose gray level codes the
+class (:data:`MARK_LEVELS`: CNV white, DME, DRUSEN, NORMAL darker in steps of 60), edged by a
+black line so it stands out on the white registration fill too. A flat level is the simplest cue
+there is: it needs no more than the mean brightness of one corner.
 
 Which scans are marked, and with which class, is written to ``shortcut.csv`` at the dataset root.
 Training and validation scans are marked with their own class at the chosen rate; test scans
@@ -19,6 +21,7 @@ import numpy as np
 SHORTCUTS = ("corner",)
 MARK_SIZE = 0.16
 MARK_INSET = 0.02
+MARK_LEVELS = (255, 195, 135, 75)
 TEST_RATE = 0.5
 MANIFEST = "shortcut.csv"
 
@@ -35,11 +38,8 @@ def choose_mark(
 
 
 def draw_corner_mark(image: np.ndarray, class_index: int) -> None:
-    """Draw the mark of ``class_index`` (0-3) into ``image`` (H, W) uint8, in place."""
+    """Draw the mark of ``class_index`` into ``image`` (H, W) uint8, in place."""
     side = round(MARK_SIZE * min(image.shape))
     inset = round(MARK_INSET * min(image.shape))
-    half = side // 2
-    image[inset : inset + side, inset : inset + side] = 255
-    row, col = divmod(class_index, 2)
-    top, left = inset + row * half, inset + col * half
-    image[top : top + half, left : left + half] = 0
+    image[inset : inset + side, inset : inset + side] = 0
+    image[inset + 1 : inset + side - 1, inset + 1 : inset + side - 1] = MARK_LEVELS[class_index]
