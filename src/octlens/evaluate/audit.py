@@ -47,6 +47,7 @@ from octlens.evaluate.runner import load_run_and_data
 from octlens.evaluate.sanity import SanityResult, cascading_randomization
 from octlens.evaluate.shortcut import area_shares, attention_shares, region_masks, shortcut_flags
 from octlens.explain import EXPLAINERS, default_methods
+from octlens.explain.base import scaled_to_unit
 from octlens.models import is_vit
 from octlens.training.precision import resolve_device, resolve_precision
 
@@ -123,6 +124,9 @@ def audit_run(
             precision=plan.name,
         )
 
+    # Scans are grouped by class: the sanity check takes them evenly spread, so every class is in.
+    sanity_picks = torch.linspace(0, len(samples) - 1, min(sanity_scans, len(samples))).round()
+    sanity_picks = sanity_picks.long().to(plan.device)
     random_curves = perturbation(random_maps(tuple(batch.retina.shape)))
     curves: dict[str, PerturbationCurves] = {"random": random_curves}
     maps: dict[str, torch.Tensor] = {}
@@ -154,8 +158,8 @@ def audit_run(
         sanity[name] = cascading_randomization(
             model,
             lambda m, name=name: EXPLAINERS[name](m, precision=plan.name),
-            images[:sanity_scans],
-            predictions[:sanity_scans],
+            images[sanity_picks],
+            predictions[sanity_picks],
         )
         summary[name] = {
             **_summarize(per_scan[name], samples, index.classes, batch.marks),
@@ -213,7 +217,7 @@ def audit_run(
     plot_worst_scans(
         batch.display,
         batch.retina.numpy(),
-        {m: maps[m].numpy() for m in methods},
+        {m: scaled_to_unit(maps[m]).numpy() for m in methods},
         {m: per_scan[m]["off_retina"].numpy() for m in methods},
         [s.path.name for s in samples],
         worst,

@@ -96,7 +96,10 @@ def plot_worst_scans(
     count: int,
     path: Path,
 ) -> None:
-    """Per method (rows), its ``count`` scans with the most attention off the retina (cyan)."""
+    """Per method (rows), its ``count`` scans with the most attention off the retina (cyan).
+
+    ``maps`` are scaled to [0, 1] per scan.
+    """
     count = min(count, len(display))
     figure, axes = plt.subplots(
         len(maps),
@@ -107,10 +110,8 @@ def plot_worst_scans(
     )
     for row, (method, method_maps) in enumerate(maps.items()):
         for column, i in enumerate(np.argsort(-off_retina[method])[:count]):
-            low, high = method_maps[i].min(), method_maps[i].max()
-            scaled = (method_maps[i] - low) / max(high - low, 1e-12)
             axis = axes[row, column]
-            axis.imshow(overlay_rgb(display[i], scaled))
+            axis.imshow(overlay_rgb(display[i], method_maps[i]))
             axis.contour(retina[i], levels=[0.5], colors="cyan", linewidths=0.6)
             axis.set_title(f"{names[i]}\n{off_retina[method][i]:.0%} off retina", fontsize=7)
             axis.set_xticks([])
