@@ -206,3 +206,20 @@ def test_audit_refuses_other_classes_and_unknown_methods(marked_run, tmp_path):
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(other / "test" / name / "x.png")
     with pytest.raises(OctlensError, match="do not match"):
         audit_run(marked_run / "run", other, out=tmp_path)
+
+
+def test_report_shows_the_audit_table_verdict_and_figures(marked_run, tmp_path):
+    from octlens.report import write_report
+
+    audit_run(
+        marked_run / "run",
+        marked_run / "data",
+        methods=["gradcam"],
+        scans_per_class=1,
+        steps=2,
+        sanity_scans=1,
+    )  # written to RUN/audit/test, where the report looks
+    page = write_report([marked_run / "run"], tmp_path / "report.html").read_text()
+    assert "<h2>Shortcut audit</h2>" in page and "random maps / area" in page
+    assert "gradcam" in page and "<p><b>resnet18</b>: accuracy: clean scans" in page
+    assert "Scans with the most attention off the retina" in page
