@@ -21,6 +21,7 @@ All perturbed copies of all images go through the model in batches of ``batch_si
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -95,7 +96,7 @@ def deletion_insertion(
     for name, deleting in (("deletion", True), ("insertion", False)):
         probs = _probabilities(
             model,
-            lambda chunk, deleting=deleting: perturbed(chunk, deleting),
+            functools.partial(perturbed, deleting=deleting),
             image_of,
             targets,
             batch_size,
