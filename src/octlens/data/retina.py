@@ -8,13 +8,14 @@ programming with a bound on how far the path may move between neighbouring colum
 On a grid coarsened to about 4 x 4 px at 496 rows, after blanking the scanner's white fill and
 smoothing:
 
-1. **RPE**: the brightest continuous ridge (the RPE / photoreceptor complex is the most
-   reflective band of a macular OCT).
-2. **ILM**: above the RPE by at least the outer-retina thickness, the strongest dark-to-bright
-   *step*: the mean intensity of a window below the row minus that of a window above. A step
-   detector with a wide window ignores the thin posterior hyaloid membrane floating in the
-   vitreous (bright but with dark on both sides) and the weaker edges inside the retina.
-3. **Bruch's membrane**: just below the RPE ridge, the strongest bright-to-dark step.
+1. **ILM**: the strongest dark-to-bright *step* (mean intensity of a 12 px window below the row
+   minus that of one above), less the tissue already above the row. A wide step ignores the thin
+   posterior hyaloid membrane floating in the vitreous (bright, but dark on both sides); the
+   tissue penalty rules out the strong edges inside the retina (the ellipsoid zone under the dark
+   nuclear layer), which have the inner retina above them, where the ILM has only vitreous.
+2. **RPE**: at least 24 px below the ILM, the brightest continuous ridge against its 32 px
+   surroundings (the RPE / photoreceptor complex is the most reflective band of a macular OCT).
+3. **Bruch's membrane**: within 20 px below the RPE ridge, the strongest bright-to-dark step.
 
 The mask is every pixel between the ILM and Bruch's membrane, minus the scanner's fill.
 """
@@ -78,8 +79,7 @@ def find_retina(image: np.ndarray) -> RetinaBoundaries:
     coarse = _resize(np.where(blanked, background, pixels), rows, cols) / 255
     coarse = ndimage.gaussian_filter(coarse, sigma=(0.7, 1.5))
     to_cells = rows / height  # full-resolution px -> coarse rows
-
-    px = height / 496 * to_cells  # coarse rows per px of a 496-row scan
+    px = rows / 496  # coarse rows per px of a 496-row scan
     window = max(1, round(_ILM_WINDOW * px))
     below, above = _window_means(coarse, window)
     # Tissue higher up the column (the inner retina above an outer-retina edge) argues against
