@@ -54,7 +54,7 @@ def test_train_and_val_get_their_own_class_at_the_rate_and_test_a_wrong_class():
         for job in chosen:
             if job.mark is not None:
                 assert (CLASSES[job.mark] == job.label) == (split != "test")
-    with pytest.raises(ValueError, match="unknown shortcut"):
+    with pytest.raises(OctlensError, match="--shortcut 'text'"):
         plant_shortcut(jobs, "text", 0.5)
 
 

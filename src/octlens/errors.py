@@ -7,3 +7,7 @@ class OctlensError(Exception):
     The CLI prints the message alone, without a traceback, so it must name the path and the
     problem, e.g. ``"data/train/CNV: class folder has no images"``.
     """
+
+
+class Interrupted(OctlensError):
+    """The user stopped a command (Ctrl-C); the message says what was kept and how to go on."""

@@ -1,7 +1,8 @@
 """The ``octlens`` command: a thin layer over the Python API.
 
 Every command parses options, calls one API function and prints its result. A user error
-(:class:`~octlens.errors.OctlensError`) is printed as one line, ``error: ...``, with exit status 2.
+(:class:`~octlens.errors.OctlensError`, or a usage error such as a bad option value) is printed as
+one line, ``error: ...``, with exit status 2; an interrupt (Ctrl-C) as one line with status 130.
 """
 
 from __future__ import annotations
@@ -9,33 +10,65 @@ from __future__ import annotations
 import sys
 import warnings
 
+import click
 import typer
-from click import ClickException
 from rich.console import Console
+from rich.markup import escape
 
 from octlens.cli.commands import app
-from octlens.errors import OctlensError
+from octlens.errors import Interrupted, OctlensError
+
+try:  # typer >= 0.29 raises its own copy of click's exceptions
+    from typer._click import exceptions as typer_click
+except ImportError:  # pragma: no cover - older typer uses click itself
+    typer_click = click.exceptions
 
 err_console = Console(stderr=True)
+_USAGE_ERRORS = (click.exceptions.ClickException, typer_click.ClickException)
+_ABORTS = (click.exceptions.Abort, typer.Abort)
+_NO_ARGS = tuple(
+    getattr(module, "NoArgsIsHelpError", ()) for module in (click.exceptions, typer_click)
+)
+INTERRUPTED = 130
+
+
+def one_line(text: object) -> str:
+    """``text`` with control characters (a newline in a file name) shown as escapes, so a
+    message stays on one line, and with rich markup escaped, so a name is printed as it is."""
+    shown = "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in str(text)
+    )
+    return escape(shown)
 
 
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {one_line(message)}", highlight=False, soft_wrap=True)
+
+
+def _fail(message: object, status: int = 2) -> None:
+    err_console.print(f"[red]error:[/] {one_line(message)}", highlight=False, soft_wrap=True)
+    sys.exit(status)
 
 
 def main() -> None:
-    """Entry point: run the app; user errors become one line, not a traceback."""
+    """Entry point: run the app; user errors and interrupts become one line, not a traceback."""
     warnings.showwarning = _one_line_warnings
     try:
-        app(standalone_mode=False)
+        status = app(standalone_mode=False)
+    except Interrupted as error:
+        _fail(error, INTERRUPTED)
     except OctlensError as error:
-        err_console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+        _fail(error)
+    except (KeyboardInterrupt, *_ABORTS):
+        _fail("interrupted", INTERRUPTED)
+    except _NO_ARGS as error:
+        print(error.ctx.get_help())
         sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt):
-        err_console.print("aborted")
-        sys.exit(130)
-    except typer.Exit as exit_:
-        sys.exit(exit_.exit_code)
-    except ClickException as error:  # usage errors: unknown option, missing argument
-        error.show()
-        sys.exit(error.exit_code)
+    except _USAGE_ERRORS as error:
+        command = getattr(getattr(error, "ctx", None), "command_path", "octlens")
+        _fail(f"{error.format_message()} (see '{command} --help')", error.exit_code)
+    if status == INTERRUPTED:  # typer turns an interrupt it catches into this exit status
+        _fail("interrupted", INTERRUPTED)
+    if isinstance(status, int) and status:
+        sys.exit(status)

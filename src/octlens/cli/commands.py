@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +21,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="octlens: is my retinal OCT classifier looking at the retina?",
 )
-console = Console()
+# Names come from the user's files: print them as they are, never as rich markup.
+console = Console(markup=False, highlight=False)
 
 
 @app.command()
@@ -38,23 +40,27 @@ def synth(
     ] = 0.9,
 ) -> None:
     """Write a synthetic OCT dataset (OCT2017 layout, 70/15/15 by patient) with lesion masks."""
-    from octlens.data.synth import synthesize
+    from octlens.data.synth import read_record, synthesize
 
-    try:
-        counts = synthesize(
-            out,
-            n_per_class,
-            seed=seed,
-            size=parse_size(size),
-            workers=workers,
-            shortcut=shortcut,
-            shortcut_rate=shortcut_rate,
-        )
-    except ValueError as error:
-        raise OctlensError(str(error)) from None
+    counts = synthesize(
+        out,
+        n_per_class,
+        seed=seed,
+        size=parse_size(size),
+        workers=workers,
+        shortcut=shortcut,
+        shortcut_rate=shortcut_rate,
+    )
     console.print(f"wrote {sum(counts.values())} scans to {out} (masks/ and retina/ beside them)")
     if shortcut:
-        console.print(f"planted a {shortcut} shortcut; marked scans are listed in shortcut.csv")
+        marked = read_record(out)["marked"]
+        sizes = Counter(split for split, _ in counts.elements())
+        console.print(
+            f"planted a {shortcut} shortcut: "
+            + ", ".join(f"{marked.get(split, 0)} of {n} {split}" for split, n in sizes.items())
+            + " scans marked (each scan drawn at random: its class at the rate in train/val, "
+            "a wrong class with probability 0.5 in test); listed in shortcut.csv"
+        )
 
 
 @app.command()
@@ -82,7 +88,8 @@ def inspect(
     console.print(table)
     leaks = find_leakage(index, hashes=hashes)
     for leak in leaks:
-        console.print(f"leak: {leak.kind} {leak.key} in {', '.join(leak.splits)}")
+        files = f": {', '.join(leak.files)}" if leak.files else ""
+        console.print(f"leak: {leak.kind} {leak.key} in {', '.join(leak.splits)}{files}")
     console.print(f"{len(leaks)} leak(s) between splits" if leaks else "no leakage between splits")
 
 
@@ -239,7 +246,7 @@ def audit(
         device=device,
         out=out,
     )
-    Console(width=max(console.width, 140)).print(audit_table(result))
+    Console(width=max(console.width, 140), markup=False, highlight=False).print(audit_table(result))
     for line in verdict_lines(result):
         console.print(line)
 
@@ -295,7 +302,7 @@ def demo(
             f"{result.best_epoch}/{len(result.history)}",
             f"{sum(r['images_per_s'] for r in result.history) / len(result.history):.0f}",
         )
-    wide = Console(width=max(console.width, 140))
+    wide = Console(width=max(console.width, 140), markup=False, highlight=False)
     wide.print(table)
     for _, _, audit in results.values():
         wide.print(audit_table(audit))

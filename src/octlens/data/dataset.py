@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from octlens.data.images import UnreadableImageError
 from octlens.data.index import DatasetIndex, DataWarning, Sample
@@ -56,6 +56,47 @@ class OCTDataset(Dataset[tuple[torch.Tensor, int]]):
     @property
     def labels(self) -> list[int]:
         return [sample.label for sample in self.samples]
+
+
+class ScansForEvaluation(Dataset[tuple[torch.Tensor, int] | None]):
+    """``(image, position in samples)`` pairs, or ``None`` for a scan that fails to decode.
+
+    Evaluation must never stand one scan in for another (that would count it twice and give
+    its answer another scan's label), so a broken scan is left out: batch with
+    :func:`collate_readable`, and the positions that come back say which scans were scored.
+    """
+
+    def __init__(
+        self,
+        index: DatasetIndex,
+        samples: Sequence[Sample],
+        transform: Callable[..., torch.Tensor],
+        decode_size: int | None = None,
+    ) -> None:
+        self.index = index
+        self.samples = list(samples)
+        self.transform = transform
+        self.decode_size = decode_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int] | None:
+        try:
+            image = self.index.load(self.samples[position], self.decode_size)
+        except UnreadableImageError:
+            return None
+        return self.transform(image), position
+
+
+def collate_readable(
+    batch: list[tuple[torch.Tensor, int] | None],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack the readable items of a batch; a batch of none gives empty tensors."""
+    readable = [item for item in batch if item is not None]
+    if not readable:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    return default_collate(readable)
 
 
 def estimate_normalization(

@@ -13,8 +13,12 @@ data writes them) and are never taken for splits.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import re
 import warnings
+import zipfile
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +26,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from octlens.data.images import UnreadableImageError, check_image, is_image_file, load_grayscale
+from octlens.data.images import (
+    UnreadableImageError,
+    check_image,
+    is_image_file,
+    load_grayscale,
+    pixel_scale,
+    scaled_to_uint8,
+)
 from octlens.errors import OctlensError
 
 MASK_FOLDERS = ("masks", "retina")
@@ -62,6 +73,8 @@ class DatasetIndex:
     splits: dict[str, list[Sample]]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    #: Per MedMNIST split, the factor that maps its pixel values to 0..255.
+    scales: dict[str, float] = field(default_factory=dict, repr=False)
 
     def split(self, name: str) -> list[Sample]:
         if name not in self.splits:
@@ -74,8 +87,30 @@ class DatasetIndex:
         """The sample's pixels as an 8-bit grayscale image."""
         if sample.index is not None:
             split = sample.path.parent.name
-            return Image.fromarray(_to_gray_uint8(self.arrays[split][sample.index]))
+            pixels = self.arrays[split][sample.index]
+            if pixels.ndim == 3:  # colour MedMNIST sets: average the channels
+                pixels = pixels.mean(axis=-1)
+            return Image.fromarray(scaled_to_uint8(pixels, self.scales[split]))
         return load_grayscale(sample.path, target_size)
+
+    def fingerprint(self, samples: Iterable[Sample]) -> str:
+        """A short digest of ``samples`` (file names, classes and sizes; pixels for .npz), so a
+        result can later be matched to the data it was computed on."""
+        digest = hashlib.sha256()
+        for sample in samples:
+            if sample.index is None:
+                name = sample.path.relative_to(self.root).as_posix()
+                digest.update(f"{name}\0{sample.path.stat().st_size}".encode())
+            else:
+                split = sample.path.parent.name
+                digest.update(np.ascontiguousarray(self.arrays[split][sample.index]).data)
+            digest.update(f"\0{self.classes[sample.label]}\n".encode())
+        return digest.hexdigest()[:16]
+
+    def missing_classes(self, samples: Iterable[Sample]) -> list[str]:
+        """The classes that none of ``samples`` belongs to."""
+        present = {sample.label for sample in samples}
+        return [name for label, name in enumerate(self.classes) if label not in present]
 
     def mask_path(self, sample: Sample, kind: str = "masks") -> Path | None:
         """The mirrored mask of ``sample`` under ``ROOT/<kind>/``, if the dataset has one."""
@@ -100,7 +135,7 @@ def scan(root: str | Path, strict: bool = False) -> DatasetIndex:
     folders = _subfolders(root, skip=MASK_FOLDERS)
     if not folders:
         raise OctlensError(f"{root}: no class or split folders inside")
-    if any(is_image_file(path) for folder in folders for path in folder.iterdir()):
+    if any(is_image_file(path) for folder in folders for path in _entries(folder)):
         split_folders = {SINGLE_SPLIT: root}
     else:
         split_folders = {folder.name: folder for folder in folders}
@@ -111,14 +146,14 @@ def scan(root: str | Path, strict: bool = False) -> DatasetIndex:
         if not classes:
             raise OctlensError(f"{split_root}: split folder has no class folders")
         class_folders[split] = {folder.name: folder for folder in classes}
-    classes = sorted({name for folders_ in class_folders.values() for name in folders_})
+    classes = _consistent_classes(root, class_folders)
 
     splits: dict[str, list[Sample]] = {}
     skipped: list[tuple[Path, str]] = []
     for split, by_class in class_folders.items():
         samples = []
         for name, folder in sorted(by_class.items()):
-            files = sorted(path for path in folder.iterdir() if is_image_file(path))
+            files = sorted(path for path in _entries(folder) if is_image_file(path))
             if not files:
                 raise OctlensError(f"{folder}: class folder has no images")
             readable, unreadable = split_readable(files, strict)
@@ -132,6 +167,40 @@ def scan(root: str | Path, strict: bool = False) -> DatasetIndex:
     return DatasetIndex(root=root, classes=classes, splits=splits, skipped=skipped)
 
 
+def _consistent_classes(root: Path, class_folders: dict[str, dict[str, Path]]) -> list[str]:
+    """The class names of all splits; names that differ only in case are an error (they would
+    become two classes), and a class missing from a split is a warning naming the folders."""
+    names = sorted({name for folders in class_folders.values() for name in folders})
+    spellings: dict[str, list[str]] = defaultdict(list)
+    for name in names:
+        spellings[name.casefold()].append(name)
+    clashes = [group for group in spellings.values() if len(group) > 1]
+    if clashes:
+        shown = "; ".join(
+            " vs ".join(
+                _relative(folders[name], root)
+                for name in group
+                for folders in class_folders.values()
+                if name in folders
+            )
+            for group in clashes
+        )
+        raise OctlensError(
+            f"{root}: class folders differ only in letter case ({shown}); give each class one "
+            "spelling in every split"
+        )
+    for split, folders in class_folders.items():
+        missing = [name for name in names if name not in folders]
+        if missing and len(class_folders) > 1:
+            warnings.warn(
+                f"{root}: split '{split}' has no folder for class(es) {', '.join(missing)}, "
+                "which other splits have",
+                DataWarning,
+                stacklevel=3,
+            )
+    return names
+
+
 def split_readable(
     paths: Iterable[Path], strict: bool = False
 ) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -142,7 +211,7 @@ def split_readable(
         try:
             if not is_image_file(path):
                 raise UnreadableImageError(f"{path}: not an image file")
-            check_image(path)
+            check_image(path, decode=strict)
         except UnreadableImageError as error:
             if strict:
                 raise
@@ -163,47 +232,122 @@ def warn_skipped(skipped: list[tuple[Path, str]], shown: int = 3) -> None:
     )
 
 
+def _entries(folder: Path) -> list[Path]:
+    """The entries of ``folder``; a folder that cannot be listed is a one-line error."""
+    try:
+        return list(folder.iterdir())
+    except OSError as error:
+        raise OctlensError(f"{folder}: cannot read folder ({error.strerror or error})") from None
+
+
 def _subfolders(folder: Path, skip: Iterable[str]) -> list[Path]:
     return sorted(
         path
-        for path in folder.iterdir()
+        for path in _entries(folder)
         if path.is_dir() and not path.name.startswith(".") and path.name not in skip
     )
 
 
-def _to_gray_uint8(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 3:  # colour MedMNIST sets: average the channels
-        array = array.mean(axis=-1)
-    if array.dtype != np.uint8:
-        array = np.clip(array, 0, 255).astype(np.uint8)
-    return array
+def _relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
 
 
 def _scan_npz(path: Path) -> DatasetIndex:
-    """A MedMNIST file: ``<split>_images`` (N,H,W[,C]) and ``<split>_labels`` (N,1)."""
-    if not path.is_file():
-        raise OctlensError(f"{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError) as error:
-        raise OctlensError(f"{path}: not a readable .npz file ({error})") from None
+    """A MedMNIST file: ``<split>_images`` (N,H,W[,C]) and ``<split>_labels`` (N,) or (N,1)."""
+    arrays = _read_npz(path)
     split_names = sorted(key.removesuffix("_images") for key in arrays if key.endswith("_images"))
     if not split_names:
         raise OctlensError(f"{path}: no '<split>_images' arrays (is it a MedMNIST file?)")
-    images, splits, num_classes = {}, {}, 0
+    images, scales, labels_by_split = {}, {}, {}
     for split in split_names:
         labels_key = f"{split}_labels"
         if labels_key not in arrays:
             raise OctlensError(f"{path}: '{split}_images' has no matching '{labels_key}'")
-        labels = arrays[labels_key].reshape(len(arrays[labels_key]), -1)[:, 0].astype(int)
-        if len(labels) != len(arrays[f"{split}_images"]):
-            raise OctlensError(f"{path}: '{split}' has a different number of images and labels")
-        images[split] = arrays[f"{split}_images"]
-        num_classes = max(num_classes, int(labels.max()) + 1)
-        splits[split] = [
-            Sample(path / split / f"{i:06d}", int(label), index=i) for i, label in enumerate(labels)
+        split_images = arrays[f"{split}_images"]
+        if split_images.ndim not in (3, 4) or len(split_images) == 0:
+            raise OctlensError(
+                f"{path}: '{split}_images' has shape {split_images.shape}; expected (N, H, W) or "
+                "(N, H, W, C) with N > 0"
+            )
+        labels = _labels(arrays[labels_key], f"{path}: '{labels_key}'")
+        if len(labels) != len(split_images):
+            raise OctlensError(
+                f"{path}: '{split}' has {len(split_images)} images and {len(labels)} labels"
+            )
+        images[split] = split_images
+        scales[split] = pixel_scale(split_images, f"{path}: '{split}_images'")
+        labels_by_split[split] = labels
+    present = sorted({int(label) for labels in labels_by_split.values() for label in labels})
+    num_classes = present[-1] + 1
+    if len(present) != num_classes:
+        found = set(present)
+        absent = list(itertools.islice((i for i in range(num_classes) if i not in found), 8))
+        more = " ..." if num_classes - len(present) > len(absent) else ""
+        raise OctlensError(
+            f"{path}: labels run up to {num_classes - 1}, but no image has label(s) "
+            f"{', '.join(map(str, absent))}{more}; labels must be 0..K-1 with every class present"
+        )
+    splits = {
+        split: [
+            Sample(path / split / f"{i:06d}", int(label), index=i) for i, label in enumerate(lbl)
         ]
+        for split, lbl in labels_by_split.items()
+    }
     # OCTMNIST's labels 0..3 are CNV, DME, DRUSEN, NORMAL; other sets get their label numbers.
     classes = list(OCT2017_CLASSES) if num_classes == 4 else [str(i) for i in range(num_classes)]
-    return DatasetIndex(root=path, classes=classes, splits=splits, arrays=images)
+    return DatasetIndex(root=path, classes=classes, splits=splits, arrays=images, scales=scales)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a ``.npz`` file, checked before it is loaded: a zip archive of plain
+    (non-object) ``.npy`` members whose headers do not claim more data than they hold."""
+    if not path.is_file():
+        raise OctlensError(f"{path}: no such file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                _check_npy_member(path, archive, info)
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except OctlensError:
+        raise
+    except zipfile.BadZipFile as error:
+        raise OctlensError(f"{path}: not a .npz archive ({error}; a .npy file renamed?)") from None
+    except (OSError, ValueError, EOFError, zipfile.LargeZipFile, MemoryError) as error:
+        raise OctlensError(f"{path}: not a readable .npz file ({error})") from None
+
+
+def _check_npy_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read_header(member)
+    if dtype.hasobject:
+        raise OctlensError(f"{path}: '{info.filename}' holds Python objects, not pixels or labels")
+    claimed = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if claimed > info.file_size:
+        raise OctlensError(
+            f"{path}: '{info.filename}' claims shape {shape} ({claimed:,} bytes) but holds "
+            f"{info.file_size:,} bytes (a damaged or forged file)"
+        )
+
+
+def _labels(array: np.ndarray, source: str) -> np.ndarray:
+    """Class labels as integers >= 0, one per image: (N,) or (N, 1); multi-label sets refused."""
+    if array.ndim == 0 or (array.ndim == 2 and array.shape[1] != 1) or array.ndim > 2:
+        raise OctlensError(
+            f"{source} has shape {array.shape}; expected one label per image, (N,) or (N, 1) "
+            "(multi-label sets are not supported)"
+        )
+    labels = array.reshape(len(array))
+    if labels.dtype == bool or not np.issubdtype(labels.dtype, np.number):
+        raise OctlensError(f"{source}: labels of type {labels.dtype}; expected integers")
+    if len(labels) and not (np.isfinite(labels).all() and (labels == np.rint(labels)).all()):
+        raise OctlensError(f"{source}: labels must be whole numbers")
+    if len(labels) and labels.min() < 0:
+        raise OctlensError(f"{source}: negative label {labels.min():g}")
+    return labels.astype(np.int64)

@@ -8,13 +8,21 @@ Every split octlens makes is by patient, and :func:`find_leakage` reports any th
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from octlens.data.index import DatasetIndex, Sample
+from octlens.errors import OctlensError
+from octlens.files import read_json, write_text
+
+#: Splits a training run may carve from its training split, recorded in ``RUN/splits.json``.
+CARVED_SPLITS = ("val", "test")
+CARVED_RECORD = "splits.json"
 
 
 def _group_key(sample: Sample) -> str:
@@ -60,6 +68,7 @@ class Leak:
     kind: str  # "patient" or "duplicate"
     key: str
     splits: tuple[str, ...]
+    files: tuple[str, ...] = ()  # duplicates: the identical files, relative to the dataset root
 
 
 def find_leakage(index: DatasetIndex, hashes: bool = False) -> list[Leak]:
@@ -76,14 +85,48 @@ def find_leakage(index: DatasetIndex, hashes: bool = False) -> list[Leak]:
         if len(splits) > 1
     ]
     if hashes:
-        by_digest: dict[str, set[str]] = defaultdict(set)
+        by_digest: dict[str, list[tuple[str, Sample]]] = defaultdict(list)
         for split, samples in index.splits.items():
             for sample in samples:
                 if sample.index is None:
-                    by_digest[hashlib.sha256(sample.path.read_bytes()).hexdigest()].add(split)
-        leaks += [
-            Leak("duplicate", digest[:16], tuple(sorted(splits)))
-            for digest, splits in sorted(by_digest.items())
-            if len(splits) > 1
-        ]
+                    digest = hashlib.sha256(sample.path.read_bytes()).hexdigest()
+                    by_digest[digest].append((split, sample))
+        for digest, copies in sorted(by_digest.items()):
+            splits = tuple(sorted({split for split, _ in copies}))
+            if len(splits) > 1:
+                files = tuple(_relative(sample, index) for _, sample in copies)
+                leaks.append(Leak("duplicate", digest[:16], splits, files))
     return leaks
+
+
+def write_carved(run_dir: Path, index: DatasetIndex, carved: dict[str, list[Sample]]) -> None:
+    """Record which scans a run carved into which split, so evaluation can find them again."""
+    record = {
+        "data": str(index.root),
+        "splits": {
+            name: [_relative(s, index) for s in samples] for name, samples in carved.items()
+        },
+    }
+    write_text(Path(run_dir) / CARVED_RECORD, json.dumps(record, indent=2))
+
+
+def split_samples(index: DatasetIndex, split: str, run_dir: Path | None = None) -> list[Sample]:
+    """The samples of ``split``: the data's own split, or one the run carved (``splits.json``)."""
+    record_path = Path(run_dir) / CARVED_RECORD if run_dir is not None else None
+    if split in index.splits or record_path is None or not record_path.is_file():
+        return index.split(split)
+    carved = read_json(record_path).get("splits", {})
+    if split not in carved:
+        return index.split(split)
+    by_name = {_relative(s, index): s for samples in index.splits.values() for s in samples}
+    missing = [name for name in carved[split] if name not in by_name]
+    if missing:
+        raise OctlensError(
+            f"{index.root}: {len(missing)} scan(s) the run carved into '{split}' are not in this "
+            f"data (e.g. {missing[0]}); is it the data the run was trained on?"
+        )
+    return [by_name[name] for name in carved[split]]
+
+
+def _relative(sample: Sample, index: DatasetIndex) -> str:
+    return sample.path.relative_to(index.root).as_posix()

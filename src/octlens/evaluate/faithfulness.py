@@ -154,7 +154,7 @@ def _pixel_ranks(maps: torch.Tensor, seed: int) -> torch.Tensor:
 @torch.inference_mode()
 def _probabilities(model, make_batch, image_of, targets, batch_size, precision) -> torch.Tensor:
     """Target probability of every copy ``make_batch(indices)`` builds, in index order."""
-    plan = resolve_precision(precision, next(model.parameters()).device)
+    plan = resolve_precision(precision, next(model.parameters()).device, measuring=True)
     probs = []
     with preserved_state(model), plan.autocast():
         model.eval()

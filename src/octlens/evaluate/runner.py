@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import csv
-import json
+import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from octlens.data.dataset import OCTDataset
-from octlens.data.index import DatasetIndex, scan
-from octlens.data.transforms import Normalization, eval_transform
+from octlens.data.dataset import ScansForEvaluation, collate_readable
+from octlens.data.images import UnreadableImageError
+from octlens.data.index import DatasetIndex, DataWarning, Sample, scan
+from octlens.data.splits import split_samples
 from octlens.errors import OctlensError
 from octlens.evaluate.metrics import calibration_bins, classification_metrics
 from octlens.evaluate.plots import plot_confusion_matrix, plot_reliability, plot_roc_curves
+from octlens.files import require_writable_folder, write_json, write_text
 from octlens.models import is_vit
 from octlens.training.checkpoint import Checkpoint, load_checkpoint
 from octlens.training.inference import predict_logits
@@ -36,26 +39,31 @@ def evaluate_run(
     """Evaluate ``run``'s best checkpoint on ``data``/``split``.
 
     Writes ``metrics.json``, ``predictions.csv``, ``confusion_matrix.png``, ``roc.png`` and
-    ``reliability.png`` to ``out`` (default ``RUN/eval/<split>/``) and returns the metrics.
+    ``reliability.png`` to ``out`` (default ``RUN/eval/<split>/``) and returns the metrics. A scan
+    that cannot be decoded is left out, with a warning, and listed under ``unreadable``; the
+    metrics also record the precision and a fingerprint of the data they were computed on.
     """
+    require_positive(batch_size=batch_size)
     checkpoint, index = load_run_and_data(run, data)
-    samples = index.split(split)
-    img_size = checkpoint.meta["img_size"]
-    dataset = OCTDataset(
-        index,
-        samples,
-        eval_transform(img_size, Normalization(**checkpoint.meta["normalization"])),
-        decode_size=img_size,
+    samples = split_samples(index, split, checkpoint.path.parent)
+    fingerprint = index.fingerprint(samples)  # of the split asked for, scored or not
+    plan = resolve_precision(precision, resolve_device(device), measuring=True)
+    out = require_writable_folder(Path(out) if out else checkpoint.path.parent / "eval" / split)
+    dataset = ScansForEvaluation(
+        index, samples, checkpoint.eval_transform(), decode_size=checkpoint.img_size
     )
-    plan = resolve_precision(precision, resolve_device(device))
     model = checkpoint.build_model().to(plan.device)
     channels_last = not is_vit(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    logits, labels = predict_logits(model, loader, plan, channels_last)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_readable
+    )
+    logits, positions = predict_logits(model, loader, plan, channels_last)
+    unreadable = left_out(index, samples, set(positions.tolist()))
+    samples = [samples[p] for p in positions.tolist()]
     probs = torch.softmax(logits, dim=1).numpy()
-    labels = labels.numpy()
+    labels = np.array([sample.label for sample in samples])
 
     metrics = classification_metrics(labels, probs, index.classes)
     metrics.update(
@@ -63,14 +71,15 @@ def evaluate_run(
             "checkpoint": str(checkpoint.path),
             "data": str(index.root),
             "split": split,
+            "data_fingerprint": fingerprint,
+            "precision": plan.name,
+            "unreadable": [str(sample.path) for sample in unreadable],
             "model": checkpoint.meta["model"]["name"],
             "epoch": checkpoint.meta["epoch"],
         }
     )
-    out = Path(out) if out else checkpoint.path.parent / "eval" / split
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _write_predictions(out / "predictions.csv", samples, labels, probs, index.classes)
+    write_json(out / "metrics.json", metrics)
+    write_text(out / "predictions.csv", _predictions_csv(samples, labels, probs, index.classes))
     plot_confusion_matrix(
         np.array(metrics["confusion_matrix"]), index.classes, out / "confusion_matrix.png"
     )
@@ -78,6 +87,37 @@ def evaluate_run(
     ece, bins = calibration_bins(labels, probs)
     plot_reliability(bins, ece, out / "reliability.png")
     return metrics
+
+
+def require_positive(**values: int | None) -> None:
+    """One-line errors for counts that must be at least 1 (``None`` means "the default")."""
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise OctlensError(f"--{name.replace('_', '-')} {value}: must be at least 1")
+
+
+def left_out(index: DatasetIndex, samples: list[Sample], scored: set[int]) -> list[Sample]:
+    """The samples not in ``scored`` (they failed to decode), named in one warning with the
+    reason of each; none scored at all is an error."""
+    missing = [sample for position, sample in enumerate(samples) if position not in scored]
+    if not missing:
+        return []
+    reasons = []
+    for sample in missing[:3]:
+        try:
+            index.load(sample)
+            reasons.append(f"{sample.path}: could not be decoded")
+        except UnreadableImageError as error:
+            reasons.append(str(error))
+    if len(missing) == len(samples):
+        raise OctlensError(f"none of the {len(samples)} scans could be read ({reasons[0]})")
+    more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+    warnings.warn(
+        f"left out {len(missing)} unreadable scan(s) of {len(samples)}: {'; '.join(reasons)}{more}",
+        DataWarning,
+        stacklevel=3,
+    )
+    return missing
 
 
 def load_run_and_data(run: str | Path, data: str | Path) -> tuple[Checkpoint, DatasetIndex]:
@@ -92,17 +132,18 @@ def load_run_and_data(run: str | Path, data: str | Path) -> tuple[Checkpoint, Da
     return checkpoint, index
 
 
-def _write_predictions(path: Path, samples, labels, probs, classes) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "patient", "label", "prediction", *[f"p_{c}" for c in classes]])
-        for sample, label, row in zip(samples, labels, probs, strict=True):
-            writer.writerow(
-                [
-                    str(sample.path),
-                    sample.patient,
-                    classes[label],
-                    classes[int(row.argmax())],
-                    *[f"{p:.6f}" for p in row],
-                ]
-            )
+def _predictions_csv(samples, labels, probs, classes) -> str:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path", "patient", "label", "prediction", *[f"p_{c}" for c in classes]])
+    for sample, label, row in zip(samples, labels, probs, strict=True):
+        writer.writerow(
+            [
+                str(sample.path),
+                sample.patient,
+                classes[label],
+                classes[int(row.argmax())],
+                *[f"{p:.6f}" for p in row],
+            ]
+        )
+    return text.getvalue()

@@ -64,8 +64,8 @@ class Explainer(ABC):
             )
         self.model = model
         device = next(model.parameters()).device
-        # bf16 autocast on CPUs with native bf16, AMP on CUDA, else fp32; maps are fp32 always.
-        self.precision = resolve_precision(precision, device)
+        # auto: fp32 on CPUs (numbers must not depend on the CPU), AMP on CUDA; maps always fp32.
+        self.precision = resolve_precision(precision, device, measuring=True)
 
     def __call__(
         self, images: torch.Tensor, targets: Sequence[int] | torch.Tensor | None = None

@@ -10,23 +10,53 @@ unpickled.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
+from torchvision.transforms import v2
 
 from octlens import __version__
+from octlens.data.transforms import Normalization, eval_transform
 from octlens.errors import OctlensError
+from octlens.files import atomic_write, write_text
 from octlens.models import create_model
 
 FORMAT = "octlens-checkpoint"
 _META_KEY = "octlens"
 _MODEL, _OPTIMIZER = "model.", "optimizer."
+
+_Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _Recipe(BaseModel):
+    name: str
+    img_size: int | None = Field(None, ge=16, le=4096)
+    patch_size: int | None = Field(None, ge=1)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class _Normalization(BaseModel):
+    mean: _Finite
+    std: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class CheckpointMeta(BaseModel):
+    """The fields every reader of a checkpoint relies on, checked when it is loaded, so an
+    edited or foreign file fails with one line instead of deep inside a model or a transform."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    classes: Annotated[list[str], Field(min_length=1)]
+    model: _Recipe
+    img_size: int = Field(ge=16, le=4096)
+    normalization: _Normalization
+    epoch: int = Field(ge=1)
 
 
 @dataclass
@@ -38,6 +68,18 @@ class Checkpoint:
     @property
     def classes(self) -> list[str]:
         return list(self.meta["classes"])
+
+    @property
+    def img_size(self) -> int:
+        return int(self.meta["img_size"])
+
+    @property
+    def normalization(self) -> Normalization:
+        return Normalization(**self.meta["normalization"])
+
+    def eval_transform(self) -> v2.Compose:
+        """What a scan (a grayscale PIL image) goes through before this model sees it."""
+        return eval_transform(self.img_size, self.normalization)
 
     def model_state(self) -> dict[str, torch.Tensor]:
         return {k[len(_MODEL) :]: v for k, v in self.tensors.items() if k.startswith(_MODEL)}
@@ -53,7 +95,24 @@ class Checkpoint:
             patch_size=recipe.get("patch_size"),
             **recipe.get("kwargs", {}),
         )
-        model.load_state_dict(self.model_state())
+        state = self.model_state()
+        broken = [
+            name
+            for name, tensor in state.items()
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+        ]
+        if broken:
+            raise OctlensError(
+                f"{self.path}: {len(broken)} weight tensor(s) hold NaN or infinity (e.g. "
+                f"{broken[0]}): the run diverged or the file was altered"
+            )
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:
+            raise OctlensError(
+                f"{self.path}: the weights do not fit the recorded model '{recipe['name']}' "
+                f"({str(error).splitlines()[0]} ...)"
+            ) from None
         return model.eval()
 
     def optimizer_state(self) -> dict[str, Any]:
@@ -99,11 +158,8 @@ def save_checkpoint(
             "optimizer": {"scalars": scalars, "param_groups": saved["param_groups"]},
         }
     text = json.dumps(meta, default=str)
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={_META_KEY: text}))
-    _atomic_write(
-        path.with_suffix(".json"),
-        lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str)),
-    )
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={_META_KEY: text}))
+    write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, default=str))
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -123,13 +179,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         meta = json.loads(header[_META_KEY])
     except (KeyError, json.JSONDecodeError):
         raise OctlensError(f"{path}: a safetensors file, but not an octlens checkpoint") from None
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise OctlensError(f"{path}: a safetensors file, but not an octlens checkpoint")
-    return Checkpoint(path=path, meta=meta, tensors=tensors)
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(str(tmp))
-    os.replace(tmp, path)
+    try:
+        checked = CheckpointMeta.model_validate(meta)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        raise OctlensError(
+            f"{path}: invalid checkpoint metadata ({where}: {first['msg']})"
+        ) from None
+    return Checkpoint(path=path, meta={**meta, **checked.model_dump()}, tensors=tensors)

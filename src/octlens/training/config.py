@@ -20,13 +20,19 @@ class TrainConfig(BaseModel):
     out: Path
     model: str = "resnet18"
     img_size: int = Field(224, ge=16)
-    patch_size: int | None = None
+    patch_size: int | None = Field(None, ge=1)
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     pretrained: str | None = None
 
     train_split: str = "train"
     val_split: str = "val"
     val_fraction: float = Field(0.15, gt=0, lt=1, description="carved by patient when no val split")
+    test_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="carved by patient (before val) when the data has no test split",
+    )
 
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)

@@ -22,12 +22,15 @@ def predict_logits(
     precision: PrecisionPlan,
     channels_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """All logits (N, C) in fp32 and labels (N,) of ``batches``, in order, model in eval mode."""
+    """All logits (N, C) in fp32 and the second element of each batch (labels, or positions of
+    the scans), in order, model in eval mode."""
     was_training = model.training
     model.eval()
     logits, labels = [], []
     try:
         for images, targets in batches:
+            if len(images) == 0:  # every scan of the batch was unreadable
+                continue
             with precision.autocast():
                 output = model(prepare_input(images, precision.device, channels_last))
             logits.append(output.float().cpu())

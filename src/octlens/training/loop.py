@@ -11,6 +11,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,19 +27,25 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from octlens.data.dataset import OCTDataset, estimate_normalization
-from octlens.data.index import DatasetIndex, Sample, scan
-from octlens.data.splits import split_by_patient
+from octlens.data.index import SINGLE_SPLIT, DatasetIndex, DataWarning, Sample, scan
+from octlens.data.splits import CARVED_SPLITS, find_leakage, split_by_patient, write_carved
 from octlens.data.transforms import Normalization, eval_transform, train_transform
-from octlens.errors import OctlensError
+from octlens.errors import Interrupted, OctlensError
+from octlens.files import remove_stale_temps, require_writable_folder
 from octlens.models import create_model, is_vit
-from octlens.training.checkpoint import load_checkpoint, save_checkpoint
+from octlens.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from octlens.training.config import TrainConfig
 from octlens.training.history import plot_learning_curves, write_history
 from octlens.training.inference import predict_logits, prepare_input
 from octlens.training.precision import PrecisionPlan, resolve_device, resolve_precision
 
 # Settings that may differ between a run and its resumption; any other change is a new run.
-_RESUMABLE_CHANGES = {"epochs", "patience", "num_workers", "device"}
+# ``out`` and ``data`` are compared as places (a moved run, the same data by another path).
+_RESUMABLE_CHANGES = {"epochs", "patience", "num_workers", "device", "out", "data"}
+
+
+class NonFiniteLoss(ArithmeticError):
+    """The loss became NaN or infinite: the run diverged."""
 
 
 @dataclass
@@ -54,18 +61,29 @@ class TrainResult:
 
 
 def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> TrainResult:
-    """Train a classifier as ``config`` says; write checkpoints, history and curves to ``out``."""
-    console = Console(quiet=not verbose)
+    """Train a classifier as ``config`` says; write checkpoints, history and curves to ``out``.
+
+    Ctrl-C raises :class:`~octlens.errors.Interrupted` saying which epochs are saved; a loss that
+    turns NaN or infinite stops the run with an error, and ``last`` keeps the last good epoch.
+    """
+    console = Console(quiet=not verbose, markup=False, highlight=False)
     out = config.out
     last_path = out / "last.safetensors"
-    resumed = _load_resumable(last_path, config) if resume else None
+    if out.exists() and not out.is_dir():
+        raise OctlensError(f"{out}: --out is a file, not a folder")
+    resumed = _load_resumable(last_path, config, console) if resume else None
     if resumed is None and last_path.exists():
         raise OctlensError(f"{out}: holds a run already; add --resume, or choose another --out")
 
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     index = scan(config.data, strict=config.strict)
-    train_samples, val_samples = _train_val_samples(index, config)
+    train_split = _train_split_name(index, config.train_split)
+    train_samples, val_samples, carved = _train_val_samples(index, config, train_split)
+    fingerprint = index.fingerprint(index.split(train_split))
+    if resumed:
+        _check_same_data(resumed, config, fingerprint)
+    _warn_leakage(index, train_split)
     normalization = (
         Normalization(**resumed.meta["normalization"])
         if resumed
@@ -85,6 +103,13 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
         model.load_state_dict(resumed.model_state())
     channels_last = not is_vit(model)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+
+    # Prove the run folder takes files before spending an epoch, and clear a killed write's debris.
+    require_writable_folder(out)
+    for stale in remove_stale_temps(out):
+        console.print(f"removed {stale.name}, left by an interrupted checkpoint write")
+    if carved:
+        write_carved(out, index, carved)
 
     workers = config.num_workers if config.num_workers is not None else _default_workers(device)
     val_loader = DataLoader(
@@ -136,66 +161,88 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
         f"{len(train_samples)} train / {len(val_samples)} val images, classes {index.classes}"
     )
     meta_base = _run_metadata(config, index, normalization, len(train_samples), len(val_samples))
+    meta_base["data"]["train_fingerprint"] = fingerprint
     stopped_early = False
-    for epoch in range(len(history) + 1, config.epochs + 1):
-        if _patience_exhausted(history, config.patience):
-            stopped_early = True
-            console.print(f"early stop: no val-loss improvement in {config.patience} epochs")
-            break
-        _seed_everything(config.seed * 1_000_003 + epoch)
-        loader = _train_loader(train_set, config, workers, epoch)
-        lr = scheduler.get_last_lr()[0]
-        started = time.perf_counter()
-        train_loss, train_acc = _train_one_epoch(
-            model,
-            loader,
-            criterion,
-            optimizer,
-            scheduler,
-            scaler,
-            precision,
-            channels_last,
-            description=f"epoch {epoch}/{config.epochs}",
-            console=console,
-        )
-        seconds = time.perf_counter() - started
-        logits, labels = predict_logits(model, val_loader, precision, channels_last)
-        row = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "val_loss": F.cross_entropy(logits, labels).item(),
-            "val_acc": (logits.argmax(1) == labels).float().mean().item(),
-            "seconds": round(seconds, 2),
-            "images_per_s": round(len(train_set) / seconds, 1),
-        }
-        history.append(row)
-        console.print(
-            f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
-            f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | "
-            f"{row['images_per_s']:.0f} img/s"
-        )
-        meta = {**meta_base, "epoch": epoch, "metrics": row, "history": history}
-        if row["val_loss"] <= min(r["val_loss"] for r in history):
-            save_checkpoint(out / "best.safetensors", model, meta)
-        save_checkpoint(
-            last_path,
-            model,
-            meta,
-            optimizer,
-            {"scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()},
-        )
-        write_history(history, out / "history.csv")
-        plot_learning_curves(history, out / "learning_curves.png", title=config.model)
-    else:
-        stopped_early = (
-            _patience_exhausted(history, config.patience) and len(history) < config.epochs
-        )
+    epoch = len(history) + 1
+    try:
+        for epoch in range(len(history) + 1, config.epochs + 1):
+            if _patience_exhausted(history, config.patience):
+                stopped_early = True
+                console.print(f"early stop: no val-loss improvement in {config.patience} epochs")
+                break
+            _seed_everything(config.seed * 1_000_003 + epoch)
+            loader = _train_loader(train_set, config, workers, epoch)
+            lr = scheduler.get_last_lr()[0]
+            started = time.perf_counter()
+            train_loss, train_acc = _train_one_epoch(
+                model,
+                loader,
+                criterion,
+                optimizer,
+                scheduler,
+                scaler,
+                precision,
+                channels_last,
+                description=f"epoch {epoch}/{config.epochs}",
+                console=console,
+            )
+            seconds = time.perf_counter() - started
+            logits, labels = predict_logits(model, val_loader, precision, channels_last)
+            val_loss = F.cross_entropy(logits, labels).item()
+            if not math.isfinite(val_loss):
+                raise NonFiniteLoss(f"validation loss {val_loss}")
+            row = {
+                "epoch": epoch,
+                "lr": lr,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "val_loss": val_loss,
+                "val_acc": (logits.argmax(1) == labels).float().mean().item(),
+                "seconds": round(seconds, 2),
+                "images_per_s": round(len(train_set) / seconds, 1),
+            }
+            history.append(row)
+            console.print(
+                f"epoch {epoch}: train loss {train_loss:.4f} acc {train_acc:.3f} | "
+                f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | "
+                f"{row['images_per_s']:.0f} img/s"
+            )
+            meta = {**meta_base, "epoch": epoch, "metrics": row, "history": history}
+            if row["val_loss"] <= min(r["val_loss"] for r in history):
+                save_checkpoint(out / "best.safetensors", model, meta)
+            save_checkpoint(
+                last_path,
+                model,
+                meta,
+                optimizer,
+                {"scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()},
+            )
+            write_history(history, out / "history.csv")
+            plot_learning_curves(history, out / "learning_curves.png", title=config.model)
+        else:
+            stopped_early = (
+                _patience_exhausted(history, config.patience) and len(history) < config.epochs
+            )
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"{out}: interrupted in epoch {epoch}; {_saved(history)}"
+            + ("; add --resume to continue" if history else "")
+        ) from None
+    except NonFiniteLoss as error:
+        raise OctlensError(
+            f"{out}: training diverged in epoch {epoch} ({error}); {_saved(history)}; "
+            f"try a lower --lr (now {config.lr:g})"
+        ) from None
     best_epoch = min(history, key=lambda r: r["val_loss"])["epoch"]
     return TrainResult(
         run_dir=out, history=history, best_epoch=best_epoch, stopped_early=stopped_early
     )
+
+
+def _saved(history: list[dict[str, Any]]) -> str:
+    if not history:
+        return "no epoch finished, so no checkpoint was written"
+    return f"epochs 1-{len(history)} are saved (last.safetensors)"
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):
@@ -245,6 +292,8 @@ def _train_one_epoch(
             with precision.autocast():
                 logits = model(inputs)
             loss = criterion(logits.float(), labels)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"training loss {loss.item()} at image {seen:.0f}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -265,21 +314,62 @@ def _train_one_epoch(
     return total_loss / seen, correct / seen
 
 
+def _train_split_name(index: DatasetIndex, requested: str) -> str:
+    """``requested``, or the one split of a single-split dataset (an ImageFolder's ``all``)."""
+    if requested not in index.splits and list(index.splits) == [SINGLE_SPLIT]:
+        return SINGLE_SPLIT
+    return requested
+
+
 def _train_val_samples(
-    index: DatasetIndex, config: TrainConfig
-) -> tuple[list[Sample], list[Sample]]:
-    """The train split, and the val split or, if there is none, a by-patient carve of train."""
-    train_samples = index.split(config.train_split)
-    if config.val_split in index.splits and config.val_split != config.train_split:
+    index: DatasetIndex, config: TrainConfig, train_split: str
+) -> tuple[list[Sample], list[Sample], dict[str, list[Sample]]]:
+    """The train split, the val split, and the splits carved by patient from train.
+
+    A dataset of one split (an ImageFolder, ``all``) trains on it. Validation is the val split,
+    or a carve of ``val_fraction`` of train when there is none; with ``test_fraction``, a test
+    split is carved first when the data has none. Carved splits are recorded in the run
+    (``splits.json``) so that evaluation finds the same scans.
+    """
+    train_samples = index.split(train_split)
+    carved: dict[str, list[Sample]] = {}
+    if config.test_fraction > 0 and "test" not in index.splits:
+        train_samples, carved["test"] = split_by_patient(
+            train_samples, config.test_fraction, seed=config.seed + 1
+        )
+    if config.val_split in index.splits and config.val_split != train_split:
         val_samples = index.split(config.val_split)
     else:
         train_samples, val_samples = split_by_patient(
             train_samples, config.val_fraction, seed=config.seed
         )
+        carved["val"] = val_samples
     for name, samples in (("training", train_samples), ("validation", val_samples)):
         if not samples:
             raise OctlensError(f"{index.root}: no readable {name} images")
-    return train_samples, val_samples
+    missing = index.missing_classes(train_samples)
+    if missing:
+        raise OctlensError(
+            f"{index.root}: the training split '{train_split}' has no images of "
+            f"{', '.join(missing)}; a model cannot learn a class it never sees"
+        )
+    assert set(carved) <= set(CARVED_SPLITS)
+    return train_samples, val_samples, carved
+
+
+def _warn_leakage(index: DatasetIndex, train_split: str) -> None:
+    """Warn when the given splits share patients with the training split."""
+    leaks = [leak for leak in find_leakage(index) if train_split in leak.splits]
+    if not leaks:
+        return
+    shown = "; ".join(f"{leak.key} in {', '.join(leak.splits)}" for leak in leaks[:3])
+    more = f" and {len(leaks) - 3} more" if len(leaks) > 3 else ""
+    warnings.warn(
+        f"{index.root}: {len(leaks)} patient(s) have scans in '{train_split}' and another split "
+        f"({shown}{more}): scores on those splits will be optimistic (see 'octlens inspect')",
+        DataWarning,
+        stacklevel=3,
+    )
 
 
 def _train_loader(dataset: OCTDataset, config: TrainConfig, workers: int, epoch: int) -> DataLoader:
@@ -334,7 +424,7 @@ def _default_workers(device: torch.device) -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def _load_resumable(last_path: Path, config: TrainConfig):
+def _load_resumable(last_path: Path, config: TrainConfig, console: Console) -> Checkpoint:
     if not last_path.exists():
         raise OctlensError(f"{last_path}: no checkpoint to resume from")
     checkpoint = load_checkpoint(last_path)
@@ -349,7 +439,21 @@ def _load_resumable(last_path: Path, config: TrainConfig):
             f"{last_path}: cannot resume with different settings ({', '.join(changed)}); "
             "start a new run with another --out"
         )
+    if saved.out.resolve() != config.out.resolve():
+        console.print(f"note: the run was written at {saved.out}; it continues in {config.out}")
     return checkpoint
+
+
+def _check_same_data(resumed: Checkpoint, config: TrainConfig, fingerprint: str) -> None:
+    """Data given by another path (or moved) may resume a run only if it holds the same scans."""
+    saved = resumed.meta["config"]
+    if Path(saved["data"]).resolve() == Path(config.data).resolve():
+        return
+    if resumed.meta.get("data", {}).get("train_fingerprint") != fingerprint:
+        raise OctlensError(
+            f"{config.data}: not the data this run was trained on ({saved['data']}); "
+            "start a new run with another --out"
+        )
 
 
 def _run_metadata(

@@ -6,6 +6,11 @@ Layout (``N`` per class in all, split 70/15/15 by patient)::
     OUT/masks/train|val|test/<CLASS>/<CLASS>-<PATIENT>-<K>.png    lesion pixels (255), NORMAL empty
     OUT/retina/train|val|test/<CLASS>/<CLASS>-<PATIENT>-<K>.png   ILM to Bruch's membrane (255)
     OUT/shortcut.csv     with a planted shortcut only: which scans carry a mark of which class
+    OUT/synth.json       the settings and counts: written last, so its presence means complete
+
+The dataset is written into a hidden folder beside ``OUT`` and renamed to ``OUT`` only when every
+scan is on disk: an interrupted run leaves no ``OUT`` to be mistaken for a dataset, and the next
+run starts afresh. An existing ``OUT`` is never written into.
 
 Every scan's random stream is seeded by ``(seed, class, patient, scan)``, so a dataset is the same
 for a seed whatever the number of worker processes, and a larger ``N`` only adds patients.
@@ -15,9 +20,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
+import json
 import os
+import shutil
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +35,11 @@ from PIL import Image
 
 from octlens.data.synth.scan import CLASSES, draw_patient, render_scan
 from octlens.data.synth.shortcut import MANIFEST, SHORTCUTS, choose_mark, draw_corner_mark
+from octlens.errors import Interrupted, OctlensError
+from octlens.files import write_text
+
+#: Written last into a synthetic dataset: its settings, and the proof that it is complete.
+RECORD = "synth.json"
 
 SPLIT_FRACTIONS = (("train", 0.7), ("val", 0.15), ("test", 0.15))
 _FIRST_PATIENT_ID = 100001
@@ -99,9 +113,9 @@ def _write(job: ScanJob, out: Path, height: int, width: int) -> None:
 def plant_shortcut(jobs: list[ScanJob], kind: str, rate: float) -> list[ScanJob]:
     """The jobs with marks chosen (see :mod:`octlens.data.synth.shortcut`), seeded per scan."""
     if kind not in SHORTCUTS:
-        raise ValueError(f"unknown shortcut {kind!r}; expected one of {SHORTCUTS}")
+        raise OctlensError(f"--shortcut '{kind}': choose one of {', '.join(SHORTCUTS)}")
     if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"shortcut rate must be between 0 and 1, got {rate}")
+        raise OctlensError(f"--shortcut-rate {rate}: must be between 0 and 1")
     marked = []
     for job in jobs:
         class_index = CLASSES.index(job.label)
@@ -126,33 +140,74 @@ def synthesize(
     training and validation scans (see :mod:`octlens.data.synth.shortcut`).
     """
     if n_per_class < 3:
-        raise ValueError("n_per_class must be at least 3 (one scan per split)")
+        raise OctlensError(f"--n-per-class {n_per_class}: at least 3 (one scan per split)")
+    height, width = size
+    if not (16 <= height <= 4096 and 16 <= width <= 4096):
+        raise OctlensError(f"--size {height}x{width}: each side must be 16 to 4096 px")
+    if workers is not None and workers < 1:
+        raise OctlensError(f"--workers {workers}: at least 1")
     out = Path(out)
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        what = "a folder that is not empty" if out.is_dir() else "a file"
+        raise OctlensError(f"{out}: already exists and is {what}; choose a new folder")
     jobs = plan_scans(n_per_class, seed)
     if shortcut is not None:
         jobs = plant_shortcut(jobs, shortcut, shortcut_rate)
-    height, width = size
-    workers = workers or min(len(jobs), os.cpu_count() or 1)
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            list(
-                pool.map(
-                    _write,
-                    jobs,
-                    [out] * len(jobs),
-                    [height] * len(jobs),
-                    [width] * len(jobs),
-                    chunksize=16,
-                )
-            )
-    else:
+    partial = out.absolute().with_name(f".{out.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run: start afresh
+    try:
+        _write_all(jobs, partial, height, width, workers or min(len(jobs), os.cpu_count() or 1))
+        if shortcut is not None:
+            write_text(partial / MANIFEST, _manifest(jobs))
+        counts = Counter((job.split, job.label) for job in jobs)
+        record = {
+            "n_per_class": n_per_class,
+            "seed": seed,
+            "size": [height, width],
+            "shortcut": shortcut,
+            "shortcut_rate": shortcut_rate if shortcut else None,
+            "scans": {f"{split}/{label}": n for (split, label), n in sorted(counts.items())},
+        }
+        if shortcut is not None:
+            record["marked"] = dict(Counter(job.split for job in jobs if job.mark is not None))
+        write_text(partial / RECORD, json.dumps(record, indent=2))
+        if out.is_dir():
+            out.rmdir()  # empty, checked above
+        partial.rename(out)
+    except (KeyboardInterrupt, BrokenProcessPool) as error:
+        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(error, BrokenProcessPool):
+            raise OctlensError(f"{out}: a synthesis process died; nothing was written") from None
+        raise Interrupted(
+            f"{out}: interrupted; nothing was written (run again to start over)"
+        ) from None
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return counts
+
+
+def read_record(root: Path) -> dict | None:
+    """The settings a complete synthetic dataset was made with, or None for other data."""
+    path = Path(root) / RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _write_all(jobs: list[ScanJob], out: Path, height: int, width: int, workers: int) -> None:
+    if workers == 1:
         for job in jobs:
             _write(job, out, height, width)
-    if shortcut is not None:
-        with open(out / MANIFEST, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["file", "mark"])
-            for job in jobs:
-                mark = "" if job.mark is None else CLASSES[job.mark]
-                writer.writerow([job.relative_path.with_suffix(".jpeg").as_posix(), mark])
-    return Counter((job.split, job.label) for job in jobs)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        n = len(jobs)
+        list(pool.map(_write, jobs, [out] * n, [height] * n, [width] * n, chunksize=16))
+
+
+def _manifest(jobs: list[ScanJob]) -> str:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["file", "mark"])
+    for job in jobs:
+        mark = "" if job.mark is None else CLASSES[job.mark]
+        writer.writerow([job.relative_path.with_suffix(".jpeg").as_posix(), mark])
+    return text.getvalue()

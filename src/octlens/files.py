@@ -1,0 +1,94 @@
+"""Writing results so that a crash, a kill or a full disk never leaves a half-written file.
+
+Every file octlens writes for later reading (checkpoints, JSON results, CSV manifests) goes
+through :func:`atomic_write`: the bytes land in a hidden temporary file beside the target, which
+is renamed over it only when complete. A reader therefore sees the old file or the new one, never
+a truncated mix. Temporary files left by a killed writer are removed by :func:`remove_stale_temps`
+when the next run starts in that folder.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from octlens.errors import OctlensError
+
+_TEMP_SUFFIX = ".octlens-tmp"
+
+
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """Call ``write(temporary_path)``, then rename the temporary file to ``path``.
+
+    On any failure the temporary file is removed and ``path`` is left as it was; an ``OSError``
+    (full disk, no permission) becomes a one-line :class:`OctlensError` naming ``path``.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{_TEMP_SUFFIX}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(str(tmp))
+        os.replace(tmp, path)
+    except OSError as error:
+        raise OctlensError(f"{path}: could not write ({_reason(error)})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_json(path: Path, value: Any) -> None:
+    """``value`` as indented JSON; NaN and infinity are refused, since JSON has no such numbers."""
+    write_text(path, json.dumps(value, indent=2, allow_nan=False))
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file written by octlens; a missing, truncated or edited file is one line."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise OctlensError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise OctlensError(f"{path}: not a readable JSON file ({error})") from None
+
+
+def require_writable_folder(folder: Path, what: str = "--out") -> Path:
+    """Create ``folder`` if needed and prove that a file can be written in it, before any work.
+
+    A run that fails only when it saves its first result has wasted an epoch; this check makes
+    a path that is a file, a read-only folder or a full disk fail at the start.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OctlensError(f"{folder}: {what} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-check{_TEMP_SUFFIX}"
+        probe.write_bytes(b"octlens")
+        probe.unlink()
+    except OSError as error:
+        raise OctlensError(f"{folder}: {what} is not writable ({_reason(error)})") from None
+    return folder
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``folder``; return what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [path for path in folder.glob(f".*{_TEMP_SUFFIX}") if path.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def _reason(error: OSError) -> str:
+    if error.errno == errno.ENOSPC:
+        return "no space left on the disk"
+    return error.strerror or type(error).__name__
