@@ -237,7 +237,7 @@ def audit(
         run,
         data,
         split,
-        methods=parse_methods(methods) if methods else None,
+        methods=None if methods is None else parse_methods(methods),
         scans_per_class=scans_per_class,
         steps=steps,
         sanity_scans=sanity_scans,

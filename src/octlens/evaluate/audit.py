@@ -15,7 +15,6 @@ from :func:`octlens.data.retina.find_retina`.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +24,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from octlens.data.images import UnreadableImageError
 from octlens.data.index import DatasetIndex, Sample
 from octlens.data.retina import find_retina, scanner_fill
+from octlens.data.splits import split_samples
 from octlens.data.synth.shortcut import MANIFEST
 from octlens.data.transforms import Normalization, eval_transform
-from octlens.errors import OctlensError
 from octlens.evaluate.audit_plots import (
     plot_attention_by_class,
     plot_perturbation_curves,
@@ -43,11 +43,12 @@ from octlens.evaluate.faithfulness import (
     random_maps,
 )
 from octlens.evaluate.localization import energy_in_mask, pixel_auroc, pointing_game
-from octlens.evaluate.runner import load_run_and_data
+from octlens.evaluate.runner import left_out, load_run_and_data, require_positive
 from octlens.evaluate.sanity import SanityResult, cascading_randomization
 from octlens.evaluate.shortcut import area_shares, attention_shares, region_masks, shortcut_flags
-from octlens.explain import EXPLAINERS, default_methods
+from octlens.explain import EXPLAINERS, check_methods, default_methods
 from octlens.explain.base import scaled_to_unit
+from octlens.files import require_writable_folder, write_json
 from octlens.models import is_vit
 from octlens.training.precision import resolve_device, resolve_precision
 
@@ -58,6 +59,8 @@ REGIONS = ("off_retina", "border", "corners", "fill")
 class AuditBatch:
     """Everything the audit needs about its scans, at the model's input size."""
 
+    samples: list[Sample]  # the scans that could be read, in order
+    unreadable: list[Sample]  # the scans left out because they could not be decoded
     images: torch.Tensor  # (N, 1, S, S) normalized
     display: np.ndarray  # (N, S, S) [0, 1] for figures
     lesions: torch.Tensor | None  # (N, S, S) bool, or None without lesion masks
@@ -83,21 +86,33 @@ def audit_run(
 ) -> dict[str, Any]:
     """Audit ``run``'s best checkpoint on ``data``/``split``; write ``audit.json`` and figures.
 
-    ``out`` defaults to ``RUN/audit/<split>/``. Returns the contents of ``audit.json``.
+    ``out`` defaults to ``RUN/audit/<split>/``. Returns the contents of ``audit.json``. Scans
+    that cannot be decoded are left out, with a warning, and listed under ``unreadable``.
     """
+    require_positive(
+        steps=steps,
+        scans_per_class=scans_per_class,
+        sanity_scans=sanity_scans,
+        batch_size=batch_size,
+    )
     checkpoint, index = load_run_and_data(run, data)
-    plan = resolve_precision(precision, resolve_device(device))
+    plan = resolve_precision(precision, resolve_device(device), measuring=True)
     model = checkpoint.build_model().to(plan.device).eval()
     if not is_vit(model):
         model.to(memory_format=torch.channels_last)
-    methods = list(methods or default_methods(model))
-    unknown = [m for m in methods if m not in EXPLAINERS]
-    if unknown:
-        raise OctlensError(f"unknown method(s) {unknown}; choose from {', '.join(EXPLAINERS)}")
+    methods = list(default_methods(model) if methods is None else methods)
+    check_methods(methods)
 
-    samples = _chosen_samples(index.split(split), len(index.classes), scans_per_class)
-    norm = Normalization(**checkpoint.meta["normalization"])
-    batch = load_audit_batch(index, samples, checkpoint.meta["img_size"], norm)
+    requested = split_samples(index, split, checkpoint.path.parent)
+    out = require_writable_folder(Path(out) if out else checkpoint.path.parent / "audit" / split)
+    norm = checkpoint.normalization
+    batch = load_audit_batch(
+        index,
+        _chosen_samples(requested, len(index.classes), scans_per_class),
+        checkpoint.img_size,
+        norm,
+    )
+    samples = batch.samples
     images = batch.images.to(plan.device)
     black = -norm.mean / norm.std  # pixel value 0 in the model's input space
 
@@ -187,7 +202,10 @@ def audit_run(
         "model": checkpoint.meta["model"]["name"],
         "data": str(index.root),
         "split": split,
+        "data_fingerprint": index.fingerprint(requested),
+        "precision": plan.name,
         "n_scans": len(samples),
+        "unreadable": [str(sample.path) for sample in batch.unreadable],
         "retina_masks": batch.retina_source,
         "accuracy": accuracy,
         "area_share": areas,
@@ -201,9 +219,7 @@ def audit_run(
         "flagged": bool(reasons),
         "flag_reasons": reasons,
     }
-    out = Path(out) if out else checkpoint.path.parent / "audit" / split
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "audit.json").write_text(json.dumps(result, indent=2))
+    write_json(out / "audit.json", result)
     title = f"{result['model']} on {split}"
     plot_perturbation_curves(curves, out / "deletion_insertion.png", title)
     plot_attention_by_class(
@@ -268,8 +284,13 @@ def load_audit_batch(
     images, display, lesions, retina, fill = [], [], [], [], []
     has_lesions = all(index.mask_path(s, "masks") for s in samples)
     has_retina = all(index.mask_path(s, "retina") for s in samples)
-    for sample in samples:
-        scan_image = index.load(sample)
+    scored = set()
+    for position, sample in enumerate(samples):
+        try:
+            scan_image = index.load(sample)
+        except UnreadableImageError:
+            continue
+        scored.add(position)
         pixels = np.asarray(scan_image)
         images.append(transform(scan_image))
         display.append(_resized(pixels, img_size, Image.Resampling.BILINEAR) / 255)
@@ -282,14 +303,18 @@ def load_audit_batch(
             found = find_retina(pixels)
             retina.append(_resized(found.mask(), img_size) > 0)
             fill.append(_resized(found.fill, img_size) > 0)
+    unreadable = left_out(index, samples, scored)
+    readable = [sample for position, sample in enumerate(samples) if position in scored]
     return AuditBatch(
+        samples=readable,
+        unreadable=unreadable,
         images=torch.stack(images),
         display=np.stack(display).astype(np.float32),
         lesions=torch.from_numpy(np.stack(lesions)) if has_lesions else None,
         retina=torch.from_numpy(np.stack(retina)),
         fill=torch.from_numpy(np.stack(fill)),
         retina_source="masks" if has_retina else "estimated",
-        marks=_planted_marks(index, samples),
+        marks=_planted_marks(index, readable),
     )
 
 

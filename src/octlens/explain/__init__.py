@@ -1,7 +1,10 @@
 """Explainers for CNNs and ViTs: batched, pure PyTorch, every one a small subclass of one base."""
 
+from collections.abc import Sequence
+
 from torch import nn
 
+from octlens.errors import OctlensError
 from octlens.explain.base import Explainer, Explanation
 from octlens.explain.cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
 from octlens.explain.legrad import LeGrad
@@ -31,6 +34,15 @@ def default_methods(model: nn.Module) -> tuple[str, ...]:
     return VIT_METHODS if is_vit(model) else CNN_METHODS
 
 
+def check_methods(methods: Sequence[str]) -> None:
+    """One-line errors for an empty or misspelt list of method names."""
+    if not methods:
+        raise OctlensError(f"--methods: name at least one of {', '.join(EXPLAINERS)}")
+    unknown = [m for m in methods if m not in EXPLAINERS]
+    if unknown:
+        raise OctlensError(f"unknown method(s) {unknown}; choose from {', '.join(EXPLAINERS)}")
+
+
 __all__ = [
     "CNN_METHODS",
     "EXPLAINERS",
@@ -45,5 +57,6 @@ __all__ = [
     "LeGrad",
     "Occlusion",
     "ViTReciproCAM",
+    "check_methods",
     "default_methods",
 ]

@@ -82,6 +82,11 @@ class Explainer(ABC):
             self.model.eval()
             maps, targets = self._explain(images, targets)
         maps = maps.float()
+        if not torch.isfinite(maps).all():
+            raise OctlensError(
+                f"{type(self).__name__} gave NaN or infinite maps: the model's outputs or "
+                "weights are not finite on these images"
+            )
         if maps.shape[-2:] != images.shape[-2:]:
             maps = F.interpolate(
                 maps[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False

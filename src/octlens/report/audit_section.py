@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from octlens.evaluate.audit import verdict_lines
-from octlens.report.embed import figure_html, number
+from octlens.report.embed import figure_html, number, text
 
 #: (column heading, key in a method's summary)
 COLUMNS = (
@@ -36,17 +36,16 @@ def audit_table(audits: Sequence[dict[str, Any]]) -> str:
     for audit in audits:
         for method, summary in audit["methods"].items():
             best = method == audit["best_method"]
-            name = f"<b>{html.escape(method)} &#9733;</b>" if best else html.escape(method)
+            name = f"<b>{text(method)} &#9733;</b>" if best else text(method)
             cells = "".join(f"<td>{number(summary['all'].get(key))}</td>" for _, key in COLUMNS)
             verdict = "pass" if summary["sanity"]["passed"] else "<b>fail</b>"
             rows.append(
-                f"<tr><th>{html.escape(audit['model'])}</th><th>{name}</th>{cells}"
-                f"<td>{verdict}</td></tr>"
+                f"<tr><th>{text(audit['model'])}</th><th>{name}</th>{cells}<td>{verdict}</td></tr>"
             )
         random = audit["random_baseline"]
         area = audit["area_share"]
         rows.append(
-            f"<tr><th>{html.escape(audit['model'])}</th><th><i>random maps / area</i></th>"
+            f"<tr><th>{text(audit['model'])}</th><th><i>random maps / area</i></th>"
             f"<td>{number(random['deletion_auc'])}</td><td>{number(random['insertion_auc'])}</td>"
             f"<td></td><td></td><td>{number(area.get('lesion'))}</td>"
             f"<td>{number(area['off_retina'])}</td>"
@@ -65,7 +64,7 @@ def audit_table(audits: Sequence[dict[str, Any]]) -> str:
 
 def verdict_html(audit: dict[str, Any]) -> str:
     lines = "; ".join(html.escape(line) for line in verdict_lines(audit))
-    return f"<p><b>{html.escape(audit['model'])}</b>: {lines}.</p>"
+    return f"<p><b>{text(audit['model'])}</b>: {lines}.</p>"
 
 
 def audit_figures(audit_dir: Path) -> str:

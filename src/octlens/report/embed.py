@@ -13,5 +13,16 @@ def figure_html(title: str, path: Path) -> str:
     return f"<h3>{html.escape(title)}</h3><img src='data:image/png;base64,{encoded}'>"
 
 
-def number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def number(value: object) -> str:
+    """A metric to 3 decimals, ``-`` for none; anything that is not a number (an edited file)
+    is shown as escaped text, never formatted as if it were one."""
+    if value is None:
+        return "-"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:.3f}"
+    return text(value)
+
+
+def text(value: object) -> str:
+    """Any value from a file, escaped for HTML."""
+    return html.escape(str(value))

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from octlens.data.images import load_grayscale
+from octlens.data.images import UnreadableImageError, load_grayscale
 from octlens.data.index import split_readable, warn_skipped
-from octlens.data.transforms import Normalization, eval_transform
 from octlens.errors import OctlensError
-from octlens.explain import EXPLAINERS, Explainer
+from octlens.explain import EXPLAINERS, Explainer, check_methods
+from octlens.files import require_writable_folder
 from octlens.training.checkpoint import load_checkpoint
 from octlens.viz import plot_explanation_grid, save_overlay
 
@@ -31,28 +31,35 @@ def explain_images(
     input size) per image and method, and ``grid.png``; returns ``{method: maps (N, H, W)}``.
     Unreadable or non-image paths are skipped with one warning (``strict``: an error).
     """
-    unknown = [m for m in methods if m not in EXPLAINERS]
-    if unknown:
-        raise OctlensError(f"unknown method(s) {unknown}; choose from {', '.join(EXPLAINERS)}")
+    check_methods(methods)
     checkpoint = load_checkpoint(run)
     model = checkpoint.build_model()
     explainers: dict[str, Explainer] = {
         name: EXPLAINERS[name](model, precision=precision) for name in methods
     }
-    readable, skipped = split_readable(map(Path, paths), strict)
+    out = require_writable_folder(Path(out))
+    candidates, skipped = split_readable(map(Path, paths), strict)
+    img_size = checkpoint.img_size
+    readable, scans = [], []
+    for path in candidates:
+        try:
+            scans.append(load_grayscale(path, img_size))
+        except UnreadableImageError as error:
+            if strict:
+                raise
+            skipped.append((path, str(error)))
+            continue
+        readable.append(path)
     if not readable:
+        warn_skipped(skipped)
         raise OctlensError("none of the given paths is a readable image")
 
-    img_size = checkpoint.meta["img_size"]
-    transform = eval_transform(img_size, Normalization(**checkpoint.meta["normalization"]))
-    scans = [load_grayscale(path, img_size) for path in readable]
+    transform = checkpoint.eval_transform()
     batch = torch.stack([transform(scan) for scan in scans])
     display = [np.asarray(scan.resize((img_size, img_size)), np.float32) / 255 for scan in scans]
     with torch.no_grad():
         predictions = torch.softmax(model(batch), dim=1)
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     maps: dict[str, np.ndarray] = {}
     scaled_maps: dict[str, np.ndarray] = {}
     for name, explainer in explainers.items():

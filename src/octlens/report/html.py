@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import html
-import json
 import tempfile
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from octlens.data.images import load_grayscale
-from octlens.data.index import scan
+from octlens.data.index import DatasetIndex, DataWarning, scan
+from octlens.data.splits import split_samples
+from octlens.errors import OctlensError
 from octlens.evaluate import evaluate_run
 from octlens.explain import default_methods
+from octlens.files import read_json, write_text
 from octlens.models import is_vit
 from octlens.report.audit_section import audit_figures, audit_table
-from octlens.report.embed import figure_html, number
+from octlens.report.embed import figure_html, number, text
 from octlens.report.explanations import explain_images
 from octlens.training.checkpoint import load_checkpoint
 from octlens.viz import plot_patchified, plot_sample_batch
@@ -31,6 +35,9 @@ td, th { border: 1px solid #ccc; padding: 2px 8px; text-align: right; }
 th { background: #f4f4f4; }
 """
 
+# The report holds only inline styles and data-URI images: no script may run, nothing may load.
+_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
 
 def write_report(
     runs: Sequence[str | Path],
@@ -43,11 +50,16 @@ def write_report(
     and the shortcut audit of each run that has one (``RUN/audit/<split>/audit.json``, written by
     ``octlens audit``).
 
-    With ``data``, each run is evaluated on ``split`` if it has not been yet, and explained on the
-    first ``scans_per_class`` scans of each class (the same scans for every run).
+    With ``data``, each run is evaluated on ``split`` if it has not been yet (or was evaluated on
+    other data: then afresh, for this report only), and explained on the first
+    ``scans_per_class`` scans of each class (the same scans for every run); an audit of other
+    data is an error. Without ``data``, stored results are shown with the data they came from.
     """
     out = Path(out)
+    if out.is_dir():
+        raise OctlensError(f"{out}: --out is a folder; give the HTML file to write")
     sections, scans, header = [], [], ""
+    index = None
     if data is not None:
         index = scan(data)
         samples = index.split(split)
@@ -63,43 +75,67 @@ def write_report(
             header = figure_html("A sample of the data", batch)
     audits = []
     for run in runs:
-        sections.append(_run_section(Path(run), data, split, scans))
-        audit_path = load_checkpoint(run).path.parent / "audit" / split / "audit.json"
+        run_dir = load_checkpoint(run).path.parent
+        sections.append(_run_section(run_dir, index, split, scans))
+        audit_path = run_dir / "audit" / split / "audit.json"
         if audit_path.exists():
-            audits.append(json.loads(audit_path.read_text()))
+            result = _matching(read_json(audit_path), audit_path, index, split, run_dir)
+            _rendered(audit_table, [result], audit_path)  # an edited file fails here, by name
+            audits.append(result)
     audit = audit_table(audits) if audits else ""
     body = f"<h1>octlens report</h1>{header}{audit}<div class='runs'>{''.join(sections)}</div>"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        f"<!doctype html><html><head><meta charset='utf-8'><title>octlens report</title>"
-        f"<style>{_STYLE}</style></head><body>{body}</body></html>"
+    write_text(
+        out,
+        f"<!doctype html><html><head><meta charset='utf-8'>"
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
+        f"<title>octlens report</title><style>{_STYLE}</style></head><body>{body}</body></html>",
     )
     return out
 
 
-def _run_section(run: Path, data, split: str, scans: list[Path]) -> str:
-    checkpoint = load_checkpoint(run)
-    run_dir = checkpoint.path.parent
+def _matching(
+    result: dict[str, Any], path: Path, index: DatasetIndex | None, split: str, run_dir: Path
+) -> dict[str, Any]:
+    """``result`` (an audit), if it was computed on ``index``'s ``split``; else an error."""
+    if index is not None and not _same_data(result, index, split, run_dir):
+        raise OctlensError(
+            f"{path}: computed on {result.get('data')} ({result.get('split')}), not on "
+            f"{index.root} ({split}); run 'octlens audit {run_dir} --data {index.root}' first"
+        )
+    return result
+
+
+def _same_data(result: dict[str, Any], index: DatasetIndex, split: str, run_dir: Path) -> bool:
+    """Whether a stored result was computed on the same scans as ``index``'s ``split``."""
+    recorded = result.get("data_fingerprint")
+    return recorded is not None and recorded == index.fingerprint(
+        split_samples(index, split, run_dir)
+    )
+
+
+def _run_section(run_dir: Path, index: DatasetIndex | None, split: str, scans: list[Path]) -> str:
+    checkpoint = load_checkpoint(run_dir)
     meta = checkpoint.meta
-    metrics_path = run_dir / "eval" / split / "metrics.json"
-    if not metrics_path.exists() and data is not None:
-        evaluate_run(run_dir, data, split)
     parts = [
-        f"<h2>{html.escape(meta['model']['name'])} <small>({html.escape(str(run_dir))})"
-        f"</small></h2>",
-        f"<p>{meta['img_size']} px, best epoch {meta['epoch']}, classes "
-        f"{html.escape(', '.join(meta['classes']))}</p>",
+        f"<h2>{text(meta['model']['name'])} <small>({text(run_dir)})</small></h2>",
+        f"<p>{text(meta['img_size'])} px, best epoch {text(meta['epoch'])}, classes "
+        f"{text(', '.join(meta['classes']))}</p>",
     ]
-    if metrics_path.exists():
-        parts.append(_metrics_table(json.loads(metrics_path.read_text())))
-    for title, name in (
-        ("Learning curves", "learning_curves.png"),
-        ("Confusion matrix", f"eval/{split}/confusion_matrix.png"),
-        ("ROC", f"eval/{split}/roc.png"),
-        ("Reliability", f"eval/{split}/reliability.png"),
-    ):
-        if (run_dir / name).exists():
-            parts.append(figure_html(title, run_dir / name))
+    with tempfile.TemporaryDirectory() as tmp:
+        eval_dir = _evaluation(run_dir, index, split, Path(tmp))
+        metrics_path = eval_dir / "metrics.json"
+        if metrics_path.exists():
+            parts.append(_rendered(_metrics_table, read_json(metrics_path), metrics_path))
+        figures = [("Learning curves", run_dir / "learning_curves.png")]
+        figures += [
+            (title, eval_dir / name)
+            for title, name in (
+                ("Confusion matrix", "confusion_matrix.png"),
+                ("ROC", "roc.png"),
+                ("Reliability", "reliability.png"),
+            )
+        ]
+        parts += [figure_html(title, path) for title, path in figures if path.exists()]
     if scans:
         model = checkpoint.build_model()
         methods = default_methods(model)
@@ -107,13 +143,34 @@ def _run_section(run: Path, data, split: str, scans: list[Path]) -> str:
             explain_images(run_dir, scans, methods, tmp)
             parts.append(figure_html("Explanations", Path(tmp) / "grid.png"))
             if is_vit(model):
-                size = meta["img_size"]
+                size = checkpoint.img_size
                 image = np.asarray(load_grayscale(scans[0]).resize((size, size)), np.float32)
                 patches = Path(tmp) / "patches.png"
                 plot_patchified(image / 255, model.patch_embed.patch_size[0], patches)
                 parts.append(figure_html("What the ViT sees: patches and token order", patches))
     parts.append(audit_figures(run_dir / "audit" / split))
     return f"<div class='run'>{''.join(parts)}</div>"
+
+
+def _evaluation(run_dir: Path, index: DatasetIndex | None, split: str, scratch: Path) -> Path:
+    """The folder of the run's evaluation on ``split``: the stored one when it was computed on
+    ``index`` (or no data was given), else a fresh one in ``scratch``, for this report only."""
+    stored = run_dir / "eval" / split
+    if index is None:
+        return stored
+    if (stored / "metrics.json").exists():
+        if _same_data(read_json(stored / "metrics.json"), index, split, run_dir):
+            return stored
+        warnings.warn(
+            f"{stored / 'metrics.json'} was computed on other data; the report evaluates "
+            f"{run_dir} on {index.root} ({split}) afresh",
+            DataWarning,
+            stacklevel=3,
+        )
+        evaluate_run(run_dir, index.root, split, out=scratch)
+        return scratch
+    evaluate_run(run_dir, index.root, split)
+    return stored
 
 
 def _metrics_table(metrics: dict) -> str:
@@ -128,11 +185,29 @@ def _metrics_table(metrics: dict) -> str:
     summary = "".join(f"<tr><th>{k}</th><td>{number(v)}</td></tr>" for k, v in rows)
     per_class = "".join(
         f"<tr><th>{html.escape(name)}</th><td>{number(m['sensitivity'])}</td>"
-        f"<td>{number(m['specificity'])}</td><td>{number(m['auc'])}</td><td>{m['support']}</td></tr>"
+        f"<td>{number(m['specificity'])}</td><td>{number(m['auc'])}</td><td>{text(m['support'])}</td>"
+        "</tr>"
         for name, m in metrics["per_class"].items()
     )
     return (
-        f"<h3>{html.escape(metrics['split'])} split, {metrics['n']} scans</h3>"
+        f"<h3>{text(metrics['split'])} split, {text(metrics['n'])} scans</h3>"
+        f"<p>data: {text(metrics.get('data', '?'))}, precision "
+        f"{text(metrics.get('precision', '?'))}{_unreadable(metrics)}</p>"
         f"<table>{summary}</table><table><tr><th>class</th><th>sensitivity</th>"
         f"<th>specificity</th><th>AUC</th><th>n</th></tr>{per_class}</table>"
     )
+
+
+def _rendered(render: Callable[[Any], str], result: Any, path: Path) -> str:
+    """``render(result)``; a file whose fields are missing or of the wrong type is one line."""
+    try:
+        return render(result)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        raise OctlensError(
+            f"{path}: not a result file octlens can show ({type(error).__name__}: {error})"
+        ) from None
+
+
+def _unreadable(result: dict[str, Any]) -> str:
+    left_out = result.get("unreadable") or []
+    return f"; {len(left_out)} unreadable scan(s) left out" if left_out else ""
