@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from octlens.data.synth import synthesize
+from octlens.data.synth import RECORD, read_record, synthesize
+from octlens.errors import Interrupted, OctlensError
 from octlens.evaluate import audit_run, evaluate_run
 from octlens.report import write_report
 from octlens.training import TrainConfig, TrainResult, train
@@ -54,14 +55,39 @@ def run_demo(
     """
     out = Path(out)
     data = out / "data"
-    if not (data / "test").is_dir():
-        synthesize(data, n_per_class, seed=seed)
-    results = {}
-    for name, settings in DEMO_MODELS.items():
-        run_dir = out / name
-        config = TrainConfig(data=data, out=run_dir, img_size=IMG_SIZE, seed=seed, **settings)
-        result = train(config, resume=(run_dir / "last.safetensors").exists(), verbose=verbose)
-        metrics = evaluate_run(run_dir, data, "test")
-        results[name] = (metrics, result, audit_run(run_dir, data, "test", **AUDIT))
-    write_report([out / name for name in DEMO_MODELS], out / "report.html", data=data)
+    try:
+        _synthesized(data, n_per_class, seed)
+        results = {}
+        for name, settings in DEMO_MODELS.items():
+            run_dir = out / name
+            config = TrainConfig(data=data, out=run_dir, img_size=IMG_SIZE, seed=seed, **settings)
+            result = train(config, resume=(run_dir / "last.safetensors").exists(), verbose=verbose)
+            metrics = evaluate_run(run_dir, data, "test")
+            results[name] = (metrics, result, audit_run(run_dir, data, "test", **AUDIT))
+        write_report([out / name for name in DEMO_MODELS], out / "report.html", data=data)
+    except (KeyboardInterrupt, Interrupted):
+        raise Interrupted(
+            f"{out}: demo interrupted; run it again with the same --out to continue where it "
+            "stopped (finished epochs are kept)"
+        ) from None
     return results
+
+
+def _synthesized(data: Path, n_per_class: int, seed: int) -> None:
+    """Make the demo's data, or check that the data already there was made with these settings
+    (a demo rerun with other settings must not train on the old data)."""
+    if not data.exists():
+        synthesize(data, n_per_class, seed=seed)
+        return
+    record = read_record(data)
+    if record is None:
+        raise OctlensError(
+            f"{data}: not a complete synthetic dataset (no {RECORD}); remove it or choose "
+            "another --out"
+        )
+    wanted = {"n_per_class": n_per_class, "seed": seed, "shortcut": None}
+    made = {key: record.get(key) for key in wanted}
+    if made != wanted:
+        raise OctlensError(
+            f"{data}: made with {made}, not {wanted}; choose another --out for other settings"
+        )

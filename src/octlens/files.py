@@ -19,6 +19,13 @@ from typing import Any
 from octlens.errors import OctlensError
 
 _TEMP_SUFFIX = ".octlens-tmp"
+# What octlens 0.1 named its checkpoint temporaries (they can be over 100 MB).
+_LEGACY_TEMPS = (
+    ".best.safetensors.tmp",
+    ".last.safetensors.tmp",
+    ".best.json.tmp",
+    ".last.json.tmp",
+)
 
 
 def atomic_write(path: Path, write: Callable[[str], object]) -> None:
@@ -82,7 +89,8 @@ def remove_stale_temps(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    stale = [path for path in folder.glob(f".*{_TEMP_SUFFIX}") if path.is_file()]
+    patterns = (f".*{_TEMP_SUFFIX}", *_LEGACY_TEMPS)
+    stale = [path for pattern in patterns for path in folder.glob(pattern) if path.is_file()]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

@@ -288,6 +288,7 @@ def demo(
         "ECE",
         "best epoch",
         "train img/s",
+        "precision (train/eval)",
     ):
         table.add_column(column, justify="right", no_wrap=True)
     for name, (metrics, result, _) in results.items():
@@ -301,6 +302,7 @@ def demo(
             f"{metrics['ece']:.3f}",
             f"{result.best_epoch}/{len(result.history)}",
             f"{sum(r['images_per_s'] for r in result.history) / len(result.history):.0f}",
+            f"{result.precision}/{metrics['precision']}",
         )
     wide = Console(width=max(console.width, 140), markup=False, highlight=False)
     wide.print(table)

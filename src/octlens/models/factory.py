@@ -8,9 +8,12 @@ ViT of any size can be built from scratch.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+import huggingface_hub
 import timm
 from torch import nn
 
@@ -26,6 +29,7 @@ MODEL_ALIASES: dict[str, str] = {
 }
 
 HUB = "hub"
+_HUB_TIMEOUT_S = 3.0
 
 
 def resolve_name(name: str) -> str:
@@ -71,12 +75,19 @@ def create_model(
         raise OctlensError(f"model '{name}' has no patch size (only ViTs take --patch-size)")
 
     from_hub = pretrained is not None and str(pretrained) == HUB
+    if from_hub:
+        _require_hub(timm_name)
     try:
         model = timm.create_model(
             timm_name, pretrained=from_hub, num_classes=num_classes, in_chans=in_chans, **kwargs
         )
-    except TypeError as error:
-        raise OctlensError(f"model '{name}': {error}") from None
+    except (TypeError, ValueError, AssertionError, RuntimeError, ZeroDivisionError) as error:
+        # timm checks its arguments with asserts and arithmetic: say which setting is wrong
+        settings = ", ".join(f"{key}={value}" for key, value in kwargs.items())
+        raise OctlensError(
+            f"model '{name}' cannot be built with {settings or 'these settings'} "
+            f"({type(error).__name__}: {error or 'invalid value'})"
+        ) from None
     except Exception as error:
         if not from_hub:
             raise
@@ -88,6 +99,34 @@ def create_model(
     if pretrained is not None and not from_hub:
         load_pretrained_file(model, pretrained)
     return model
+
+
+def _require_hub(timm_name: str) -> None:
+    """Fail in seconds, not after a minute of retries, when hub weights cannot be fetched.
+
+    Weights already in the local cache need no network; otherwise one connection to the host
+    that serves them is tried with a short timeout. With ``HF_HUB_OFFLINE`` set, timm's own
+    cache lookup fails fast by itself.
+    """
+    config = timm.models.get_pretrained_cfg(timm_name)
+    if config is None or not (config.hf_hub_id or config.url):
+        raise OctlensError(f"model '{timm_name}' has no pretrained weights on the hub")
+    if config.hf_hub_id:
+        cached = huggingface_hub.try_to_load_from_cache(config.hf_hub_id, "model.safetensors")
+        if isinstance(cached, str) or huggingface_hub.constants.HF_HUB_OFFLINE:
+            return
+        url = huggingface_hub.constants.ENDPOINT
+    else:
+        url = config.url
+    host = urlparse(url).hostname or url
+    try:
+        socket.create_connection((host, 443), timeout=_HUB_TIMEOUT_S).close()
+    except OSError as error:
+        raise OctlensError(
+            f"could not fetch pretrained '{timm_name}' weights from the hub: {host} cannot be "
+            f"reached ({error.strerror or type(error).__name__}); offline, pass a local weights "
+            "file instead"
+        ) from None
 
 
 def is_vit(model: nn.Module) -> bool:

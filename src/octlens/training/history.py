@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+from octlens.files import atomic_write, write_text
 
 FIELDS = (
     "epoch",
@@ -24,10 +27,11 @@ FIELDS = (
 
 
 def write_history(rows: list[dict[str, Any]], path: Path) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows({field: row[field] for field in FIELDS} for row in rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({field: row[field] for field in FIELDS} for row in rows)
+    write_text(path, text.getvalue())
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
@@ -54,5 +58,7 @@ def plot_learning_curves(rows: list[dict[str, Any]], path: Path, title: str = ""
         axis.legend(frameon=False)
     if title:
         figure.suptitle(title)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    try:
+        atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(figure)

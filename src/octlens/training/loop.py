@@ -54,6 +54,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     best_epoch: int
     stopped_early: bool
+    precision: str  # what training ran in: "fp32", "bf16" or "fp16"
 
     @property
     def best(self) -> dict[str, Any]:
@@ -162,6 +163,7 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
     )
     meta_base = _run_metadata(config, index, normalization, len(train_samples), len(val_samples))
     meta_base["data"]["train_fingerprint"] = fingerprint
+    meta_base["precision"] = precision.name
     stopped_early = False
     epoch = len(history) + 1
     try:
@@ -208,17 +210,22 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
                 f"{row['images_per_s']:.0f} img/s"
             )
             meta = {**meta_base, "epoch": epoch, "metrics": row, "history": history}
-            if row["val_loss"] <= min(r["val_loss"] for r in history):
-                save_checkpoint(out / "best.safetensors", model, meta)
-            save_checkpoint(
-                last_path,
-                model,
-                meta,
-                optimizer,
-                {"scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()},
-            )
-            write_history(history, out / "history.csv")
-            plot_learning_curves(history, out / "learning_curves.png", title=config.model)
+            try:
+                if row["val_loss"] <= min(r["val_loss"] for r in history):
+                    save_checkpoint(out / "best.safetensors", model, meta)
+                save_checkpoint(
+                    last_path,
+                    model,
+                    meta,
+                    optimizer,
+                    {"scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()},
+                )
+                write_history(history, out / "history.csv")
+                plot_learning_curves(history, out / "learning_curves.png", title=config.model)
+            except OctlensError as error:  # a full disk: the previous files are intact
+                raise OctlensError(
+                    f"{error}; {_saved(history[:-1])}; make room, then add --resume"
+                ) from None
         else:
             stopped_early = (
                 _patience_exhausted(history, config.patience) and len(history) < config.epochs
@@ -235,7 +242,11 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
         ) from None
     best_epoch = min(history, key=lambda r: r["val_loss"])["epoch"]
     return TrainResult(
-        run_dir=out, history=history, best_epoch=best_epoch, stopped_early=stopped_early
+        run_dir=out,
+        history=history,
+        best_epoch=best_epoch,
+        stopped_early=stopped_early,
+        precision=precision.name,
     )
 
 
