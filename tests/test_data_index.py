@@ -152,3 +152,62 @@ def test_leakage_between_splits(tmp_path):
     duplicates = [leak for leak in leaks if leak.kind == "duplicate"]
     assert len(duplicates) == 1 and duplicates[0].splits == ("test", "train")
     assert find_leakage(index) == leaks[:1]
+
+
+def test_class_folders_that_differ_only_in_case_are_refused(tmp_path):
+    for split, name in (("train", "CNV"), ("train", "DME"), ("test", "cnv"), ("test", "DME")):
+        _write_scan(tmp_path / split / name / f"{name.upper()}-1-1.png")
+    with pytest.raises(OctlensError, match=r"differ only in letter case \(train/CNV vs test/cnv\)"):
+        scan(tmp_path)
+
+
+def test_a_class_missing_from_a_split_is_named_in_a_warning(tmp_path):
+    for split, name in (("train", "CNV"), ("train", "DME"), ("test", "CNV")):
+        _write_scan(tmp_path / split / name / f"{name}-1-1.png")
+    with pytest.warns(DataWarning, match=r"split 'test' has no folder for class\(es\) DME"):
+        index = scan(tmp_path)
+    assert index.classes == ["CNV", "DME"]
+    assert index.missing_classes(index.split("test")) == ["DME"]
+
+
+def test_an_unreadable_folder_is_a_one_line_error(tmp_path, monkeypatch):
+    _write_scan(tmp_path / "train" / "CNV" / "CNV-1-1.png")
+    blocked = tmp_path / "train" / "CNV"
+    original = Path.iterdir
+
+    def iterdir(self):
+        if self == blocked:
+            raise PermissionError(13, "Permission denied")
+        return original(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(OctlensError, match=r"train/CNV: cannot read folder \(Permission denied\)"):
+        scan(tmp_path)
+
+
+def test_strict_decodes_and_finds_a_broken_png_the_crc_check_passes(tmp_path):
+    from test_images import broken_png
+
+    _write_scan(tmp_path / "A" / "A-1-1.png")
+    broken_png(tmp_path / "A" / "A-1-2.png")
+    assert len(scan(tmp_path).split("all")) == 2  # the cheap check passes it
+    with pytest.raises(UnreadableImageError, match=r"A-1-2\.png"):
+        scan(tmp_path, strict=True)
+
+
+def test_leaking_duplicates_are_named_by_file(tmp_path):
+    _write_scan(tmp_path / "train" / "DME" / "DME-222-1.png", value=3)
+    _write_scan(tmp_path / "test" / "DME" / "DME-333-1.png", value=3)
+    (duplicate,) = find_leakage(scan(tmp_path), hashes=True)
+    assert duplicate.files == ("test/DME/DME-333-1.png", "train/DME/DME-222-1.png")
+
+
+def test_fingerprint_tells_data_apart(tmp_path):
+    for i in range(3):
+        _write_scan(tmp_path / "A" / f"A-1-{i}.png", value=10 * (i + 1))
+    index = scan(tmp_path)
+    first = index.fingerprint(index.split("all"))
+    assert first == scan(tmp_path).fingerprint(scan(tmp_path).split("all"))
+    assert first != index.fingerprint(index.split("all")[:2])
+    _write_scan(tmp_path / "A" / "A-1-0.png", value=10, size=(41, 32))  # same name, new bytes
+    assert first != scan(tmp_path).fingerprint(scan(tmp_path).split("all"))

@@ -70,7 +70,7 @@ def test_cams_equal_pytorch_grad_cam_on_a_resnet(explainer):
     model = _resnet()
     images = torch.randn(3, 1, 64, 64)
     targets = torch.tensor([0, 3, 1])
-    ours = explainer(model)
+    ours = explainer(model, precision="fp32")
     activations, gradients, _ = ours.activations_and_gradients(images, targets)
     mine = torch.relu(ours.combine(activations, gradients)).numpy()
     theirs = _oracle_cam(OURS_TO_ORACLE[explainer], model, model.layer4, images, targets)
@@ -83,7 +83,7 @@ def test_cams_equal_pytorch_grad_cam_on_a_vit(explainer):
     model = _vit()
     images = torch.randn(2, 1, 32, 32)
     targets = torch.tensor([2, 1])
-    ours = explainer(model)  # default layer: the last block's norm1
+    ours = explainer(model, precision="fp32")  # default layer: the last block's norm1
     assert ours.target_layer is model.blocks[-1].norm1
     activations, gradients, _ = ours.activations_and_gradients(images, targets)
     mine = torch.relu(ours.combine(activations, gradients)).numpy()
@@ -104,7 +104,9 @@ def test_occlusion_equals_captum():
     model = _resnet()
     images = torch.randn(2, 1, 32, 32)
     targets = torch.tensor([1, 2])
-    ours = Occlusion(model, window=8, stride=4, fill=0.0, batch_size=16)(images, targets).raw
+    ours = Occlusion(model, window=8, stride=4, fill=0.0, batch_size=16, precision="fp32")(
+        images, targets
+    ).raw
 
     def probability(x):
         return torch.softmax(model(x), dim=1)
@@ -143,14 +145,14 @@ def test_rollout_matches_hand_computation_on_a_two_block_vit():
             step /= step.sum(axis=1, keepdims=True)
             rollout = step @ rollout
         expected.append(rollout[0, 1:].reshape(4, 4))
-    explainer = AttentionRollout(model)
+    explainer = AttentionRollout(model, precision="fp32")
     low_res, _ = explainer._explain(images, torch.zeros(2, dtype=torch.long))
     np.testing.assert_allclose(low_res.numpy(), np.stack(expected), rtol=1e-5, atol=1e-7)
     assert explainer(images).raw.shape == (2, 32, 32)
 
 
 def test_rollout_fusion_and_discard_by_hand():
-    explainer = AttentionRollout(_vit(), head_fusion="max", discard_ratio=0.5)
+    explainer = AttentionRollout(_vit(), head_fusion="max", discard_ratio=0.5, precision="fp32")
     row = torch.tensor([[[0.1, 0.4, 0.2, 0.3]]])
     # The two lowest entries are dropped, but the CLS column (0.1) is always kept.
     torch.testing.assert_close(explainer._discard(row), torch.tensor([[[0.1, 0.4, 0.0, 0.3]]]))

@@ -27,7 +27,9 @@ def test_deletion_and_insertion_curves_match_hand_computation():
     model = SumModel(torch.ones(2, 2))
     saliency = torch.tensor([[[0.1, 0.9], [0.5, 0.2]]])  # order: (0,1)=2, (1,0)=3, (1,1)=4, (0,0)=1
     target = torch.tensor([0])
-    curves = deletion_insertion(model, image, saliency, target, steps=4, baseline=-1.0)
+    curves = deletion_insertion(
+        model, image, saliency, target, steps=4, baseline=-1.0, precision="fp32"
+    )
 
     # Deletion sets pixels to -1 in saliency order: sums 10, 7, 3, -2, -4.
     deleted = torch.sigmoid(torch.tensor([[10.0, 7.0, 3.0, -2.0, -4.0]]))
@@ -92,7 +94,9 @@ def test_average_drop_and_increase_match_hand_computation():
     images = torch.tensor([[[[2.0, 1.0]]], [[[1.0, -1.0]]]])
     maps = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # scaled to [1, 0] and [0, 1]
     targets = torch.tensor([0, 0])
-    drop, increase = average_drop_increase(model, images, maps, targets, baseline=0.0)
+    drop, increase = average_drop_increase(
+        model, images, maps, targets, baseline=0.0, precision="fp32"
+    )
     # Image 1 keeps 2, loses 1: Y = s(3), O = s(2). Image 2 keeps -1: Y = s(0), O = s(-1).
     y = torch.sigmoid(torch.tensor([3.0, 0.0]))
     o = torch.sigmoid(torch.tensor([2.0, -1.0]))

@@ -117,6 +117,9 @@ def train(
     train_split: str = "train",
     val_split: Annotated[str, typer.Option(help="carved from train by patient if absent")] = "val",
     val_fraction: float = 0.15,
+    test_fraction: Annotated[
+        float, typer.Option(help="carve a test split by patient when the data has none")
+    ] = 0.0,
     precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")] = "auto",
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: best)")] = None,
     workers: Annotated[int | None, typer.Option(help="data-loading processes")] = None,
@@ -150,6 +153,7 @@ def train(
             train_split=train_split,
             val_split=val_split,
             val_fraction=val_fraction,
+            test_fraction=test_fraction,
             precision=precision,
             device=device,
             num_workers=workers,

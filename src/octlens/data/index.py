@@ -94,13 +94,16 @@ class DatasetIndex:
         return load_grayscale(sample.path, target_size)
 
     def fingerprint(self, samples: Iterable[Sample]) -> str:
-        """A short digest of ``samples`` (file names, classes and sizes; pixels for .npz), so a
-        result can later be matched to the data it was computed on."""
+        """A short digest of ``samples``, so a result can later be matched to the data it was
+        computed on: file names, classes, sizes and the first and last 4 KiB of each file (a
+        rewritten scan changes its header or its end; reading all of it would cost minutes on
+        the full OCT2017), or the pixels of .npz images."""
         digest = hashlib.sha256()
         for sample in samples:
             if sample.index is None:
                 name = sample.path.relative_to(self.root).as_posix()
-                digest.update(f"{name}\0{sample.path.stat().st_size}".encode())
+                digest.update(f"{name}\0{sample.path.stat().st_size}\0".encode())
+                digest.update(_ends(sample.path))
             else:
                 split = sample.path.parent.name
                 digest.update(np.ascontiguousarray(self.arrays[split][sample.index]).data)
@@ -246,6 +249,13 @@ def _subfolders(folder: Path, skip: Iterable[str]) -> list[Path]:
         for path in _entries(folder)
         if path.is_dir() and not path.name.startswith(".") and path.name not in skip
     )
+
+
+def _ends(path: Path, size: int = 4096) -> bytes:
+    with open(path, "rb") as handle:
+        head = handle.read(size)
+        handle.seek(max(len(head), path.stat().st_size - size))
+        return head + handle.read(size)
 
 
 def _relative(path: Path, root: Path) -> str:

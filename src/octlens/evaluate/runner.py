@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from octlens.data.dataset import ScansForEvaluation, collate_readable
 from octlens.data.images import UnreadableImageError
-from octlens.data.index import DatasetIndex, DataWarning, Sample, scan
+from octlens.data.index import SINGLE_SPLIT, DatasetIndex, DataWarning, Sample, scan
 from octlens.data.splits import split_samples
 from octlens.errors import OctlensError
 from octlens.evaluate.metrics import calibration_bins, classification_metrics
@@ -46,6 +46,7 @@ def evaluate_run(
     require_positive(batch_size=batch_size)
     checkpoint, index = load_run_and_data(run, data)
     samples = split_samples(index, split, checkpoint.path.parent)
+    warn_if_trained_on(checkpoint, index, split)
     fingerprint = index.fingerprint(samples)  # of the split asked for, scored or not
     plan = resolve_precision(precision, resolve_device(device), measuring=True)
     out = require_writable_folder(Path(out) if out else checkpoint.path.parent / "eval" / split)
@@ -87,6 +88,23 @@ def evaluate_run(
     ece, bins = calibration_bins(labels, probs)
     plot_reliability(bins, ece, out / "reliability.png")
     return metrics
+
+
+def warn_if_trained_on(checkpoint: Checkpoint, index: DatasetIndex, split: str) -> None:
+    """Warn when ``split`` is the one the run learned from: its scores would be inflated."""
+    trained_on = checkpoint.meta.get("config", {}).get("train_split")
+    single = list(index.splits) == [SINGLE_SPLIT] and split == SINGLE_SPLIT
+    same_data = (
+        Path(checkpoint.meta.get("data", {}).get("root", "")).resolve()
+        == Path(index.root).resolve()
+    )
+    if same_data and (split == trained_on or single):
+        warnings.warn(
+            f"{index.root}: '{split}' holds the scans {checkpoint.path.parent} was trained on; "
+            "its scores say nothing about new patients",
+            DataWarning,
+            stacklevel=3,
+        )
 
 
 def require_positive(**values: int | None) -> None:
