@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from octlens.data.index import scan
+from octlens.data.index import DataWarning, patient_id, scan
+from octlens.data.synth import synthesize
 from octlens.errors import OctlensError
 from octlens.training import TrainConfig, load_checkpoint, train
 from octlens.training.history import read_history
@@ -183,3 +184,128 @@ def test_warmup_then_cosine():
     assert factor(4) == pytest.approx(1.0)
     assert factor(9) == pytest.approx(0.5)
     assert factor(14) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_diverged_run_stops_with_an_error_and_writes_no_nan_checkpoint(tiny_data, tmp_path):
+    config = _config(tiny_data, tmp_path / "diverged", lr=1e12, epochs=3)
+    with pytest.raises(OctlensError, match=r"training diverged in epoch \d .*lower --lr") as error:
+        train(config, verbose=False)
+    assert "\n" not in str(error.value)
+    last = config.out / "last.safetensors"
+    if last.exists():  # epochs before the divergence are kept, and they are finite
+        checkpoint = load_checkpoint(last)
+        assert all(torch.isfinite(t).all() for t in checkpoint.model_state().values())
+        assert f"epochs 1-{checkpoint.meta['epoch']} are saved" in str(error.value)
+        checkpoint.build_model()
+    else:
+        assert "no epoch finished, so no checkpoint was written" in str(error.value)
+    assert not (config.out / "best.safetensors").exists() or last.exists()
+
+
+def test_a_full_disk_keeps_the_finished_epochs(tiny_data, tmp_path, monkeypatch):
+    import errno
+
+    from octlens.training import checkpoint as checkpoint_module
+
+    config = _config(tiny_data, tmp_path / "full", epochs=3)
+    original, saves = checkpoint_module.save_file, [0]
+
+    def save_file_until_full(tensors, path, metadata=None):
+        saves[0] += 1
+        if saves[0] > 2:  # best and last of epoch 1 fit; then the disk is full
+            Path(path).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(checkpoint_module, "save_file", save_file_until_full)
+    with pytest.raises(OctlensError, match=r"no space left .*epochs 1-1 are saved .*--resume"):
+        train(config, verbose=False)
+    monkeypatch.undo()
+    assert load_checkpoint(config.out / "last.safetensors").meta["epoch"] == 1
+    assert not [p.name for p in config.out.iterdir() if p.name.startswith(".")]
+    resumed = train(config, resume=True, verbose=False)
+    assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
+
+
+def test_an_out_that_is_a_file_or_unwritable_fails_before_training(
+    tiny_data, tmp_path, monkeypatch
+):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OctlensError, match="--out is a file"):
+        train(_config(tiny_data, tmp_path / "file"), verbose=False)
+
+    def no_write(self, data):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "write_bytes", no_write)
+    with pytest.raises(OctlensError, match=r"--out is not writable \(Permission denied\)"):
+        train(_config(tiny_data, tmp_path / "locked"), verbose=False)
+
+
+def test_resume_accepts_another_spelling_of_the_path_and_a_moved_run(tiny_data, tmp_path):
+    config = _config(tiny_data, tmp_path / "run", epochs=1)
+    train(config, verbose=False)
+    other_spelling = _config(
+        tiny_data.parent / ".." / tiny_data.parent.name / "data",
+        Path(os.path.relpath(tmp_path / "run")),
+        epochs=2,
+    )
+    assert train(other_spelling, resume=True, verbose=False).history[-1]["epoch"] == 2
+    moved = (tmp_path / "run").rename(tmp_path / "moved")
+    data_copy = tmp_path / "data-copy"
+    subprocess.run(["cp", "-a", str(tiny_data), str(data_copy)], check=True)
+    result = train(_config(data_copy, moved, epochs=3), resume=True, verbose=False)
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    (data_copy / "train" / "CNV" / sorted(os.listdir(data_copy / "train" / "CNV"))[0]).unlink()
+    with pytest.raises(OctlensError, match="training split has changed since this run was"):
+        train(_config(data_copy, moved, epochs=4), resume=True, verbose=False)
+    # the original folder holds the same scans as the copy did: it may take the run on
+    assert train(_config(tiny_data, moved, epochs=4), resume=True, verbose=False).best_epoch
+
+
+def test_temporaries_of_a_killed_checkpoint_write_are_removed(tiny_data, tmp_path, capsys):
+    config = _config(tiny_data, tmp_path / "run", epochs=1)
+    train(config, verbose=False)
+    for name in (".last.safetensors.octlens-tmp", ".last.safetensors.tmp"):
+        (config.out / name).write_bytes(b"\x00" * 1024)
+    train(_config(tiny_data, config.out, epochs=2), resume=True, verbose=True)
+    assert not [p.name for p in config.out.iterdir() if p.name.startswith(".")]
+    assert "left by an interrupted checkpoint write" in capsys.readouterr().out
+
+
+def test_training_refuses_a_class_it_has_no_scans_of_and_warns_of_leaks(tiny_data, tmp_path):
+    data = tmp_path / "data"
+    subprocess.run(["cp", "-a", str(tiny_data), str(data)], check=True)
+    train_drusen = data / "train" / "DRUSEN"
+    for path in (data / "test" / "DRUSEN").iterdir():  # a test patient's scan also in train
+        (data / "train" / "DRUSEN" / path.name).write_bytes(path.read_bytes())
+        break
+    with pytest.warns(DataWarning, match=r"1 patient\(s\) have scans in 'train' and another split"):
+        train(_config(data, tmp_path / "leaky", epochs=1), verbose=False)
+    for path in train_drusen.iterdir():
+        path.unlink()
+    train_drusen.rmdir()
+    with pytest.raises(OctlensError, match="training split 'train' has no images of DRUSEN"):
+        train(_config(data, tmp_path / "missing", epochs=1), verbose=False)
+
+
+def test_an_image_folder_trains_with_default_options_and_carves_val_and_test(tmp_path):
+    from octlens.evaluate import evaluate_run
+
+    folder = tmp_path / "folder"
+    synthesize(tmp_path / "synth", n_per_class=10, size=(62, 64), workers=1)
+    for path in (tmp_path / "synth").glob("*/*/*.jpeg"):  # DATA/<CLASS>/* only
+        (folder / path.parent.name).mkdir(parents=True, exist_ok=True)
+        path.rename(folder / path.parent.name / path.name)
+    result = train(_config(folder, tmp_path / "run", epochs=1, test_fraction=0.2), verbose=False)
+    carved = json.loads((tmp_path / "run" / "splits.json").read_text())["splits"]
+    index = scan(folder)
+    assert set(carved) == {"val", "test"}
+    patients = {name: {patient_id(Path(f)) for f in files} for name, files in carved.items()}
+    assert not patients["val"] & patients["test"]
+    n_all = len(index.split("all"))
+    assert result.best["val_acc"] >= 0 and n_all == 40
+    metrics = evaluate_run(tmp_path / "run", folder, "test")
+    assert metrics["n"] == len(carved["test"]) > 0
+    with pytest.warns(DataWarning, match="holds the scans .* was trained on"):
+        evaluate_run(tmp_path / "run", folder, "all", out=tmp_path / "all")

@@ -456,14 +456,17 @@ def _load_resumable(last_path: Path, config: TrainConfig, console: Console) -> C
 
 
 def _check_same_data(resumed: Checkpoint, config: TrainConfig, fingerprint: str) -> None:
-    """Data given by another path (or moved) may resume a run only if it holds the same scans."""
-    saved = resumed.meta["config"]
-    if Path(saved["data"]).resolve() == Path(config.data).resolve():
+    """A run resumes only on the training scans it started with, wherever they now are."""
+    saved = resumed.meta["config"]["data"]
+    recorded = resumed.meta.get("data", {}).get("train_fingerprint")
+    same_place = Path(saved).resolve() == Path(config.data).resolve()
+    if recorded is None and same_place:  # a run from before fingerprints: trust the path
         return
-    if resumed.meta.get("data", {}).get("train_fingerprint") != fingerprint:
+    if recorded != fingerprint:
+        changed = "has changed since" if same_place else "is not the data"
         raise OctlensError(
-            f"{config.data}: not the data this run was trained on ({saved['data']}); "
-            "start a new run with another --out"
+            f"{config.data}: the training split {changed} this run was trained on "
+            f"({saved}); start a new run with another --out"
         )
 
 
