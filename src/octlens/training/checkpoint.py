@@ -87,14 +87,17 @@ class Checkpoint:
     def build_model(self) -> nn.Module:
         """The trained model, in eval mode, from the recipe in the metadata."""
         recipe = self.meta["model"]
-        model = create_model(
-            recipe["name"],
-            num_classes=len(self.classes),
-            in_chans=1,
-            img_size=recipe.get("img_size"),
-            patch_size=recipe.get("patch_size"),
-            **recipe.get("kwargs", {}),
-        )
+        try:
+            model = create_model(
+                recipe["name"],
+                num_classes=len(self.classes),
+                in_chans=1,
+                img_size=recipe.get("img_size"),
+                patch_size=recipe.get("patch_size"),
+                **recipe.get("kwargs", {}),
+            )
+        except OctlensError as error:
+            raise OctlensError(f"{self.path}: {error}") from None
         state = self.model_state()
         broken = [
             name
