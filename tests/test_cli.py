@@ -81,3 +81,181 @@ def test_user_errors_are_one_line(tmp_path, args, message):
     assert result.stderr.strip().startswith(message), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def cli_run(tiny_data, tmp_path_factory) -> Path:
+    from octlens.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("cli") / "run"
+    train(
+        TrainConfig(data=tiny_data, out=out, img_size=32, epochs=1, batch_size=8, num_workers=0),
+        verbose=False,
+    )
+    return out
+
+
+def _in_process(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run the CLI in this process (fast: no interpreter start): status, stdout, stderr."""
+    from octlens.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["octlens", *args])
+    monkeypatch.setenv("COLUMNS", "200")
+    try:
+        main()
+        status = 0
+    except SystemExit as exit_:
+        status = exit_.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--data", "d", "--out", "r", "--epochs", "abc"], "Invalid value for '--epochs'"),
+        (["train", "--data", "d", "--out", "r", "--bogus"], "No such option: --bogus"),
+        (["evaluate", "--data", "d"], "Missing argument 'run'"),
+        (["train", "--out", "r"], "Missing option '--data'"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+        (["synth", "o", "--n-per-class", "1.5"], "Invalid value for '--n-per-class'"),
+    ],
+)
+def test_usage_errors_are_one_line(monkeypatch, capsys, args, message):
+    status, _, err = _in_process(monkeypatch, capsys, *args)
+    assert status == 2
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_no_arguments_prints_help_and_exits_2(monkeypatch, capsys):
+    status, out, err = _in_process(monkeypatch, capsys)
+    assert status == 2 and "Usage: " in out and "train" in out and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--device", "banana"], "--device 'banana': not a device"),
+        (["train", "--device", "cuda"], "--device 'cuda': no CUDA GPU is available here"),
+        (["train", "--device", "cpu", "--precision", "fp16"], "--precision fp16 is for CUDA"),
+        (["train", "--model", "vit_tiny", "--patch-size", "0"], "--patch-size: Input should be"),
+        (
+            ["train", "--model", "vit_tiny", "--model-arg", "embed_dim=100"],
+            "model 'vit_tiny' cannot be built with embed_dim=100",
+        ),
+        (["train", "--model", "resnet18", "--patch-size", "8"], "model 'resnet18' has no patch"),
+        (["evaluate", "RUN", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
+        (["evaluate", "RUN", "--precision", "fp8"], "--precision 'fp8': choose one of auto"),
+        (["evaluate", "RUN", "--device", "banana"], "--device 'banana'"),
+        (["audit", "RUN", "--steps", "0"], "--steps 0: must be at least 1"),
+        (["audit", "RUN", "--scans-per-class", "0"], "--scans-per-class 0: must be at least 1"),
+        (["audit", "RUN", "--sanity-scans", "0"], "--sanity-scans 0: must be at least 1"),
+        (["audit", "RUN", "--methods", ","], "--methods: name at least one of gradcam"),
+        (["audit", "RUN", "--methods", "rollout"], "attention rollout needs a Vision Transformer"),
+        (["explain", "RUN", "SCAN", "--methods", ",", "--out", "OUT"], "--methods: name at least"),
+        (["explain", "RUN", "SCAN", "--methods", "magic", "--out", "OUT"], "unknown method(s)"),
+    ],
+)
+def test_bad_options_are_one_line_errors(
+    monkeypatch, capsys, tiny_data, cli_run, tmp_path, args, message
+):
+    scan_file = next((tiny_data / "test" / "CNV").iterdir())
+    filled = [
+        str(cli_run)
+        if a == "RUN"
+        else str(scan_file)
+        if a == "SCAN"
+        else str(tmp_path / "o")
+        if a == "OUT"
+        else a
+        for a in args
+    ]
+    if filled[0] == "train":
+        filled += ["--data", str(tiny_data), "--out", str(tmp_path / "r"), "--img-size", "32"]
+    if filled[0] in ("evaluate", "audit"):
+        filled += ["--data", str(tiny_data)]
+    status, _, err = _in_process(monkeypatch, capsys, *filled)
+    assert status == 2, err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_files_where_folders_belong_are_one_line_errors(monkeypatch, capsys, cli_run, tmp_path):
+    a_file = tmp_path / "taken"
+    a_file.write_text("mine")
+    for args, message in (
+        (["synth", str(a_file), "--n-per-class", "4"], "already exists and is a file"),
+        (["synth", str(cli_run), "--n-per-class", "4"], "already exists and is a folder that"),
+        (["report", str(cli_run), "--out", str(tmp_path)], "--out is a folder"),
+        (["evaluate", str(cli_run), "--data", "x", "--out", str(a_file)], "x: no such dataset"),
+        (["demo", "--out", str(tmp_path / "d"), "--n-per-class", "0"], "--n-per-class 0"),
+    ):
+        status, _, err = _in_process(monkeypatch, capsys, *args)
+        assert status == 2 and message in err and err.count("\n") == 1, err
+    assert a_file.read_text() == "mine"
+
+
+def test_a_name_with_a_newline_or_markup_stays_on_one_line(tmp_path):
+    data = tmp_path / "data"
+    (data / "A").mkdir(parents=True)
+    (data / "B").mkdir()
+    for folder in ("A", "B"):
+        from PIL import Image
+
+        Image.new("L", (16, 16), 90).save(data / folder / "good.png")
+    (data / "A" / "bad\nname.png").write_bytes(b"not an image")
+    (data / "B" / "[bold]x.png").write_bytes(b"not an image")
+    result = _octlens("inspect", str(data))
+    assert result.returncode == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "bad\\nname.png" in warning[0] and "[bold]x.png" in warning[0]
+
+
+def _interrupt(args: list[str], ready, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Start the CLI, wait until ``ready()`` is true, press Ctrl-C (SIGINT to the group)."""
+    import signal
+    import time
+
+    env = {**os.environ, "COLUMNS": "200"}
+    process = subprocess.Popen(
+        [*OCTLENS, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    deadline = time.time() + timeout
+    while not ready():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
+
+
+def test_ctrl_c_during_training_exits_130_with_how_to_resume(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(tiny_data), "--out", str(run), "--img-size", "32"]
+    args += ["--epochs", "200", "--batch-size", "8", "--workers", "0"]
+    result = _interrupt(args, lambda: (run / "history.csv").exists())
+    assert result.returncode == 130, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {run}: interrupted in epoch ") and "add --resume" in line
+    assert "Traceback" not in result.stderr
+    assert (run / "last.safetensors").is_file()
+
+
+def test_ctrl_c_during_synthesis_leaves_nothing_and_a_rerun_starts_afresh(tmp_path):
+    out = tmp_path / "synth"
+    partial = tmp_path / ".synth.partial"
+    args = ["synth", str(out), "--n-per-class", "400", "--size", "124x128", "--workers", "2"]
+    result = _interrupt(args, lambda: partial.is_dir() and any(partial.rglob("*.jpeg")))
+    assert result.returncode == 130, result.stderr
+    expected = f"error: {out}: interrupted; nothing was written (run again to start over)"
+    assert result.stderr.strip() == expected
+    assert not out.exists() and not partial.exists()
+    again = _octlens("synth", str(out), "--n-per-class", "4", "--size", "62x64")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "synth.json").read_text())["n_per_class"] == 4

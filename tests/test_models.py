@@ -112,3 +112,43 @@ def test_hub_weights_offline_fail_with_a_clear_message():
     )
     assert "OCTLENS could not fetch pretrained 'resnet18' weights from the hub" in result.stdout
     assert "local weights file" in result.stdout
+
+
+def test_hub_weights_fail_in_seconds_when_the_host_cannot_be_reached(monkeypatch):
+    import socket
+    import time
+
+    import huggingface_hub
+    import timm
+
+    calls = []
+
+    def unreachable(address, timeout=None):
+        calls.append((address, timeout))
+        raise OSError(101, "Network is unreachable")
+
+    def no_timm(*args, **kwargs):
+        raise AssertionError("timm must not start its retries")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(timm, "create_model", no_timm)
+    started = time.perf_counter()
+    with pytest.raises(OctlensError, match=r"cannot be reached \(Network is unreachable\)"):
+        create_model("resnet18", 4, pretrained="hub")
+    assert time.perf_counter() - started < 5
+    assert calls and calls[0][0][1] == 443 and calls[0][1] <= 5
+
+
+def test_precision_auto_measures_in_fp32_on_every_cpu(monkeypatch):
+    from octlens.training.precision import cpu_has_native_bf16, resolve_precision
+
+    cpu = torch.device("cpu")
+    for forced, training in (("1", "bf16"), ("0", "fp32")):
+        monkeypatch.setenv("OCTLENS_CPU_BF16", forced)
+        assert cpu_has_native_bf16() == (forced == "1")
+        assert resolve_precision("auto", cpu).name == training
+        assert resolve_precision("auto", cpu, measuring=True).name == "fp32"
+    assert resolve_precision("bf16", cpu, measuring=True).name == "bf16"
+    with pytest.raises(OctlensError, match="--precision 'fp64': choose one of"):
+        resolve_precision("fp64", cpu)

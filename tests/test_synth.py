@@ -8,7 +8,16 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from octlens.data.index import scan
-from octlens.data.synth import CLASSES, draw_patient, plan_scans, render_job, render_scan
+from octlens.data.synth import (
+    CLASSES,
+    draw_patient,
+    plan_scans,
+    read_record,
+    render_job,
+    render_scan,
+    synthesize,
+)
+from octlens.errors import OctlensError
 
 
 def test_same_seed_same_scan_and_other_seed_other_scan():
@@ -76,3 +85,34 @@ def test_classes_are_not_separable_by_a_trivial_global_statistic():
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
     accuracy = model.fit(train_x, train_y).score(test_x, test_y)
     assert accuracy < 0.75, f"8x8 pixels separate the classes too well ({accuracy:.2f})"
+
+
+def test_synthesis_never_writes_into_an_existing_dataset_and_records_completion(tmp_path):
+    out = tmp_path / "data"
+    leftover = tmp_path / ".data.partial"
+    (leftover / "train" / "CNV").mkdir(parents=True)  # what an interrupted run left
+    (leftover / "train" / "CNV" / "CNV-1-1.jpeg").write_bytes(b"half")
+    counts = synthesize(out, 4, seed=2, size=(62, 64), workers=1)
+    assert not leftover.exists()
+    record = read_record(out)
+    assert record["n_per_class"] == 4 and record["seed"] == 2 and record["size"] == [62, 64]
+    assert sum(record["scans"].values()) == sum(counts.values()) == 16
+    assert len(list(out.rglob("*.jpeg"))) == 16  # nothing of the leftover came along
+    with pytest.raises(OctlensError, match="already exists and is a folder that is not empty"):
+        synthesize(out, 4, size=(62, 64), workers=1)
+    (tmp_path / "empty").mkdir()
+    synthesize(tmp_path / "empty", 3, size=(62, 64), workers=1)  # an empty folder is fine
+
+
+def test_the_demo_refuses_data_made_with_other_settings_or_left_incomplete(tmp_path):
+    from octlens.demo import _synthesized
+
+    synthesize(tmp_path / "data", 4, seed=0, size=(62, 64), workers=1)
+    _synthesized(tmp_path / "data", 4, seed=0)  # the same settings: reused
+    with pytest.raises(
+        OctlensError, match=r"made with \{'n_per_class': 4, .*not \{'n_per_class': 5"
+    ):
+        _synthesized(tmp_path / "data", 5, seed=0)
+    (tmp_path / "data" / "synth.json").unlink()
+    with pytest.raises(OctlensError, match="not a complete synthetic dataset"):
+        _synthesized(tmp_path / "data", 4, seed=0)
