@@ -116,3 +116,24 @@ def test_the_demo_refuses_data_made_with_other_settings_or_left_incomplete(tmp_p
     (tmp_path / "data" / "synth.json").unlink()
     with pytest.raises(OctlensError, match="not a complete synthetic dataset"):
         _synthesized(tmp_path / "data", 4, seed=0)
+
+
+def test_an_interrupted_demo_says_how_to_continue(tmp_path, monkeypatch):
+    import octlens.demo
+    from octlens.errors import Interrupted
+
+    def interrupted_training(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(octlens.demo, "train", interrupted_training)
+    with pytest.raises(Interrupted, match="demo interrupted; run it again with the same --out"):
+        octlens.demo.run_demo(tmp_path / "demo", n_per_class=3, verbose=False)
+    assert read_record(tmp_path / "demo" / "data")["n_per_class"] == 3  # the data is complete
+
+
+def test_absurd_sizes_are_refused_before_any_work(tmp_path):
+    with pytest.raises(OctlensError, match="--n-per-class 1000000000: from 3"):
+        synthesize(tmp_path / "a", 10**9)
+    with pytest.raises(OctlensError, match="--size 100000x512"):
+        synthesize(tmp_path / "b", 4, size=(100_000, 512))
+    assert not list(tmp_path.iterdir())

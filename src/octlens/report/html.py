@@ -16,6 +16,7 @@ from octlens.data.index import DatasetIndex, DataWarning, scan
 from octlens.data.splits import split_samples
 from octlens.errors import OctlensError
 from octlens.evaluate import evaluate_run
+from octlens.evaluate.runner import require_positive
 from octlens.explain import default_methods
 from octlens.files import read_json, write_text
 from octlens.models import is_vit
@@ -55,6 +56,7 @@ def write_report(
     ``scans_per_class`` scans of each class (the same scans for every run); an audit of other
     data is an error. Without ``data``, stored results are shown with the data they came from.
     """
+    require_positive(scans_per_class=scans_per_class)
     out = Path(out)
     if out.is_dir():
         raise OctlensError(f"{out}: --out is a folder; give the HTML file to write")

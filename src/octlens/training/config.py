@@ -19,7 +19,7 @@ class TrainConfig(BaseModel):
     data: Path
     out: Path
     model: str = "resnet18"
-    img_size: int = Field(224, ge=16)
+    img_size: int = Field(224, ge=16, le=4096)
     patch_size: int | None = Field(None, ge=1)
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     pretrained: str | None = None

@@ -38,6 +38,8 @@ from octlens.data.synth.shortcut import MANIFEST, SHORTCUTS, choose_mark, draw_c
 from octlens.errors import Interrupted, OctlensError
 from octlens.files import write_text
 
+#: More scans per class than OCT2017 has of any class (37k CNV) is a typo, not a plan.
+MAX_PER_CLASS = 100_000
 #: Written last into a synthetic dataset: its settings, and the proof that it is complete.
 RECORD = "synth.json"
 
@@ -139,8 +141,10 @@ def synthesize(
     With ``shortcut="corner"``, a class-coded corner mark is planted in ``shortcut_rate`` of the
     training and validation scans (see :mod:`octlens.data.synth.shortcut`).
     """
-    if n_per_class < 3:
-        raise OctlensError(f"--n-per-class {n_per_class}: at least 3 (one scan per split)")
+    if not 3 <= n_per_class <= MAX_PER_CLASS:
+        raise OctlensError(
+            f"--n-per-class {n_per_class}: from 3 (one scan per split) to {MAX_PER_CLASS:,}"
+        )
     height, width = size
     if not (16 <= height <= 4096 and 16 <= width <= 4096):
         raise OctlensError(f"--size {height}x{width}: each side must be 16 to 4096 px")
