@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from octlens.data.index import DataWarning
 from octlens.errors import OctlensError
 from octlens.report import explain_images
 from octlens.training import TrainConfig, train
@@ -48,7 +49,10 @@ def test_explain_images_errors(tiny_data, vit_run, tmp_path):
     scan = next((tiny_data / "test").rglob("*.jpeg"))
     with pytest.raises(OctlensError, match="unknown method"):
         explain_images(vit_run, [scan], ["magic"], tmp_path)
-    with pytest.raises(OctlensError, match="none of the given paths"):
+    with (
+        pytest.warns(DataWarning, match=r"missing\.png: not an image file"),
+        pytest.raises(OctlensError, match="none of the given paths"),
+    ):
         explain_images(vit_run, [tmp_path / "missing.png"], ["gradcam"], tmp_path)
 
 

@@ -285,7 +285,10 @@ def test_training_refuses_a_class_it_has_no_scans_of_and_warns_of_leaks(tiny_dat
     for path in train_drusen.iterdir():
         path.unlink()
     train_drusen.rmdir()
-    with pytest.raises(OctlensError, match="training split 'train' has no images of DRUSEN"):
+    with (
+        pytest.warns(DataWarning, match=r"split 'train' has no folder for class\(es\) DRUSEN"),
+        pytest.raises(OctlensError, match="training split 'train' has no images of DRUSEN"),
+    ):
         train(_config(data, tmp_path / "missing", epochs=1), verbose=False)
 
 

@@ -14,8 +14,10 @@ MedMNIST arrays go through the same :func:`to_uint8`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -161,11 +163,17 @@ def pixel_scale(array: np.ndarray, source: object) -> float:
     raise UnreadableImageError(f"{source}: pixels of type {array.dtype} are not an image")
 
 
-def _opened(path: Path):
-    """``Image.open`` with Pillow's own bomb warning turned into an error."""
-    with warnings.catch_warnings():
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
+    """``Image.open`` with Pillow's bomb warning turned into an error, and its other warnings
+    (corrupt EXIF in a TIFF that decodes fine) re-issued with the file's name."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return Image.open(path)
+        with Image.open(path) as image:
+            yield image
+    for warning in caught:
+        warnings.warn(f"{path}: {warning.message}", UserWarning, stacklevel=4)
 
 
 def _to_gray(image: Image.Image, path: Path) -> Image.Image:
