@@ -312,3 +312,14 @@ def test_an_image_folder_trains_with_default_options_and_carves_val_and_test(tmp
     assert metrics["n"] == len(carved["test"]) > 0
     with pytest.warns(DataWarning, match="holds the scans .* was trained on"):
         evaluate_run(tmp_path / "run", folder, "all", out=tmp_path / "all")
+
+
+def test_a_carve_that_takes_a_class_s_only_patient_says_so(tmp_path):
+    from PIL import Image
+
+    for name, value in (("A", 90), ("B", 50)):
+        (tmp_path / "d" / name).mkdir(parents=True)
+        for k in range(3 if name == "B" else 1):
+            Image.new("L", (20, 20), value + k).save(tmp_path / "d" / name / f"{name}-{k}.png")
+    with pytest.raises(OctlensError, match=r"carving val by patient left no training images of A"):
+        train(_config(tmp_path / "d", tmp_path / "run", epochs=1), verbose=False)

@@ -20,8 +20,7 @@ from octlens.data.index import DatasetIndex, Sample
 from octlens.errors import OctlensError
 from octlens.files import read_json, write_text
 
-#: Splits a training run may carve from its training split, recorded in ``RUN/splits.json``.
-CARVED_SPLITS = ("val", "test")
+#: Where a training run records the splits it carved (val, test) from its training split.
 CARVED_RECORD = "splits.json"
 
 

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from octlens.data.dataset import OCTDataset, estimate_normalization
 from octlens.data.index import SINGLE_SPLIT, DatasetIndex, DataWarning, Sample, scan
-from octlens.data.splits import CARVED_SPLITS, find_leakage, split_by_patient, write_carved
+from octlens.data.splits import find_leakage, split_by_patient, write_carved
 from octlens.data.transforms import Normalization, eval_transform, train_transform
 from octlens.errors import Interrupted, OctlensError
 from octlens.files import remove_stale_temps, require_writable_folder
@@ -343,6 +343,12 @@ def _train_val_samples(
     (``splits.json``) so that evaluation finds the same scans.
     """
     train_samples = index.split(train_split)
+    missing = index.missing_classes(train_samples)
+    if missing:
+        raise OctlensError(
+            f"{index.root}: the training split '{train_split}' has no images of "
+            f"{', '.join(missing)}; a model cannot learn a class it never sees"
+        )
     carved: dict[str, list[Sample]] = {}
     if config.test_fraction > 0 and "test" not in index.splits:
         train_samples, carved["test"] = split_by_patient(
@@ -361,10 +367,10 @@ def _train_val_samples(
     missing = index.missing_classes(train_samples)
     if missing:
         raise OctlensError(
-            f"{index.root}: the training split '{train_split}' has no images of "
-            f"{', '.join(missing)}; a model cannot learn a class it never sees"
+            f"{index.root}: carving {' and '.join(carved)} by patient left no training images of "
+            f"{', '.join(missing)} (too few patients); give more scans or a '{config.val_split}' "
+            "split"
         )
-    assert set(carved) <= set(CARVED_SPLITS)
     return train_samples, val_samples, carved
 
 
