@@ -58,7 +58,7 @@ class OCTDataset(Dataset[tuple[torch.Tensor, int]]):
         return [sample.label for sample in self.samples]
 
 
-class ScansForEvaluation(Dataset[tuple[torch.Tensor, int] | None]):
+class ScansForEvaluation(OCTDataset):
     """``(image, position in samples)`` pairs, or ``None`` for a scan that fails to decode.
 
     Evaluation must never stand one scan in for another (that would count it twice and give
@@ -66,22 +66,7 @@ class ScansForEvaluation(Dataset[tuple[torch.Tensor, int] | None]):
     :func:`collate_readable`, and the positions that come back say which scans were scored.
     """
 
-    def __init__(
-        self,
-        index: DatasetIndex,
-        samples: Sequence[Sample],
-        transform: Callable[..., torch.Tensor],
-        decode_size: int | None = None,
-    ) -> None:
-        self.index = index
-        self.samples = list(samples)
-        self.transform = transform
-        self.decode_size = decode_size
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, position: int) -> tuple[torch.Tensor, int] | None:
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int] | None:  # type: ignore[override]
         try:
             image = self.index.load(self.samples[position], self.decode_size)
         except UnreadableImageError:

@@ -19,9 +19,10 @@ import re
 import warnings
 import zipfile
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -38,6 +39,7 @@ from octlens.errors import OctlensError
 
 MASK_FOLDERS = ("masks", "retina")
 SINGLE_SPLIT = "all"
+T = TypeVar("T")
 OCT2017_CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
 
 # Kermany et al. name files CLASS-PATIENT-N: the patient id is the middle field.
@@ -207,20 +209,29 @@ def _consistent_classes(root: Path, class_folders: dict[str, dict[str, Path]]) -
 def split_readable(
     paths: Iterable[Path], strict: bool = False
 ) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """The image files among ``paths`` that pass :func:`check_image`, and ``(path, reason)`` for
-    the others; with ``strict=True`` the first bad one raises instead."""
+    """The image files among ``paths`` that pass :func:`check_image` (which decodes them with
+    ``strict=True``), and ``(path, reason)`` for the others; with ``strict=True`` the first bad
+    one raises instead."""
+    readable, skipped = read_each(paths, lambda path: check_image(path, decode=strict), strict)
+    return [path for path, _ in readable], skipped
+
+
+def read_each(
+    paths: Iterable[Path], read: Callable[[Path], T], strict: bool = False
+) -> tuple[list[tuple[Path, T]], list[tuple[Path, str]]]:
+    """``(path, read(path))`` for each image file among ``paths`` that ``read`` accepts, and
+    ``(path, reason)`` for the others (not an image file, or an :class:`UnreadableImageError`);
+    with ``strict=True`` the first bad one raises instead."""
     readable, skipped = [], []
     for path in paths:
         try:
             if not is_image_file(path):
                 raise UnreadableImageError(f"{path}: not an image file")
-            check_image(path, decode=strict)
+            readable.append((path, read(path)))
         except UnreadableImageError as error:
             if strict:
                 raise
             skipped.append((path, str(error)))
-            continue
-        readable.append(path)
     return readable, skipped
 
 

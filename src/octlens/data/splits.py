@@ -124,6 +124,8 @@ def split_samples(index: DatasetIndex, split: str, run_dir: Path | None = None) 
             f"{index.root}: {len(missing)} scan(s) the run carved into '{split}' are not in this "
             f"data (e.g. {missing[0]}); is it the data the run was trained on?"
         )
+    if not carved[split]:
+        raise OctlensError(f"{record_path}: the run carved no scans into '{split}'")
     return [by_name[name] for name in carved[split]]
 
 

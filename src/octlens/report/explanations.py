@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from octlens.data.images import UnreadableImageError, load_grayscale
-from octlens.data.index import split_readable, warn_skipped
+from octlens.data.images import check_image, load_grayscale
+from octlens.data.index import read_each, warn_skipped
 from octlens.errors import OctlensError
 from octlens.explain import EXPLAINERS, Explainer, check_methods
 from octlens.files import require_writable_folder
@@ -38,21 +39,17 @@ def explain_images(
         name: EXPLAINERS[name](model, precision=precision) for name in methods
     }
     out = require_writable_folder(Path(out))
-    candidates, skipped = split_readable(map(Path, paths), strict)
     img_size = checkpoint.img_size
-    readable, scans = [], []
-    for path in candidates:
-        try:
-            scans.append(load_grayscale(path, img_size))
-        except UnreadableImageError as error:
-            if strict:
-                raise
-            skipped.append((path, str(error)))
-            continue
-        readable.append(path)
-    if not readable:
+
+    def decoded(path: Path) -> Image.Image:
+        check_image(path)
+        return load_grayscale(path, img_size)
+
+    loaded, skipped = read_each(map(Path, paths), decoded, strict)
+    if not loaded:
         warn_skipped(skipped)
         raise OctlensError("none of the given paths is a readable image")
+    readable, scans = [path for path, _ in loaded], [scan for _, scan in loaded]
 
     transform = checkpoint.eval_transform()
     batch = torch.stack([transform(scan) for scan in scans])
