@@ -51,7 +51,7 @@ def bench_model(name: str, scans: int, steps: int, batch_size: int, device: torc
     maps = random_maps((scans, 128, 128), seed=1).to(device)
     targets = torch.zeros(scans, dtype=torch.long, device=device)
 
-    plan = resolve_precision("auto", device)  # the metrics autocast the same way
+    plan = resolve_precision("auto", device, measuring=True)  # as the metrics do
 
     def forward():
         with torch.inference_mode(), plan.autocast():
