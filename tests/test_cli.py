@@ -259,3 +259,20 @@ def test_ctrl_c_during_synthesis_leaves_nothing_and_a_rerun_starts_afresh(tmp_pa
     again = _octlens("synth", str(out), "--n-per-class", "4", "--size", "62x64")
     assert again.returncode == 0, again.stderr
     assert json.loads((out / "synth.json").read_text())["n_per_class"] == 4
+
+
+def test_a_full_disk_anywhere_is_one_line(monkeypatch, capsys, cli_run, tiny_data, tmp_path):
+    import errno
+
+    import matplotlib.figure
+
+    def full(self, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    out = tmp_path / "eval"
+    status, _, err = _in_process(
+        monkeypatch, capsys, "evaluate", str(cli_run), "--data", str(tiny_data), "--out", str(out)
+    )
+    assert status == 2 and err.startswith("error: ") and "No space left on device" in err, err
+    assert err.count("\n") == 1 and str(out) in err

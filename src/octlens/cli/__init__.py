@@ -60,6 +60,8 @@ def main() -> None:
         _fail(error, INTERRUPTED)
     except OctlensError as error:
         _fail(error)
+    except OSError as error:  # a full disk or a lost permission while writing a figure
+        _fail(f"{error.filename or 'octlens'}: {error.strerror or error}")
     except (KeyboardInterrupt, *_ABORTS):
         _fail("interrupted", INTERRUPTED)
     except _NO_ARGS as error:
