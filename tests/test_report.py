@@ -71,3 +71,25 @@ def test_html_report_is_self_contained_with_both_models(tiny_data, vit_run, tmp_
     assert "What the ViT sees" in text and "accuracy" in text
     assert "src='http" not in text and "href=" not in text  # nothing fetched when opened
     assert (resnet / "eval" / "test" / "metrics.json").is_file()  # evaluated on the way
+
+
+def test_a_report_on_medmnist_data_evaluates_and_skips_file_explanations(tmp_path):
+    from octlens.report import write_report
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "oct.npz"
+    np.savez(
+        data,
+        train_images=rng.integers(0, 255, (16, 28, 28), dtype=np.uint8),
+        train_labels=np.arange(16) % 4,
+        val_images=rng.integers(0, 255, (8, 28, 28), dtype=np.uint8),
+        val_labels=np.arange(8) % 4,
+        test_images=rng.integers(0, 255, (8, 28, 28), dtype=np.uint8),
+        test_labels=np.arange(8) % 4,
+    )
+    run = tmp_path / "run"
+    config = TrainConfig(data=data, out=run, img_size=16, epochs=1, batch_size=8, num_workers=0)
+    train(config, verbose=False)
+    text = write_report([run], tmp_path / "report.html", data=data).read_text()
+    assert "test split, 8 scans" in text and "A sample of the data" in text
+    assert "Explanations" not in text

@@ -203,6 +203,7 @@ def test_the_report_refuses_an_audit_of_other_data(evaluated, tiny_data, tmp_pat
     [
         ('{"accuracy": 0.9, "n": 3', r"metrics.json: not a readable JSON file"),
         ('{"accuracy": 0.9}', r"metrics.json: not a result file octlens can show \(KeyError"),
+        ("[]", r"metrics.json: not a result file octlens can show \(no JSON object"),
     ],
 )
 def test_truncated_or_foreign_results_are_one_line_errors(run, tmp_path, content, message):

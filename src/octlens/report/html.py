@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import tempfile
 import warnings
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from octlens.data.images import load_grayscale
+from octlens.data.images import UnreadableImageError, load_grayscale
 from octlens.data.index import DatasetIndex, DataWarning, scan
 from octlens.data.splits import split_samples
 from octlens.errors import OctlensError
@@ -65,13 +66,20 @@ def write_report(
     if data is not None:
         index = scan(data)
         samples = index.split(split)
+        files = [s for s in samples if s.index is None]  # explanations read files (not .npz)
         for label in range(len(index.classes)):
-            scans += [s.path for s in samples if s.label == label][:scans_per_class]
+            scans += [s.path for s in files if s.label == label][:scans_per_class]
+        shown = []
+        for sample in samples:
+            with contextlib.suppress(UnreadableImageError):  # evaluation names broken scans
+                shown.append((sample, np.asarray(index.load(sample), np.float32) / 255))
+            if len(shown) == 8:
+                break
         with tempfile.TemporaryDirectory() as tmp:
             batch = Path(tmp) / "batch.png"
             plot_sample_batch(
-                [np.asarray(index.load(s), np.float32) / 255 for s in samples[:8]],
-                [f"{index.classes[s.label]} {s.path.name}" for s in samples[:8]],
+                [pixels for _, pixels in shown],
+                [f"{index.classes[s.label]} {s.path.name}" for s, _ in shown],
                 batch,
             )
             header = figure_html("A sample of the data", batch)
@@ -81,7 +89,7 @@ def write_report(
         sections.append(_run_section(run_dir, index, split, scans))
         audit_path = run_dir / "audit" / split / "audit.json"
         if audit_path.exists():
-            result = _matching(read_json(audit_path), audit_path, index, split, run_dir)
+            result = _matching(_read_result(audit_path), audit_path, index, split, run_dir)
             _rendered(audit_table, [result], audit_path)  # an edited file fails here, by name
             audits.append(result)
     audit = audit_table(audits) if audits else ""
@@ -127,7 +135,7 @@ def _run_section(run_dir: Path, index: DatasetIndex | None, split: str, scans: l
         eval_dir = _evaluation(run_dir, index, split, Path(tmp))
         metrics_path = eval_dir / "metrics.json"
         if metrics_path.exists():
-            parts.append(_rendered(_metrics_table, read_json(metrics_path), metrics_path))
+            parts.append(_rendered(_metrics_table, _read_result(metrics_path), metrics_path))
         figures = [("Learning curves", run_dir / "learning_curves.png")]
         figures += [
             (title, eval_dir / name)
@@ -161,7 +169,7 @@ def _evaluation(run_dir: Path, index: DatasetIndex | None, split: str, scratch: 
     if index is None:
         return stored
     if (stored / "metrics.json").exists():
-        if _same_data(read_json(stored / "metrics.json"), index, split, run_dir):
+        if _same_data(_read_result(stored / "metrics.json"), index, split, run_dir):
             return stored
         warnings.warn(
             f"{stored / 'metrics.json'} was computed on other data; the report evaluates "
@@ -198,6 +206,13 @@ def _metrics_table(metrics: dict) -> str:
         f"<table>{summary}</table><table><tr><th>class</th><th>sensitivity</th>"
         f"<th>specificity</th><th>AUC</th><th>n</th></tr>{per_class}</table>"
     )
+
+
+def _read_result(path: Path) -> dict[str, Any]:
+    result = read_json(path)
+    if not isinstance(result, dict):
+        raise OctlensError(f"{path}: not a result file octlens can show (no JSON object)")
+    return result
 
 
 def _rendered(render: Callable[[Any], str], result: Any, path: Path) -> str:
