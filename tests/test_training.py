@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -323,3 +324,21 @@ def test_a_carve_that_takes_a_class_s_only_patient_says_so(tmp_path):
             Image.new("L", (20, 20), value + k).save(tmp_path / "d" / name / f"{name}-{k}.png")
     with pytest.raises(OctlensError, match=r"carving val by patient left no training images of A"):
         train(_config(tmp_path / "d", tmp_path / "run", epochs=1), verbose=False)
+
+
+def test_validation_leaves_out_a_scan_that_cannot_be_decoded(tiny_data, tmp_path):
+    from test_images import broken_png
+
+    data = tmp_path / "data"
+    subprocess.run(["cp", "-a", str(tiny_data), str(data)], check=True)
+    victim = sorted((data / "val" / "DME").iterdir())[0]
+    victim.unlink()
+    broken_png(victim.with_suffix(".png"), (128, 124))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(_config(data, tmp_path / "run", epochs=2), verbose=False)
+    named = [w for w in caught if "left out 1 unreadable scan" in str(w.message)]
+    assert len(named) == 1 and str(victim.with_suffix(".png")) in str(named[0].message)
+    n_val = len(scan(data).split("val"))
+    for row in result.history:  # accuracy over the readable scans: a multiple of 1 / (n - 1)
+        assert round(row["val_acc"] * (n_val - 1), 4) == round(row["val_acc"] * (n_val - 1))

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset, default_collate
 from octlens.data.images import UnreadableImageError
 from octlens.data.index import DatasetIndex, DataWarning, Sample
 from octlens.data.transforms import Normalization
+from octlens.errors import OctlensError
 
 
 class OCTDataset(Dataset[tuple[torch.Tensor, int]]):
@@ -82,6 +83,30 @@ def collate_readable(
     if not readable:
         return torch.empty(0), torch.empty(0, dtype=torch.long)
     return default_collate(readable)
+
+
+def left_out(index: DatasetIndex, samples: list[Sample], scored: set[int]) -> list[Sample]:
+    """The samples not in ``scored`` (they failed to decode), named in one warning with the
+    reason of each; none scored at all is an error."""
+    missing = [sample for position, sample in enumerate(samples) if position not in scored]
+    if not missing:
+        return []
+    reasons = []
+    for sample in missing[:3]:
+        try:
+            index.load(sample)
+            reasons.append(f"{sample.path}: could not be decoded")
+        except UnreadableImageError as error:
+            reasons.append(str(error))
+    if len(missing) == len(samples):
+        raise OctlensError(f"none of the {len(samples)} scans could be read ({reasons[0]})")
+    more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+    warnings.warn(
+        f"left out {len(missing)} unreadable scan(s) of {len(samples)}: {'; '.join(reasons)}{more}",
+        DataWarning,
+        stacklevel=3,
+    )
+    return missing
 
 
 def estimate_normalization(

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from octlens.data.dataset import left_out
 from octlens.data.images import UnreadableImageError
 from octlens.data.index import DatasetIndex, Sample
 from octlens.data.retina import find_retina, scanner_fill
@@ -43,7 +44,7 @@ from octlens.evaluate.faithfulness import (
     random_maps,
 )
 from octlens.evaluate.localization import energy_in_mask, pixel_auroc, pointing_game
-from octlens.evaluate.runner import left_out, load_run_and_data, require_positive
+from octlens.evaluate.runner import load_run_and_data, require_positive
 from octlens.evaluate.sanity import SanityResult, cascading_randomization
 from octlens.evaluate.shortcut import area_shares, attention_shares, region_masks, shortcut_flags
 from octlens.explain import EXPLAINERS, check_methods, default_methods

@@ -12,9 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from octlens.data.dataset import ScansForEvaluation, collate_readable
-from octlens.data.images import UnreadableImageError
-from octlens.data.index import SINGLE_SPLIT, DatasetIndex, DataWarning, Sample, scan
+from octlens.data.dataset import ScansForEvaluation, collate_readable, left_out
+from octlens.data.index import SINGLE_SPLIT, DatasetIndex, DataWarning, scan
 from octlens.data.splits import split_samples
 from octlens.errors import OctlensError
 from octlens.evaluate.metrics import calibration_bins, classification_metrics
@@ -112,30 +111,6 @@ def require_positive(**values: int | None) -> None:
     for name, value in values.items():
         if value is not None and value < 1:
             raise OctlensError(f"--{name.replace('_', '-')} {value}: must be at least 1")
-
-
-def left_out(index: DatasetIndex, samples: list[Sample], scored: set[int]) -> list[Sample]:
-    """The samples not in ``scored`` (they failed to decode), named in one warning with the
-    reason of each; none scored at all is an error."""
-    missing = [sample for position, sample in enumerate(samples) if position not in scored]
-    if not missing:
-        return []
-    reasons = []
-    for sample in missing[:3]:
-        try:
-            index.load(sample)
-            reasons.append(f"{sample.path}: could not be decoded")
-        except UnreadableImageError as error:
-            reasons.append(str(error))
-    if len(missing) == len(samples):
-        raise OctlensError(f"none of the {len(samples)} scans could be read ({reasons[0]})")
-    more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
-    warnings.warn(
-        f"left out {len(missing)} unreadable scan(s) of {len(samples)}: {'; '.join(reasons)}{more}",
-        DataWarning,
-        stacklevel=3,
-    )
-    return missing
 
 
 def load_run_and_data(run: str | Path, data: str | Path) -> tuple[Checkpoint, DatasetIndex]:

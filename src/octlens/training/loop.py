@@ -26,7 +26,13 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from octlens.data.dataset import OCTDataset, estimate_normalization
+from octlens.data.dataset import (
+    OCTDataset,
+    ScansForEvaluation,
+    collate_readable,
+    estimate_normalization,
+    left_out,
+)
 from octlens.data.index import SINGLE_SPLIT, DatasetIndex, DataWarning, Sample, scan
 from octlens.data.splits import find_leakage, split_by_patient, write_carved
 from octlens.data.transforms import Normalization, eval_transform, train_transform
@@ -113,17 +119,16 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
         write_carved(out, index, carved)
 
     workers = config.num_workers if config.num_workers is not None else _default_workers(device)
+    # Validation is a measurement: a scan that fails to decode is left out, never replaced.
     val_loader = DataLoader(
-        OCTDataset(
-            index,
-            val_samples,
-            eval_transform(config.img_size, normalization),
-            config.img_size,
-            config.strict,
+        ScansForEvaluation(
+            index, val_samples, eval_transform(config.img_size, normalization), config.img_size
         ),
         batch_size=config.batch_size,
         num_workers=workers,
+        collate_fn=collate_readable,
     )
+    val_labels = torch.tensor([sample.label for sample in val_samples])
     train_set = OCTDataset(
         index,
         train_samples,
@@ -165,6 +170,7 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
     meta_base["data"]["train_fingerprint"] = fingerprint
     meta_base["precision"] = precision.name
     stopped_early = False
+    val_left_out_named = False
     epoch = len(history) + 1
     try:
         for epoch in range(len(history) + 1, config.epochs + 1):
@@ -189,7 +195,11 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
                 console=console,
             )
             seconds = time.perf_counter() - started
-            logits, labels = predict_logits(model, val_loader, precision, channels_last)
+            logits, positions = predict_logits(model, val_loader, precision, channels_last)
+            if len(positions) < len(val_samples) and not val_left_out_named:
+                left_out(index, val_samples, set(positions.tolist()))  # warns, or raises if all
+                val_left_out_named = True
+            labels = val_labels[positions]
             val_loss = F.cross_entropy(logits, labels).item()
             if not math.isfinite(val_loss):
                 raise NonFiniteLoss(f"validation loss {val_loss}")
