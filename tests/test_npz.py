@@ -72,7 +72,12 @@ def test_16_bit_images_are_scaled_by_their_depth(tmp_path):
         (np.array(["a"] * 8), "labels of type"),
         (
             np.array([0, 1, 2, 10**12, 0, 1, 2, 3]),
-            r"labels run up to 1000000000000, .* 4, 5, 6, 7, 8, 9, 10, 11 \.\.\.",
+            r"label 1e\+12 is beyond any class count",
+        ),
+        (np.array([0, 1, 2, 1e300, 0, 1, 2, 3]), r"label 1e\+300 is beyond any class count"),
+        (
+            np.array([0, 1, 2, 30, 0, 1, 2, 3]),
+            r"labels run up to 30, .* 4, 5, 6, 7, 8, 9, 10, 11 \.\.\.",
         ),
     ],
 )

@@ -41,6 +41,8 @@ MASK_FOLDERS = ("masks", "retina")
 SINGLE_SPLIT = "all"
 T = TypeVar("T")
 OCT2017_CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
+# MedMNIST sets have at most 11 classes; a label in the millions is a corrupt file, not a class.
+MAX_CLASSES = 10_000
 
 # Kermany et al. name files CLASS-PATIENT-N: the patient id is the middle field.
 _KERMANY_NAME = re.compile(r"^[A-Za-z]+-(?P<patient>\d+)-\d+$")
@@ -371,4 +373,8 @@ def _labels(array: np.ndarray, source: str) -> np.ndarray:
         raise OctlensError(f"{source}: labels must be whole numbers")
     if len(labels) and labels.min() < 0:
         raise OctlensError(f"{source}: negative label {labels.min():g}")
+    if len(labels) and labels.max() >= MAX_CLASSES:
+        raise OctlensError(
+            f"{source}: label {labels.max():g} is beyond any class count (at most {MAX_CLASSES:,})"
+        )
     return labels.astype(np.int64)
