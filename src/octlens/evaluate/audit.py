@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from octlens.data.dataset import left_out
-from octlens.data.images import UnreadableImageError
+from octlens.data.images import UnreadableImageError, load_grayscale
 from octlens.data.index import DatasetIndex, Sample
 from octlens.data.retina import find_retina, scanner_fill
 from octlens.data.splits import split_samples
@@ -343,7 +343,8 @@ def _resized(pixels: np.ndarray, size: int, resample=Image.Resampling.NEAREST) -
 
 
 def _mask_at(path: Path, size: int) -> np.ndarray:
-    return _resized(np.asarray(Image.open(path).convert("L")), size) > 127
+    """A mask file at ``size``; a broken mask is a one-line error naming it, like a scan."""
+    return _resized(np.asarray(load_grayscale(path)), size) > 127
 
 
 def _planted_marks(index: DatasetIndex, samples: list[Sample]) -> list[str | None] | None:
