@@ -179,7 +179,9 @@ def test_bad_options_are_one_line_errors(
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
 
 
-def test_files_where_folders_belong_are_one_line_errors(monkeypatch, capsys, cli_run, tmp_path):
+def test_files_where_folders_belong_are_one_line_errors(
+    monkeypatch, capsys, cli_run, tiny_data, tmp_path
+):
     a_file = tmp_path / "taken"
     a_file.write_text("mine")
     for args, message in (
@@ -187,6 +189,15 @@ def test_files_where_folders_belong_are_one_line_errors(monkeypatch, capsys, cli
         (["synth", str(cli_run), "--n-per-class", "4"], "already exists and is a folder that"),
         (["report", str(cli_run), "--out", str(tmp_path)], "--out is a folder"),
         (["evaluate", str(cli_run), "--data", "x", "--out", str(a_file)], "x: no such dataset"),
+        (
+            ["evaluate", str(cli_run), "--data", str(tiny_data), "--out", str(a_file)],
+            "--out is a file, not a folder",
+        ),
+        (
+            ["audit", str(cli_run), "--data", str(tiny_data), "--out", str(a_file)],
+            "--out is a file, not a folder",
+        ),
+        (["explain", str(cli_run), str(a_file), "--out", str(a_file)], "--out is a file"),
         (["demo", "--out", str(tmp_path / "d"), "--n-per-class", "0"], "--n-per-class 0"),
     ):
         status, _, err = _in_process(monkeypatch, capsys, *args)
