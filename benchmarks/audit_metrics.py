@@ -32,7 +32,7 @@ from octlens.evaluate.localization import energy_in_mask, pixel_auroc, pointing_
 from octlens.evaluate.sanity import cascading_randomization
 from octlens.explain import GradCAM
 from octlens.models import create_model, is_vit
-from octlens.training.precision import resolve_precision
+from octlens.runtime import resolve_precision
 
 
 def timed(function) -> float:

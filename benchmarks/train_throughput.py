@@ -23,7 +23,8 @@ from timm.optim import param_groups_weight_decay
 
 from octlens.data.synth import synthesize
 from octlens.models import create_model, is_vit
-from octlens.training import TrainConfig, resolve_device, resolve_precision, train
+from octlens.runtime import resolve_device, resolve_precision
+from octlens.training import TrainConfig, train
 
 MODELS = {
     "resnet18@128": {"model": "resnet18", "img_size": 128},

@@ -141,7 +141,7 @@ def test_hub_weights_fail_in_seconds_when_the_host_cannot_be_reached(monkeypatch
 
 
 def test_precision_auto_measures_in_fp32_on_every_cpu(monkeypatch):
-    from octlens.training.precision import cpu_has_native_bf16, resolve_precision
+    from octlens.runtime import cpu_has_native_bf16, resolve_precision
 
     cpu = torch.device("cpu")
     for forced, training in (("1", "bf16"), ("0", "fp32")):

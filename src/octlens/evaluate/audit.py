@@ -51,7 +51,7 @@ from octlens.explain import EXPLAINERS, check_methods, default_methods
 from octlens.explain.base import scaled_to_unit
 from octlens.files import require_writable_folder, write_json
 from octlens.models import is_vit
-from octlens.training.precision import resolve_device, resolve_precision
+from octlens.runtime import resolve_device, resolve_precision
 
 REGIONS = ("off_retina", "border", "corners", "fill")
 
@@ -137,7 +137,7 @@ def audit_run(
             steps=steps,
             baseline=black,
             batch_size=batch_size,
-            precision=plan.name,
+            precision=plan,
         )
 
     # Scans are grouped by class: the sanity check takes them evenly spread, so every class is in.
@@ -150,7 +150,7 @@ def audit_run(
     summary: dict[str, dict[str, Any]] = {}
     sanity: dict[str, SanityResult] = {}
     for name in methods:
-        explainer = EXPLAINERS[name](model, precision=plan.name)
+        explainer = EXPLAINERS[name](model, precision=plan)
         maps[name] = torch.cat(
             [
                 explainer(chunk, targets).raw.cpu()
@@ -161,7 +161,7 @@ def audit_run(
         )
         curves[name] = perturbation(maps[name])
         drop, increase = average_drop_increase(
-            model, images, maps[name].to(plan.device), predictions, black, batch_size, plan.name
+            model, images, maps[name].to(plan.device), predictions, black, batch_size, plan
         )
         per_scan[name] = {
             "deletion_auc": curves[name].deletion_auc,
@@ -173,7 +173,7 @@ def audit_run(
         }
         sanity[name] = cascading_randomization(
             model,
-            lambda m, name=name: EXPLAINERS[name](m, precision=plan.name),
+            lambda m, name=name: EXPLAINERS[name](m, precision=plan),
             images[sanity_picks],
             predictions[sanity_picks],
         )

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from octlens.explain.base import preserved_state, scaled_to_unit, target_probabilities
-from octlens.training.precision import resolve_precision
+from octlens.runtime import PrecisionPlan, plan_for
 
 
 @dataclass
@@ -61,7 +61,7 @@ def deletion_insertion(
     baseline: float = 0.0,
     blur_sigma: float | None = None,
     batch_size: int = 128,
-    precision: str = "auto",
+    precision: str | PrecisionPlan = "auto",
     seed: int = 0,
 ) -> PerturbationCurves:
     """Deletion and insertion curves of ``maps`` (B, H, W) on ``images`` (B, C, H, W).
@@ -114,7 +114,7 @@ def average_drop_increase(
     targets: torch.Tensor,
     baseline: float = 0.0,
     batch_size: int = 128,
-    precision: str = "auto",
+    precision: str | PrecisionPlan = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image: relative confidence drop ``max(0, Y - O) / Y`` and whether ``O > Y``.
 
@@ -154,7 +154,7 @@ def _pixel_ranks(maps: torch.Tensor, seed: int) -> torch.Tensor:
 @torch.inference_mode()
 def _probabilities(model, make_batch, image_of, targets, batch_size, precision) -> torch.Tensor:
     """Target probability of every copy ``make_batch(indices)`` builds, in index order."""
-    plan = resolve_precision(precision, next(model.parameters()).device, measuring=True)
+    plan = plan_for(precision, next(model.parameters()).device, measuring=True)
     probs = []
     with preserved_state(model), plan.autocast():
         model.eval()

@@ -20,9 +20,9 @@ from octlens.evaluate.metrics import calibration_bins, classification_metrics
 from octlens.evaluate.plots import plot_confusion_matrix, plot_reliability, plot_roc_curves
 from octlens.files import require_writable_folder, write_json, write_text
 from octlens.models import is_vit
+from octlens.runtime import resolve_device, resolve_precision
 from octlens.training.checkpoint import Checkpoint, load_checkpoint
 from octlens.training.inference import predict_logits
-from octlens.training.precision import resolve_device, resolve_precision
 
 
 def evaluate_run(

@@ -21,7 +21,7 @@ from torch.utils.hooks import RemovableHandle
 
 from octlens.errors import OctlensError
 from octlens.models import is_vit
-from octlens.training.precision import resolve_precision
+from octlens.runtime import PrecisionPlan, plan_for
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Explainer(ABC):
     #: The method's name in error messages.
     title: ClassVar[str] = "this method"
 
-    def __init__(self, model: nn.Module, precision: str = "auto") -> None:
+    def __init__(self, model: nn.Module, precision: str | PrecisionPlan = "auto") -> None:
         if self.vit_only and not is_vit(model):
             raise OctlensError(
                 f"{self.title} needs a Vision Transformer, not {type(model).__name__}"
@@ -65,7 +65,7 @@ class Explainer(ABC):
         self.model = model
         device = next(model.parameters()).device
         # auto: fp32 on CPUs (numbers must not depend on the CPU), AMP on CUDA; maps always fp32.
-        self.precision = resolve_precision(precision, device, measuring=True)
+        self.precision = plan_for(precision, device, measuring=True)
 
     def __call__(
         self, images: torch.Tensor, targets: Sequence[int] | torch.Tensor | None = None

@@ -26,6 +26,7 @@ from octlens.explain.base import (
 )
 from octlens.explain.layers import resolve_layer, tokens_to_grid
 from octlens.models import is_vit
+from octlens.runtime import PrecisionPlan
 
 
 class _GradientCAM(Explainer):
@@ -35,7 +36,7 @@ class _GradientCAM(Explainer):
         self,
         model: nn.Module,
         target_layer: nn.Module | str | None = None,
-        precision: str = "auto",
+        precision: str | PrecisionPlan = "auto",
     ) -> None:
         super().__init__(model, precision)
         self.target_layer = resolve_layer(model, target_layer)

@@ -18,6 +18,7 @@ from torch import nn
 from octlens.errors import OctlensError
 from octlens.explain.base import Explainer, forward_hooks, predicted_unless_given
 from octlens.explain.rollout import record_attention
+from octlens.runtime import PrecisionPlan
 
 
 class LeGrad(Explainer):
@@ -25,7 +26,10 @@ class LeGrad(Explainer):
     title = "LeGrad"
 
     def __init__(
-        self, model: nn.Module, num_blocks: int | None = None, precision: str = "auto"
+        self,
+        model: nn.Module,
+        num_blocks: int | None = None,
+        precision: str | PrecisionPlan = "auto",
     ) -> None:
         super().__init__(model, precision)
         depth = len(model.blocks)

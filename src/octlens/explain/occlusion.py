@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from octlens.explain.base import Explainer, predicted_unless_given, target_probabilities
+from octlens.runtime import PrecisionPlan
 
 
 class Occlusion(Explainer):
@@ -22,7 +23,7 @@ class Occlusion(Explainer):
         stride: int = 10,
         fill: float = 0.0,
         batch_size: int = 64,
-        precision: str = "auto",
+        precision: str | PrecisionPlan = "auto",
     ) -> None:
         super().__init__(model, precision)
         self.window, self.stride, self.fill, self.batch_size = window, stride, fill, batch_size

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from octlens.explain.base import Explainer, forward_hooks, predicted_unless_given
+from octlens.runtime import PrecisionPlan
 
 _KERNEL = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16
 
@@ -37,7 +38,11 @@ class ViTReciproCAM(Explainer):
     title = "ViT-ReciproCAM"
 
     def __init__(
-        self, model: nn.Module, block: int = -1, batch_size: int = 128, precision: str = "auto"
+        self,
+        model: nn.Module,
+        block: int = -1,
+        batch_size: int = 128,
+        precision: str | PrecisionPlan = "auto",
     ) -> None:
         super().__init__(model, precision)
         self.block = block % len(model.blocks)

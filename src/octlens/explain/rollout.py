@@ -20,6 +20,7 @@ from torch import nn
 
 from octlens.errors import OctlensError
 from octlens.explain.base import Explainer, forward_hooks, predicted_unless_given
+from octlens.runtime import PrecisionPlan
 
 
 def record_attention(model: nn.Module) -> tuple[list[torch.Tensor], list]:
@@ -45,7 +46,7 @@ class AttentionRollout(Explainer):
         model: nn.Module,
         head_fusion: Literal["mean", "max", "min"] = "mean",
         discard_ratio: float = 0.0,
-        precision: str = "auto",
+        precision: str | PrecisionPlan = "auto",
     ) -> None:
         super().__init__(model, precision)
         if head_fusion not in ("mean", "max", "min"):

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from octlens.training.precision import PrecisionPlan
+from octlens.runtime import PrecisionPlan
 
 
 def prepare_input(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:

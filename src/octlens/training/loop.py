@@ -39,11 +39,11 @@ from octlens.data.transforms import Normalization, eval_transform, train_transfo
 from octlens.errors import Interrupted, OctlensError
 from octlens.files import remove_stale_temps, require_writable_folder
 from octlens.models import create_model, is_vit
+from octlens.runtime import PrecisionPlan, resolve_device, resolve_precision
 from octlens.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from octlens.training.config import TrainConfig
 from octlens.training.history import plot_learning_curves, write_history
 from octlens.training.inference import predict_logits, prepare_input
-from octlens.training.precision import PrecisionPlan, resolve_device, resolve_precision
 
 # Settings that may differ between a run and its resumption; any other change is a new run.
 # ``out`` and ``data`` are compared as places (a moved run, the same data by another path).

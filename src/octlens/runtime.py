@@ -1,4 +1,8 @@
-"""Numeric precision and memory layout for the device at hand.
+"""Where and in what precision the models run: resolved once into a :class:`PrecisionPlan`.
+
+The plan (device and autocast dtype) is made once per command and passed down to training,
+evaluation, the explainers and the audit's metrics, which accept either a plan or a precision
+name (resolved for the model's device).
 
 For training, ``auto`` picks what is fastest without losing accuracy: bf16 autocast on CPUs with
 native bf16 (AVX512-BF16 or AMX; 2.5-3x over fp32 there) and fp32 on other CPUs, where emulated
@@ -66,6 +70,15 @@ def resolve_precision(
     if measuring:
         return PrecisionPlan("fp32", device)
     return PrecisionPlan("bf16" if cpu_has_native_bf16() else "fp32", device)
+
+
+def plan_for(
+    precision: str | PrecisionPlan, device: torch.device, measuring: bool = False
+) -> PrecisionPlan:
+    """``precision`` if it is a plan already, else the plan :func:`resolve_precision` makes."""
+    if isinstance(precision, PrecisionPlan):
+        return precision
+    return resolve_precision(precision, device, measuring)
 
 
 def resolve_device(requested: str | None) -> torch.device:
