@@ -18,7 +18,7 @@ from octlens.explain import (
     Occlusion,
     ViTReciproCAM,
 )
-from octlens.models import create_model
+from octlens.models import create_model, is_vit
 
 TINY_VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0}
 OURS_TO_ORACLE = {
@@ -211,9 +211,25 @@ def test_inplace_activations_do_not_break_cams():
 
 
 def test_user_errors():
+    import timm
+
+    swin = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        num_classes=3,
+        in_chans=1,
+        img_size=32,
+        window_size=4,
+        embed_dim=24,
+        depths=(1, 1),
+        num_heads=(1, 1),
+    )
+    assert hasattr(swin, "patch_embed")  # what the old check looked for
     for vit_only in (AttentionRollout, LeGrad, ViTReciproCAM):
-        with pytest.raises(OctlensError, match="needs a Vision Transformer"):
+        with pytest.raises(OctlensError, match="needs a Vision Transformer in timm's ViT layout"):
             vit_only(_resnet())
+        with pytest.raises(OctlensError, match=r"SwinTransformer has no num_prefix_tokens, blocks"):
+            vit_only(swin)
+    assert is_vit(_vit()) and not is_vit(swin) and not is_vit(_resnet())
     with pytest.raises(OctlensError, match="3 targets for 2 images"):
         GradCAM(_resnet())(torch.randn(2, 1, 32, 32), [0, 1, 2])
     with pytest.raises(OctlensError, match="no layer named 'layer9'"):

@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from torch.utils.hooks import RemovableHandle
 
 from octlens.errors import OctlensError
-from octlens.models import is_vit
+from octlens.models import require_vit
 from octlens.runtime import PrecisionPlan, plan_for
 
 
@@ -58,10 +58,8 @@ class Explainer(ABC):
     title: ClassVar[str] = "this method"
 
     def __init__(self, model: nn.Module, precision: str | PrecisionPlan = "auto") -> None:
-        if self.vit_only and not is_vit(model):
-            raise OctlensError(
-                f"{self.title} needs a Vision Transformer, not {type(model).__name__}"
-            )
+        if self.vit_only:
+            require_vit(model, self.title)
         self.model = model
         device = next(model.parameters()).device
         # auto: fp32 on CPUs (numbers must not depend on the CPU), AMP on CUDA; maps always fp32.

@@ -1,6 +1,13 @@
 """Classifiers over timm: built by name, from scratch or from pretrained weights."""
 
-from octlens.models.factory import MODEL_ALIASES, create_model, is_vit, resolve_name
+from octlens.models.factory import MODEL_ALIASES, create_model, is_vit, require_vit, resolve_name
 from octlens.models.pretrained import load_pretrained_file
 
-__all__ = ["MODEL_ALIASES", "create_model", "is_vit", "load_pretrained_file", "resolve_name"]
+__all__ = [
+    "MODEL_ALIASES",
+    "create_model",
+    "is_vit",
+    "load_pretrained_file",
+    "require_vit",
+    "resolve_name",
+]

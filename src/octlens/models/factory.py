@@ -130,5 +130,40 @@ def _require_hub(timm_name: str) -> None:
 
 
 def is_vit(model: nn.Module) -> bool:
-    """True for transformer classifiers with patch tokens (timm's ``patch_embed``)."""
-    return hasattr(model, "patch_embed")
+    """True for a ViT the ViT methods can read: see :func:`require_vit`."""
+    return not _missing_vit_parts(model)
+
+
+def require_vit(model: nn.Module, method: str) -> None:
+    """A one-line error naming the model unless it offers what the ViT methods read.
+
+    Those are timm's ViT layout: patch tokens (``patch_embed``), a stack of ``blocks`` each with
+    ``norm1`` and an attention module with ``qkv`` and ``num_heads``, and ``num_prefix_tokens``
+    (class and distillation tokens) ahead of the patches. A Swin has ``patch_embed`` too, but
+    windowed stages instead of blocks over all tokens, so it is refused here, not deep inside.
+    """
+    missing = _missing_vit_parts(model)
+    if missing:
+        raise OctlensError(
+            f"{method} needs a Vision Transformer in timm's ViT layout; {type(model).__name__} "
+            f"has no {', '.join(missing)}"
+        )
+
+
+def _missing_vit_parts(model: nn.Module) -> list[str]:
+    missing = [name for name in ("patch_embed", "num_prefix_tokens") if not hasattr(model, name)]
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, nn.Sequential | nn.ModuleList) or len(blocks) == 0:
+        return [*missing, "blocks"]
+    for part in ("norm1", "attn.qkv", "attn.num_heads"):
+        if not all(_has_path(block, part) for block in blocks):
+            missing.append(f"blocks[].{part}")
+    return missing
+
+
+def _has_path(module: nn.Module, dotted: str) -> bool:
+    for name in dotted.split("."):
+        if not hasattr(module, name):
+            return False
+        module = getattr(module, name)
+    return True
