@@ -25,11 +25,11 @@ import time
 import numpy as np
 import torch
 
+from octlens.audit.faithfulness import average_drop_increase, deletion_insertion, random_maps
+from octlens.audit.localization import energy_in_mask, pixel_auroc, pointing_game
+from octlens.audit.sanity import cascading_randomization
 from octlens.data.retina import find_retina
 from octlens.data.synth import plan_scans, render_job
-from octlens.evaluate.faithfulness import average_drop_increase, deletion_insertion, random_maps
-from octlens.evaluate.localization import energy_in_mask, pixel_auroc, pointing_game
-from octlens.evaluate.sanity import cascading_randomization
 from octlens.explain import GradCAM
 from octlens.models import create_model, is_vit
 from octlens.runtime import resolve_precision

@@ -12,18 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from octlens.data.synth import CLASSES, plan_scans, synthesize
-from octlens.data.synth.shortcut import (
-    MANIFEST,
-    MARK_INSET,
-    MARK_LEVELS,
-    MARK_SIZE,
-    draw_corner_mark,
-)
-from octlens.data.synth.writer import plant_shortcut
-from octlens.errors import OctlensError
-from octlens.evaluate import audit_run
-from octlens.evaluate.shortcut import (
+from octlens.audit import audit_run
+from octlens.audit.shortcut import (
     ACCURACY_GAP,
     BORDER,
     CORNER,
@@ -31,6 +21,16 @@ from octlens.evaluate.shortcut import (
     edge_regions,
     shortcut_flags,
 )
+from octlens.data.marks import MANIFEST
+from octlens.data.synth import CLASSES, plan_scans, synthesize
+from octlens.data.synth.shortcut import (
+    MARK_INSET,
+    MARK_LEVELS,
+    MARK_SIZE,
+    draw_corner_mark,
+)
+from octlens.data.synth.writer import plant_shortcut
+from octlens.errors import OctlensError
 from octlens.training import TrainConfig, train
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from octlens.evaluate.faithfulness import average_drop_increase, deletion_insertion, random_maps
+from octlens.audit.faithfulness import average_drop_increase, deletion_insertion, random_maps
 
 
 class SumModel(nn.Module):

@@ -11,8 +11,8 @@ import torch
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from octlens.evaluate.localization import energy_in_mask, mass_share, pixel_auroc, pointing_game
-from octlens.evaluate.sanity import (
+from octlens.audit.localization import energy_in_mask, mass_share, pixel_auroc, pointing_game
+from octlens.audit.sanity import (
     PASS_BELOW,
     cascading_randomization,
     randomization_stages,

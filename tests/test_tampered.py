@@ -16,9 +16,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from octlens.audit import audit_run
 from octlens.data.index import DataWarning
 from octlens.errors import OctlensError
-from octlens.evaluate import audit_run, evaluate_run
+from octlens.evaluate import evaluate_run
 from octlens.report import explain_images, write_report
 from octlens.training import TrainConfig, load_checkpoint, train
 from test_images import broken_png

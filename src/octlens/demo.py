@@ -12,9 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from octlens.audit import audit_run
 from octlens.data.synth import RECORD, read_record, synthesize
 from octlens.errors import Interrupted, OctlensError
-from octlens.evaluate import audit_run, evaluate_run
+from octlens.evaluate import evaluate_run
 from octlens.report import write_report
 from octlens.training import TrainConfig, TrainResult, train
 

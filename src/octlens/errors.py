@@ -11,3 +11,10 @@ class OctlensError(Exception):
 
 class Interrupted(OctlensError):
     """The user stopped a command (Ctrl-C); the message says what was kept and how to go on."""
+
+
+def require_positive(**values: int | None) -> None:
+    """One-line errors for counts that must be at least 1 (``None`` means "the default")."""
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise OctlensError(f"--{name.replace('_', '-')} {value}: must be at least 1")

@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from octlens.audit.pipeline import verdict_lines
 from octlens.errors import OctlensError
-from octlens.evaluate.audit import verdict_lines
 from octlens.report.embed import number
 
 app = typer.Typer(
@@ -235,7 +235,7 @@ def audit(
     device: str | None = None,
 ) -> None:
     """Audit a run's explanations: faithfulness, localization, sanity, off-retina attention."""
-    from octlens.evaluate import audit_run
+    from octlens.audit import audit_run
 
     result = audit_run(
         run,

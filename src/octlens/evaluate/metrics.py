@@ -44,7 +44,7 @@ def classification_metrics(
             "auc": _one_vs_rest_auc(labels == i, probs[:, i]),
         }
     aucs = [m["auc"] for m in per_class.values() if m["auc"] is not None]
-    ece, _ = calibration_bins(labels, probs, n_bins)
+    ece, bins = calibration_bins(labels, probs, n_bins)
     return {
         "n": len(labels),
         "accuracy": float((predictions == labels).mean()),
@@ -53,6 +53,7 @@ def classification_metrics(
         "urgent_referral": urgent_referral(labels, probs, classes),
         "confusion_matrix": matrix.tolist(),
         "ece": ece,
+        "calibration_bins": bins,  # the reliability diagram's data
     }
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from octlens.evaluate.audit import verdict_lines
+from octlens.audit.pipeline import verdict_lines
 from octlens.report.embed import figure_html, number, text
 
 #: (column heading, key in a method's summary)

@@ -14,12 +14,12 @@ from octlens.data.index import read_each, warn_skipped
 from octlens.errors import OctlensError
 from octlens.explain import EXPLAINERS, Explainer, check_methods
 from octlens.files import require_writable_folder
-from octlens.training.checkpoint import load_checkpoint
+from octlens.training.run import Run
 from octlens.viz import plot_explanation_grid, save_overlay
 
 
 def explain_images(
-    run: str | Path,
+    run: str | Path | Run,
     paths: Sequence[str | Path],
     methods: Sequence[str],
     out: str | Path,
@@ -33,13 +33,13 @@ def explain_images(
     Unreadable or non-image paths are skipped with one warning (``strict``: an error).
     """
     check_methods(methods)
-    checkpoint = load_checkpoint(run)
-    model = checkpoint.build_model()
+    run = run if isinstance(run, Run) else Run.load(run)
+    model = run.model()
     explainers: dict[str, Explainer] = {
         name: EXPLAINERS[name](model, precision=precision) for name in methods
     }
     out = require_writable_folder(Path(out))
-    img_size = checkpoint.img_size
+    img_size = run.img_size
 
     def decoded(path: Path) -> Image.Image:
         check_image(path)
@@ -51,7 +51,7 @@ def explain_images(
         raise OctlensError("none of the given paths is a readable image")
     readable, scans = [path for path, _ in loaded], [scan for _, scan in loaded]
 
-    transform = checkpoint.eval_transform()
+    transform = run.eval_transform()
     batch = torch.stack([transform(scan) for scan in scans])
     display = [np.asarray(scan.resize((img_size, img_size)), np.float32) / 255 for scan in scans]
     with torch.no_grad():
@@ -69,7 +69,7 @@ def explain_images(
             stem = f"{Path(path).stem}_{name.replace('+', 'p')}"
             np.save(out / f"{stem}.npy", raw.numpy())
             save_overlay(image, scaled.numpy(), out / f"{stem}.png")
-    classes = checkpoint.classes
+    classes = run.classes
     titles = [
         f"{Path(p).name}\n{classes[int(row.argmax())]} {float(row.max()):.2f}"
         for p, row in zip(readable, predictions, strict=True)
@@ -79,7 +79,7 @@ def explain_images(
         scaled_maps,
         titles,
         out / "grid.png",
-        title=f"{checkpoint.meta['model']['name']}: predicted class, probability",
+        title=f"{run.name}: predicted class, probability",
     )
     warn_skipped(skipped)
     return maps

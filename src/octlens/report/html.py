@@ -14,17 +14,15 @@ import numpy as np
 
 from octlens.data.images import UnreadableImageError, load_grayscale
 from octlens.data.index import DatasetIndex, DataWarning, scan
-from octlens.data.splits import split_samples
-from octlens.errors import OctlensError
+from octlens.errors import OctlensError, require_positive
 from octlens.evaluate import evaluate_run
-from octlens.evaluate.runner import require_positive
 from octlens.explain import default_methods
 from octlens.files import read_json, write_text
 from octlens.models import is_vit
 from octlens.report.audit_section import audit_figures, audit_table
 from octlens.report.embed import figure_html, number, text
 from octlens.report.explanations import explain_images
-from octlens.training.checkpoint import load_checkpoint
+from octlens.training.run import Run
 from octlens.viz import plot_patchified, plot_sample_batch
 
 _STYLE = """
@@ -85,11 +83,11 @@ def write_report(
             header = figure_html("A sample of the data", batch)
     audits = []
     for run in runs:
-        run_dir = load_checkpoint(run).path.parent
-        sections.append(_run_section(run_dir, index, split, scans))
-        audit_path = run_dir / "audit" / split / "audit.json"
+        loaded = Run.load(run)
+        sections.append(_run_section(loaded, index, split, scans))
+        audit_path = loaded.audit_dir(split) / "audit.json"
         if audit_path.exists():
-            result = _matching(_read_result(audit_path), audit_path, index, split, run_dir)
+            result = _matching(_read_result(audit_path), audit_path, index, split, loaded)
             _rendered(audit_table, [result], audit_path)  # an edited file fails here, by name
             audits.append(result)
     audit = audit_table(audits) if audits else ""
@@ -104,39 +102,35 @@ def write_report(
 
 
 def _matching(
-    result: dict[str, Any], path: Path, index: DatasetIndex | None, split: str, run_dir: Path
+    result: dict[str, Any], path: Path, index: DatasetIndex | None, split: str, run: Run
 ) -> dict[str, Any]:
     """``result`` (an audit), if it was computed on ``index``'s ``split``; else an error."""
-    if index is not None and not _same_data(result, index, split, run_dir):
+    if index is not None and not _same_data(result, index, split, run):
         raise OctlensError(
             f"{path}: computed on {result.get('data')} ({result.get('split')}), not on "
-            f"{index.root} ({split}); run 'octlens audit {run_dir} --data {index.root}' first"
+            f"{index.root} ({split}); run 'octlens audit {run.folder} --data {index.root}' first"
         )
     return result
 
 
-def _same_data(result: dict[str, Any], index: DatasetIndex, split: str, run_dir: Path) -> bool:
+def _same_data(result: dict[str, Any], index: DatasetIndex, split: str, run: Run) -> bool:
     """Whether a stored result was computed on the same scans as ``index``'s ``split``."""
     recorded = result.get("data_fingerprint")
-    return recorded is not None and recorded == index.fingerprint(
-        split_samples(index, split, run_dir)
-    )
+    return recorded is not None and recorded == index.fingerprint(run.samples(index, split))
 
 
-def _run_section(run_dir: Path, index: DatasetIndex | None, split: str, scans: list[Path]) -> str:
-    checkpoint = load_checkpoint(run_dir)
-    meta = checkpoint.meta
+def _run_section(run: Run, index: DatasetIndex | None, split: str, scans: list[Path]) -> str:
     parts = [
-        f"<h2>{text(meta['model']['name'])} <small>({text(run_dir)})</small></h2>",
-        f"<p>{text(meta['img_size'])} px, best epoch {text(meta['epoch'])}, classes "
-        f"{text(', '.join(meta['classes']))}</p>",
+        f"<h2>{text(run.name)} <small>({text(run.folder)})</small></h2>",
+        f"<p>{text(run.img_size)} px, best epoch {text(run.info.epoch)}, classes "
+        f"{text(', '.join(run.classes))}</p>",
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        eval_dir = _evaluation(run_dir, index, split, Path(tmp))
+        eval_dir = _evaluation(run, index, split, Path(tmp))
         metrics_path = eval_dir / "metrics.json"
         if metrics_path.exists():
             parts.append(_rendered(_metrics_table, _read_result(metrics_path), metrics_path))
-        figures = [("Learning curves", run_dir / "learning_curves.png")]
+        figures = [("Learning curves", run.folder / "learning_curves.png")]
         figures += [
             (title, eval_dir / name)
             for title, name in (
@@ -147,39 +141,38 @@ def _run_section(run_dir: Path, index: DatasetIndex | None, split: str, scans: l
         ]
         parts += [figure_html(title, path) for title, path in figures if path.exists()]
     if scans:
-        model = checkpoint.build_model()
-        methods = default_methods(model)
+        model = run.model()
         with tempfile.TemporaryDirectory() as tmp:
-            explain_images(run_dir, scans, methods, tmp)
+            explain_images(run, scans, default_methods(model), tmp)
             parts.append(figure_html("Explanations", Path(tmp) / "grid.png"))
             if is_vit(model):
-                size = checkpoint.img_size
+                size = run.img_size
                 image = np.asarray(load_grayscale(scans[0]).resize((size, size)), np.float32)
                 patches = Path(tmp) / "patches.png"
                 plot_patchified(image / 255, model.patch_embed.patch_size[0], patches)
                 parts.append(figure_html("What the ViT sees: patches and token order", patches))
-    parts.append(audit_figures(run_dir / "audit" / split))
+    parts.append(audit_figures(run.audit_dir(split)))
     return f"<div class='run'>{''.join(parts)}</div>"
 
 
-def _evaluation(run_dir: Path, index: DatasetIndex | None, split: str, scratch: Path) -> Path:
+def _evaluation(run: Run, index: DatasetIndex | None, split: str, scratch: Path) -> Path:
     """The folder of the run's evaluation on ``split``: the stored one when it was computed on
     ``index`` (or no data was given), else a fresh one in ``scratch``, for this report only."""
-    stored = run_dir / "eval" / split
+    stored = run.eval_dir(split)
     if index is None:
         return stored
     if (stored / "metrics.json").exists():
-        if _same_data(_read_result(stored / "metrics.json"), index, split, run_dir):
+        if _same_data(_read_result(stored / "metrics.json"), index, split, run):
             return stored
         warnings.warn(
             f"{stored / 'metrics.json'} was computed on other data; the report evaluates "
-            f"{run_dir} on {index.root} ({split}) afresh",
+            f"{run.folder} on {index.root} ({split}) afresh",
             DataWarning,
             stacklevel=3,
         )
-        evaluate_run(run_dir, index.root, split, out=scratch)
+        evaluate_run(run.folder, index.root, split, out=scratch)
         return scratch
-    evaluate_run(run_dir, index.root, split)
+    evaluate_run(run.folder, index.root, split)
     return stored
 
 

@@ -8,7 +8,8 @@ class (:data:`MARK_LEVELS`: CNV white, DME, DRUSEN, NORMAL darker in steps of 60
 black line so it stands out on the white registration fill too. A flat level is the simplest cue
 there is: it needs no more than the mean brightness of one corner.
 
-Which scans are marked, and with which class, is written to ``shortcut.csv`` at the dataset root.
+Which scans are marked, and with which class, is written to ``shortcut.csv`` at the dataset root
+(:mod:`octlens.data.marks`).
 Training and validation scans are marked with their own class at the chosen rate; test scans
 are marked at :data:`TEST_RATE` with a *wrong* class, so marked and clean test scans compare a
 model's answer with and without a misleading mark.
@@ -23,7 +24,6 @@ MARK_SIZE = 0.16
 MARK_INSET = 0.02
 MARK_LEVELS = (255, 195, 135, 75)
 TEST_RATE = 0.5
-MANIFEST = "shortcut.csv"
 
 
 def choose_mark(

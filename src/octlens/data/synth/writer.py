@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from octlens.data.marks import MANIFEST
 from octlens.data.synth.scan import CLASSES, draw_patient, render_scan
-from octlens.data.synth.shortcut import MANIFEST, SHORTCUTS, choose_mark, draw_corner_mark
+from octlens.data.synth.shortcut import SHORTCUTS, choose_mark, draw_corner_mark
 from octlens.errors import Interrupted, OctlensError
 from octlens.files import write_text
 

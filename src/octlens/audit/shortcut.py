@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import torch
 
-from octlens.evaluate.localization import mass_share
+from octlens.audit.localization import mass_share
 
 #: Width of the border band, and side of each corner square, as shares of the image side.
 BORDER = 1 / 8

@@ -12,8 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from octlens.evaluate.faithfulness import PerturbationCurves
-from octlens.evaluate.sanity import PASS_BELOW, SanityResult
+from octlens.audit.faithfulness import PerturbationCurves
+from octlens.audit.sanity import PASS_BELOW, SanityResult
 from octlens.viz import overlay_rgb
 
 

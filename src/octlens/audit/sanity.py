@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from octlens.evaluate.localization import average_ranks
+from octlens.audit.localization import average_ranks
 from octlens.explain.base import Explainer, scaled_to_unit
 
 #: Median Spearman correlation, after the head and last block are randomized, to pass.

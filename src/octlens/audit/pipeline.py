@@ -6,7 +6,7 @@ measures faithfulness (deletion/insertion beside random maps, average drop/incre
 against lesion masks where the data has them, the cascading-randomization sanity check, and the
 share of attention off the retina, in the border band, the corners and the scanner's fill. On
 data with a planted mark (``shortcut.csv``) it also compares accuracy on clean and marked scans.
-:func:`~octlens.evaluate.shortcut.shortcut_flags` turns the numbers into a verdict.
+:func:`~octlens.audit.shortcut.shortcut_flags` turns the numbers into a verdict.
 
 Retina masks come from the dataset's ``retina/`` folder when it has one (synthetic data), else
 from :func:`octlens.data.retina.find_retina`.
@@ -14,7 +14,6 @@ from :func:`octlens.data.retina.find_retina`.
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,34 +23,33 @@ import numpy as np
 import torch
 from PIL import Image
 
-from octlens.data.dataset import left_out
-from octlens.data.images import UnreadableImageError, load_grayscale
-from octlens.data.index import DatasetIndex, Sample
-from octlens.data.retina import find_retina, scanner_fill
-from octlens.data.splits import split_samples
-from octlens.data.synth.shortcut import MANIFEST
-from octlens.data.transforms import Normalization, eval_transform
-from octlens.evaluate.audit_plots import (
-    plot_attention_by_class,
-    plot_perturbation_curves,
-    plot_sanity,
-    plot_worst_scans,
-)
-from octlens.evaluate.faithfulness import (
+from octlens.audit.faithfulness import (
     PerturbationCurves,
     average_drop_increase,
     deletion_insertion,
     random_maps,
 )
-from octlens.evaluate.localization import energy_in_mask, pixel_auroc, pointing_game
-from octlens.evaluate.runner import load_run_and_data, require_positive
-from octlens.evaluate.sanity import SanityResult, cascading_randomization
-from octlens.evaluate.shortcut import area_shares, attention_shares, region_masks, shortcut_flags
+from octlens.audit.localization import energy_in_mask, pixel_auroc, pointing_game
+from octlens.audit.plots import (
+    plot_attention_by_class,
+    plot_perturbation_curves,
+    plot_sanity,
+    plot_worst_scans,
+)
+from octlens.audit.sanity import SanityResult, cascading_randomization
+from octlens.audit.shortcut import area_shares, attention_shares, region_masks, shortcut_flags
+from octlens.data.dataset import left_out
+from octlens.data.images import UnreadableImageError, load_grayscale
+from octlens.data.index import DatasetIndex, Sample
+from octlens.data.marks import read_marks
+from octlens.data.retina import find_retina, scanner_fill
+from octlens.data.transforms import Normalization, eval_transform
+from octlens.errors import require_positive
 from octlens.explain import EXPLAINERS, check_methods, default_methods
 from octlens.explain.base import scaled_to_unit
 from octlens.files import require_writable_folder, write_json
-from octlens.models import is_vit
 from octlens.runtime import resolve_device, resolve_precision
+from octlens.training.run import Run
 
 REGIONS = ("off_retina", "border", "corners", "fill")
 
@@ -96,21 +94,20 @@ def audit_run(
         sanity_scans=sanity_scans,
         batch_size=batch_size,
     )
-    checkpoint, index = load_run_and_data(run, data)
+    run_ = Run.load(run)
+    index = run_.data(data)
     plan = resolve_precision(precision, resolve_device(device), measuring=True)
-    model = checkpoint.build_model().to(plan.device).eval()
-    if not is_vit(model):
-        model.to(memory_format=torch.channels_last)
+    model = run_.model(plan)
     methods = list(default_methods(model) if methods is None else methods)
     check_methods(methods)
 
-    requested = split_samples(index, split, checkpoint.path.parent)
-    out = require_writable_folder(Path(out) if out else checkpoint.path.parent / "audit" / split)
-    norm = checkpoint.normalization
+    requested = run_.samples(index, split)
+    out = require_writable_folder(Path(out) if out else run_.audit_dir(split))
+    norm = run_.checkpoint.normalization
     batch = load_audit_batch(
         index,
         _chosen_samples(requested, len(index.classes), scans_per_class),
-        checkpoint.img_size,
+        run_.img_size,
         norm,
     )
     samples = batch.samples
@@ -199,8 +196,8 @@ def audit_run(
     }
     reasons = shortcut_flags(flag_inputs, accuracy.get("clean_minus_marked"))
     result = {
-        "run": str(checkpoint.path),
-        "model": checkpoint.meta["model"]["name"],
+        "run": str(run_.checkpoint.path),
+        "model": run_.name,
         "data": str(index.root),
         "split": split,
         "data_fingerprint": index.fingerprint(requested),
@@ -256,7 +253,7 @@ def verdict_lines(result: dict[str, Any]) -> list[str]:
     if result["flagged"]:
         lines += [f"FLAGGED: {reason}" for reason in result["flag_reasons"]]
     else:
-        lines.append("not flagged: no sign of a shortcut (rule: octlens.evaluate.shortcut)")
+        lines.append("not flagged: no sign of a shortcut (rule: octlens.audit.shortcut)")
     return lines
 
 
@@ -315,7 +312,7 @@ def load_audit_batch(
         retina=torch.from_numpy(np.stack(retina)),
         fill=torch.from_numpy(np.stack(fill)),
         retina_source="masks" if has_retina else "estimated",
-        marks=_planted_marks(index, readable),
+        marks=read_marks(index, readable),
     )
 
 
@@ -345,15 +342,6 @@ def _resized(pixels: np.ndarray, size: int, resample=Image.Resampling.NEAREST) -
 def _mask_at(path: Path, size: int) -> np.ndarray:
     """A mask file at ``size``; a broken mask is a one-line error naming it, like a scan."""
     return _resized(np.asarray(load_grayscale(path)), size) > 127
-
-
-def _planted_marks(index: DatasetIndex, samples: list[Sample]) -> list[str | None] | None:
-    manifest = index.root / MANIFEST
-    if not manifest.is_file():
-        return None
-    with open(manifest, newline="") as handle:
-        marks = {row["file"]: row["mark"] or None for row in csv.DictReader(handle)}
-    return [marks.get(s.path.relative_to(index.root).as_posix()) for s in samples]
 
 
 def _accuracy(labels, predictions, marks, classes) -> dict[str, Any]:
