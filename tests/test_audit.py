@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from octlens.audit import audit_run
+from octlens.audit import AuditResult, audit_run
+from octlens.audit.result import COLUMNS
 from octlens.audit.shortcut import (
     ACCURACY_GAP,
     BORDER,
@@ -31,6 +33,7 @@ from octlens.data.synth.shortcut import (
 )
 from octlens.data.synth.writer import plant_shortcut
 from octlens.errors import OctlensError
+from octlens.report.terminal import audit_table
 from octlens.training import TrainConfig, train
 
 
@@ -131,23 +134,24 @@ def test_audit_writes_every_number_and_figure(marked_run):
         sanity_scans=2,
         out=out,
     )
-    assert json.loads((out / "audit.json").read_text()) == result
+    assert json.loads((out / "audit.json").read_text()) == result.model_dump(mode="json")
+    assert AuditResult.load(out / "audit.json") == result
     for figure in ("deletion_insertion", "off_retina_by_class", "sanity", "worst_off_retina"):
         assert (out / f"{figure}.png").stat().st_size > 0
-    assert 4 <= result["n_scans"] <= 8 and result["retina_masks"] == "masks"
-    accuracy = result["accuracy"]
-    assert accuracy["n_clean"] + accuracy["n_marked"] == result["n_scans"]
-    gradcam = result["methods"]["gradcam"]
+    assert 4 <= result.n_scans <= 8 and result.retina_masks == "masks"
+    accuracy = result.accuracy
+    assert accuracy.n_clean + accuracy.n_marked == result.n_scans
+    gradcam = result.methods["gradcam"]
     for key in ("deletion_auc", "insertion_auc", "average_drop", "off_retina", "corners"):
-        assert 0.0 <= gradcam["all"][key] <= 1.0
-    assert gradcam["NORMAL"]["pointing_game"] is None  # no lesion to point at
-    assert gradcam["CNV"]["energy_in_lesion"] is not None
-    assert 0.0 < result["area_share"]["lesion"] < 0.5  # chance level for energy in lesion
-    assert len(gradcam["sanity"]["spearman_median"]) == len(gradcam["sanity"]["stages"])
-    assert result["best_method"] in (None, "gradcam", "layercam")
-    assert isinstance(result["flagged"], bool)
-    counts = Counter(w["scan"] for w in gradcam["worst_off_retina"])
-    assert len(counts) == len(gradcam["worst_off_retina"])
+        assert 0.0 <= gradcam.scores["all"][key] <= 1.0
+    assert gradcam.scores["NORMAL"]["pointing_game"] is None  # no lesion to point at
+    assert gradcam.scores["CNV"]["energy_in_lesion"] is not None
+    assert 0.0 < result.area_share["lesion"] < 0.5  # chance level for energy in lesion
+    assert len(gradcam.sanity.spearman_median) == len(gradcam.sanity.stages)
+    assert result.best_method in (None, "gradcam", "layercam")
+    assert isinstance(result.flagged, bool)
+    counts = Counter(w.scan for w in gradcam.worst_off_retina)
+    assert len(counts) == len(gradcam.worst_off_retina)
 
 
 def test_audit_estimates_the_retina_on_data_without_masks(tmp_path, marked_run, real_dev):
@@ -161,9 +165,9 @@ def test_audit_estimates_the_retina_on_data_without_masks(tmp_path, marked_run, 
         sanity_scans=1,
         out=tmp_path,
     )
-    assert result["retina_masks"] == "estimated" and "clean" not in result["accuracy"]
-    assert "pointing_game" not in result["methods"]["gradcam"]["all"]
-    assert 0.3 < result["area_share"]["off_retina"] < 0.95
+    assert result.retina_masks == "estimated" and result.accuracy.n_marked is None
+    assert "pointing_game" not in result.methods["gradcam"].scores["all"]
+    assert 0.3 < result.area_share["off_retina"] < 0.95
 
 
 def test_audit_cli_prints_the_table_and_verdict(marked_run, tmp_path):
@@ -211,7 +215,7 @@ def test_audit_refuses_other_classes_and_unknown_methods(marked_run, tmp_path):
 def test_report_shows_the_audit_table_verdict_and_figures(marked_run, tmp_path):
     from octlens.report import write_report
 
-    audit_run(
+    result = audit_run(
         marked_run / "run",
         marked_run / "data",
         methods=["gradcam"],
@@ -221,5 +225,13 @@ def test_report_shows_the_audit_table_verdict_and_figures(marked_run, tmp_path):
     )  # written to RUN/audit/test, where the report looks
     page = write_report([marked_run / "run"], tmp_path / "report.html").read_text()
     assert "<h2>Shortcut audit</h2>" in page and "random maps / area" in page
+    # the terminal table and the page are drawn from one column spec: same cells, same order
+    terminal = audit_table(result)
+    html_cells = re.findall(r"<td>([^<]*)</td>", page.split("<h2>Shortcut audit</h2>")[1])
+    for row in range(terminal.row_count):
+        cells = [column._cells[row] for column in terminal.columns[1:-1]]
+        assert " ".join(cells) in " ".join(html_cells), cells
+    assert [c.header for c in terminal.columns[1:-1]] == [c.short for c in COLUMNS]
+    assert "pixel AUROC" in page
     assert "gradcam" in page and "<p><b>resnet18</b>: accuracy: clean scans" in page
     assert "Scans with the most attention off the retina" in page

@@ -69,9 +69,9 @@ def test_the_audit_leaves_out_a_scan_that_cannot_be_decoded(run, data_with_a_bro
         result = audit_run(
             run, data, "test", methods=["gradcam"], steps=2, sanity_scans=2, out=data / "a"
         )
-    assert result["unreadable"] == [str(broken)]
-    assert result["n_scans"] == len(list((data / "test").rglob("*.*"))) - 1
-    assert result["precision"] == "fp32"
+    assert result.unreadable == [str(broken)]
+    assert result.n_scans == len(list((data / "test").rglob("*.*"))) - 1
+    assert result.precision == "fp32"
 
 
 def test_results_record_their_data_and_precision_on_any_cpu(run, tiny_data, monkeypatch):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from octlens.audit import audit_run
+from octlens.audit import AuditResult, audit_run
 from octlens.data.synth import RECORD, read_record, synthesize
 from octlens.errors import Interrupted, OctlensError
 from octlens.evaluate import evaluate_run
@@ -48,7 +48,7 @@ DEMO_MODELS: dict[str, dict[str, Any]] = {
 
 def run_demo(
     out: str | Path, n_per_class: int = 200, seed: int = 0, verbose: bool = True
-) -> dict[str, tuple[dict[str, Any], TrainResult, dict[str, Any]]]:
+) -> dict[str, tuple[dict[str, Any], TrainResult, AuditResult]]:
     """Run the demo under ``out``; return ``{model: (test metrics, training result, audit)}``.
 
     Also writes ``out/report.html``: both models side by side, with explanations of one test

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +35,16 @@ from octlens.audit.plots import (
     plot_sanity,
     plot_worst_scans,
 )
+from octlens.audit.result import (
+    AccuracySummary,
+    AuditResult,
+    Curves,
+    FaithfulnessProtocol,
+    MethodSummary,
+    SanitySummary,
+    Scores,
+    WorstScan,
+)
 from octlens.audit.sanity import SanityResult, cascading_randomization
 from octlens.audit.shortcut import area_shares, attention_shares, region_masks, shortcut_flags
 from octlens.data.dataset import left_out
@@ -47,11 +56,12 @@ from octlens.data.transforms import Normalization, eval_transform
 from octlens.errors import require_positive
 from octlens.explain import EXPLAINERS, check_methods, default_methods
 from octlens.explain.base import scaled_to_unit
-from octlens.files import require_writable_folder, write_json
-from octlens.runtime import resolve_device, resolve_precision
+from octlens.files import require_writable_folder
+from octlens.runtime import PrecisionPlan, resolve_device, resolve_precision
 from octlens.training.run import Run
 
-REGIONS = ("off_retina", "border", "corners", "fill")
+#: The regions whose attention share the flag rule weighs against their area share.
+SHARES = ("corners", "off_retina")
 
 
 @dataclass
@@ -82,195 +92,268 @@ def audit_run(
     precision: str = "auto",
     device: str | None = None,
     out: str | Path | None = None,
-) -> dict[str, Any]:
+) -> AuditResult:
     """Audit ``run``'s best checkpoint on ``data``/``split``; write ``audit.json`` and figures.
 
-    ``out`` defaults to ``RUN/audit/<split>/``. Returns the contents of ``audit.json``. Scans
-    that cannot be decoded are left out, with a warning, and listed under ``unreadable``.
+    ``out`` defaults to ``RUN/audit/<split>/``. Scans that cannot be decoded are left out, with a
+    warning, and listed under ``unreadable``. Four steps: :func:`prepare_audit` (model, scans,
+    masks, predictions), :func:`score_method` for each method, :func:`summarize` into the
+    :class:`~octlens.audit.result.AuditResult` that ``audit.json`` holds, and the figures.
+
+    Example::
+
+        result = audit_run("runs/r18", "data/synth", scans_per_class=8, steps=20)
+        result.best_method, result.flagged, result.methods["gradcam"].scores["all"]["corners"]
     """
     require_positive(
-        steps=steps,
-        scans_per_class=scans_per_class,
-        sanity_scans=sanity_scans,
-        batch_size=batch_size,
+        steps=steps, scans_per_class=scans_per_class, sanity_scans=sanity_scans, worst=worst
     )
-    run_ = Run.load(run)
-    index = run_.data(data)
     plan = resolve_precision(precision, resolve_device(device), measuring=True)
-    model = run_.model(plan)
-    methods = list(default_methods(model) if methods is None else methods)
+    audit = prepare_audit(Run.load(run), data, split, scans_per_class, steps, batch_size, plan)
+    methods = list(default_methods(audit.model) if methods is None else methods)
     check_methods(methods)
+    out = require_writable_folder(Path(out) if out else audit.run.audit_dir(split))
+    random_curves = audit.perturbation(random_maps(tuple(audit.batch.retina.shape)))
+    scored = {name: score_method(audit, name, sanity_scans) for name in methods}
+    result = summarize(audit, scored, random_curves, worst)
+    result.save(out / "audit.json")
+    _write_figures(audit, scored, random_curves, worst, out, f"{result.model} on {split}")
+    return result
 
-    requested = run_.samples(index, split)
-    out = require_writable_folder(Path(out) if out else run_.audit_dir(split))
-    norm = run_.checkpoint.normalization
-    batch = load_audit_batch(
-        index,
-        _chosen_samples(requested, len(index.classes), scans_per_class),
-        run_.img_size,
-        norm,
-    )
-    samples = batch.samples
+
+@dataclass
+class PreparedAudit:
+    """A run, its scans and masks on the device, and the model's predictions for them."""
+
+    run: Run
+    index: DatasetIndex
+    split: str
+    requested: list[Sample]  # the split asked for (its fingerprint identifies the data)
+    batch: AuditBatch
+    model: torch.nn.Module
+    plan: PrecisionPlan
+    images: torch.Tensor  # batch.images on the device
+    predictions: torch.Tensor  # (N,) the classes every method explains
+    labels: torch.Tensor
+    regions: dict[str, torch.Tensor]
+    areas: dict[str, float]
+    steps: int
+    batch_size: int
+
+    @property
+    def black(self) -> float:
+        """Pixel value 0 in the model's input space: the deletion baseline."""
+        normalization = self.run.checkpoint.normalization
+        return -normalization.mean / normalization.std
+
+    def perturbation(self, maps: torch.Tensor) -> PerturbationCurves:
+        return deletion_insertion(
+            self.model,
+            self.images,
+            maps.to(self.plan.device),
+            self.predictions,
+            steps=self.steps,
+            baseline=self.black,
+            batch_size=self.batch_size,
+            precision=self.plan,
+        )
+
+
+@dataclass
+class ScoredMethod:
+    """One method's maps and per-scan scores, and its sanity check."""
+
+    maps: torch.Tensor  # (N, S, S) raw, on the CPU
+    curves: PerturbationCurves
+    per_scan: dict[str, torch.Tensor]  # metric -> (N,)
+    sanity: SanityResult
+
+
+def prepare_audit(
+    run: Run,
+    data: str | Path,
+    split: str,
+    scans_per_class: int | None,
+    steps: int,
+    batch_size: int,
+    plan: PrecisionPlan,
+) -> PreparedAudit:
+    """Load the run's model and the chosen scans with their masks; predict once."""
+    require_positive(batch_size=batch_size)
+    index = run.data(data)
+    requested = run.samples(index, split)
+    chosen = _chosen_samples(requested, len(index.classes), scans_per_class)
+    batch = load_audit_batch(index, chosen, run.img_size, run.checkpoint.normalization)
+    model = run.model(plan)
     images = batch.images.to(plan.device)
-    black = -norm.mean / norm.std  # pixel value 0 in the model's input space
-
     with torch.inference_mode(), plan.autocast():
         logits = torch.cat([model(chunk) for chunk in images.split(batch_size)]).float()
-    predictions = logits.argmax(dim=1)
-    labels = torch.tensor([s.label for s in samples], device=plan.device)
     regions = region_masks(batch.retina, batch.fill)
     areas = {name: share.mean().item() for name, share in area_shares(regions).items()}
     if batch.lesions is not None and batch.lesions.any():
         with_lesion = batch.lesions.flatten(1).any(dim=1)
         areas["lesion"] = batch.lesions[with_lesion].flatten(1).float().mean().item()
-    faith = {"steps": steps, "baseline": "black (pixel 0)", "insertion_start": "Gaussian blur"}
+    return PreparedAudit(
+        run=run,
+        index=index,
+        split=split,
+        requested=requested,
+        batch=batch,
+        model=model,
+        plan=plan,
+        images=images,
+        predictions=logits.argmax(dim=1),
+        labels=torch.tensor([s.label for s in batch.samples], device=plan.device),
+        regions=regions,
+        areas=areas,
+        steps=steps,
+        batch_size=batch_size,
+    )
 
-    def perturbation(maps: torch.Tensor) -> PerturbationCurves:
-        return deletion_insertion(
-            model,
-            images,
-            maps.to(plan.device),
-            predictions,
-            steps=steps,
-            baseline=black,
-            batch_size=batch_size,
-            precision=plan,
-        )
 
-    # Scans are grouped by class: the sanity check takes them evenly spread, so every class is in.
-    sanity_picks = torch.linspace(0, len(samples) - 1, min(sanity_scans, len(samples))).round()
-    sanity_picks = sanity_picks.long().to(plan.device)
-    random_curves = perturbation(random_maps(tuple(batch.retina.shape)))
-    curves: dict[str, PerturbationCurves] = {"random": random_curves}
-    maps: dict[str, torch.Tensor] = {}
-    per_scan: dict[str, dict[str, torch.Tensor]] = {}
-    summary: dict[str, dict[str, Any]] = {}
-    sanity: dict[str, SanityResult] = {}
-    for name in methods:
-        explainer = EXPLAINERS[name](model, precision=plan)
-        maps[name] = torch.cat(
-            [
-                explainer(chunk, targets).raw.cpu()
-                for chunk, targets in zip(
-                    images.split(batch_size), predictions.split(batch_size), strict=True
-                )
-            ]
-        )
-        curves[name] = perturbation(maps[name])
-        drop, increase = average_drop_increase(
-            model, images, maps[name].to(plan.device), predictions, black, batch_size, plan
-        )
-        per_scan[name] = {
-            "deletion_auc": curves[name].deletion_auc,
-            "insertion_auc": curves[name].insertion_auc,
-            "average_drop": drop,
-            "increase": increase.float(),
-            **attention_shares(maps[name], regions),
-            **_localization(maps[name], batch.lesions),
-        }
-        sanity[name] = cascading_randomization(
-            model,
-            lambda m, name=name: EXPLAINERS[name](m, precision=plan),
-            images[sanity_picks],
-            predictions[sanity_picks],
-        )
-        summary[name] = {
-            **_summarize(per_scan[name], samples, index.classes, batch.marks),
-            "sanity": {
-                "passed": sanity[name].passed,
-                "stages": sanity[name].stages,
-                "spearman_median": sanity[name].spearman.median(dim=1).values.tolist(),
-                "ssim_median": sanity[name].ssim.median(dim=1).values.tolist(),
-            },
-            "worst_off_retina": _worst(per_scan[name]["off_retina"], samples, worst),
-        }
-
-    accuracy = _accuracy(labels, predictions, batch.marks, index.classes)
-    flag_inputs = {
-        name: {
-            "sanity_passed": summary[name]["sanity"]["passed"],
-            **{region: summary[name]["all"][region] for region in ("corners", "off_retina")},
-            **{f"{region}_area": areas[region] for region in ("corners", "off_retina")},
-        }
-        for name in methods
+def score_method(audit: PreparedAudit, name: str, sanity_scans: int) -> ScoredMethod:
+    """Explain every scan with ``name`` and measure the maps: faithfulness, attention shares,
+    localization where there are lesion masks, and the cascading-randomization check on
+    ``sanity_scans`` scans spread evenly over the (class-grouped) scans, so every class is in."""
+    explainer = EXPLAINERS[name](audit.model, precision=audit.plan)
+    maps = torch.cat(
+        [
+            explainer(chunk, targets).raw.cpu()
+            for chunk, targets in zip(
+                audit.images.split(audit.batch_size),
+                audit.predictions.split(audit.batch_size),
+                strict=True,
+            )
+        ]
+    )
+    curves = audit.perturbation(maps)
+    drop, increase = average_drop_increase(
+        audit.model,
+        audit.images,
+        maps.to(audit.plan.device),
+        audit.predictions,
+        audit.black,
+        audit.batch_size,
+        audit.plan,
+    )
+    n = len(audit.batch.samples)
+    picks = torch.linspace(0, n - 1, min(sanity_scans, n)).round().long().to(audit.plan.device)
+    sanity = cascading_randomization(
+        audit.model,
+        lambda model: EXPLAINERS[name](model, precision=audit.plan),
+        audit.images[picks],
+        audit.predictions[picks],
+    )
+    per_scan = {
+        "deletion_auc": curves.deletion_auc,
+        "insertion_auc": curves.insertion_auc,
+        "average_drop": drop,
+        "increase": increase.float(),
+        **attention_shares(maps, audit.regions),
+        **_localization(maps, audit.batch.lesions),
     }
-    reasons = shortcut_flags(flag_inputs, accuracy.get("clean_minus_marked"))
-    result = {
-        "run": str(run_.checkpoint.path),
-        "model": run_.name,
-        "data": str(index.root),
-        "split": split,
-        "data_fingerprint": index.fingerprint(requested),
-        "precision": plan.name,
-        "n_scans": len(samples),
-        "unreadable": [str(sample.path) for sample in batch.unreadable],
-        "retina_masks": batch.retina_source,
-        "accuracy": accuracy,
-        "area_share": areas,
-        "faithfulness_protocol": faith,
-        "random_baseline": {
-            "deletion_auc": random_curves.deletion_auc.mean().item(),
-            "insertion_auc": random_curves.insertion_auc.mean().item(),
+    return ScoredMethod(maps=maps, curves=curves, per_scan=per_scan, sanity=sanity)
+
+
+def summarize(
+    audit: PreparedAudit,
+    scored: dict[str, ScoredMethod],
+    random_curves: PerturbationCurves,
+    worst: int,
+) -> AuditResult:
+    """Means per group of scans for every method, the accuracy counterfactual, the flag."""
+    samples, classes, marks = audit.batch.samples, audit.index.classes, audit.batch.marks
+    methods = {
+        name: MethodSummary(
+            scores=_group_means(method.per_scan, samples, classes, marks),
+            sanity=SanitySummary(
+                passed=method.sanity.passed,
+                stages=method.sanity.stages,
+                spearman_median=method.sanity.spearman.median(dim=1).values.tolist(),
+                ssim_median=method.sanity.ssim.median(dim=1).values.tolist(),
+            ),
+            worst_off_retina=_worst(method.per_scan["off_retina"], samples, worst),
+        )
+        for name, method in scored.items()
+    }
+    accuracy = _accuracy(audit.labels, audit.predictions, marks, classes)
+    reasons = shortcut_flags(
+        {
+            name: {
+                "sanity_passed": summary.sanity.passed,
+                **{region: summary.scores["all"][region] for region in SHARES},
+                **{f"{region}_area": audit.areas[region] for region in SHARES},
+            }
+            for name, summary in methods.items()
         },
-        "methods": summary,
-        "best_method": best_method(summary),
-        "flagged": bool(reasons),
-        "flag_reasons": reasons,
-    }
-    write_json(out / "audit.json", result)
-    title = f"{result['model']} on {split}"
+        accuracy.clean_minus_marked,
+    )
+    return AuditResult(
+        run=str(audit.run.checkpoint.path),
+        model=audit.run.name,
+        data=str(audit.index.root),
+        split=audit.split,
+        data_fingerprint=audit.index.fingerprint(audit.requested),
+        precision=audit.plan.name,
+        n_scans=len(samples),
+        unreadable=[str(sample.path) for sample in audit.batch.unreadable],
+        retina_masks=audit.batch.retina_source,
+        accuracy=accuracy,
+        area_share=audit.areas,
+        faithfulness_protocol=FaithfulnessProtocol(
+            steps=audit.steps, baseline="black (pixel 0)", insertion_start="Gaussian blur"
+        ),
+        random_baseline=Curves(
+            deletion_auc=random_curves.deletion_auc.mean().item(),
+            insertion_auc=random_curves.insertion_auc.mean().item(),
+        ),
+        methods=methods,
+        best_method=best_method(methods),
+        flagged=bool(reasons),
+        flag_reasons=reasons,
+    )
+
+
+def best_method(methods: dict[str, MethodSummary]) -> str | None:
+    """The method with the largest insertion minus deletion AUC among those passing sanity."""
+    passing = [name for name, summary in methods.items() if summary.sanity.passed]
+    if not passing:
+        return None
+
+    def gain(name: str) -> float:
+        scores = methods[name].scores["all"]
+        return (scores["insertion_auc"] or 0.0) - (scores["deletion_auc"] or 0.0)
+
+    return max(passing, key=gain)
+
+
+def _write_figures(
+    audit: PreparedAudit,
+    scored: dict[str, ScoredMethod],
+    random_curves: PerturbationCurves,
+    worst: int,
+    out: Path,
+    title: str,
+) -> None:
+    samples = audit.batch.samples
+    curves = {"random": random_curves, **{name: m.curves for name, m in scored.items()}}
     plot_perturbation_curves(curves, out / "deletion_insertion.png", title)
     plot_attention_by_class(
-        {m: per_scan[m]["off_retina"].numpy() for m in methods},
-        [index.classes[s.label] for s in samples],
-        areas["off_retina"],
+        {name: m.per_scan["off_retina"].numpy() for name, m in scored.items()},
+        [audit.index.classes[s.label] for s in samples],
+        audit.areas["off_retina"],
         out / "off_retina_by_class.png",
         title,
     )
-    plot_sanity(sanity, out / "sanity.png", title)
+    plot_sanity({name: m.sanity for name, m in scored.items()}, out / "sanity.png", title)
     plot_worst_scans(
-        batch.display,
-        batch.retina.numpy(),
-        {m: scaled_to_unit(maps[m]).numpy() for m in methods},
-        {m: per_scan[m]["off_retina"].numpy() for m in methods},
+        audit.batch.display,
+        audit.batch.retina.numpy(),
+        {name: scaled_to_unit(m.maps).numpy() for name, m in scored.items()},
+        {name: m.per_scan["off_retina"].numpy() for name, m in scored.items()},
         [s.path.name for s in samples],
         worst,
         out / "worst_off_retina.png",
-    )
-    return result
-
-
-def verdict_lines(result: dict[str, Any]) -> list[str]:
-    """The audit's verdict in words: accuracy with and without planted marks, and the flag."""
-    lines = []
-    accuracy = result["accuracy"]
-    if "clean" in accuracy:
-        lines.append(
-            f"accuracy: clean scans {_number(accuracy['clean'])} (n={accuracy['n_clean']}), "
-            f"scans with a misleading mark {_number(accuracy['marked'])} "
-            f"(n={accuracy['n_marked']}); follows the mark {_number(accuracy['follows_mark'])}"
-        )
-    if result["flagged"]:
-        lines += [f"FLAGGED: {reason}" for reason in result["flag_reasons"]]
-    else:
-        lines.append("not flagged: no sign of a shortcut (rule: octlens.audit.shortcut)")
-    return lines
-
-
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def best_method(summary: dict[str, dict[str, Any]]) -> str | None:
-    """The method with the largest insertion minus deletion AUC among those passing sanity."""
-    passing = [name for name, s in summary.items() if s["sanity"]["passed"]]
-    if not passing:
-        return None
-    return max(
-        passing,
-        key=lambda name: (
-            summary[name]["all"]["insertion_auc"] - summary[name]["all"]["deletion_auc"]
-        ),
     )
 
 
@@ -344,33 +427,37 @@ def _mask_at(path: Path, size: int) -> np.ndarray:
     return _resized(np.asarray(load_grayscale(path)), size) > 127
 
 
-def _accuracy(labels, predictions, marks, classes) -> dict[str, Any]:
+def _accuracy(
+    labels: torch.Tensor,
+    predictions: torch.Tensor,
+    marks: list[str | None] | None,
+    classes: list[str],
+) -> AccuracySummary:
     correct = (labels == predictions).cpu()
-    result: dict[str, Any] = {"all": correct.float().mean().item()}
+    overall = correct.float().mean().item()
     if marks is None:
-        return result
+        return AccuracySummary(all=overall)
     marked = torch.tensor([m is not None for m in marks])
     follows = [classes[int(p)] == m for p, m in zip(predictions.tolist(), marks, strict=True) if m]
-    result.update(
-        {
-            "clean": correct[~marked].float().mean().item() if (~marked).any() else None,
-            "marked": correct[marked].float().mean().item() if marked.any() else None,
-            "n_clean": int((~marked).sum()),
-            "n_marked": int(marked.sum()),
-            "follows_mark": float(np.mean(follows)) if follows else None,
-        }
+    clean = correct[~marked].float().mean().item() if (~marked).any() else None
+    on_marked = correct[marked].float().mean().item() if marked.any() else None
+    return AccuracySummary(
+        all=overall,
+        clean=clean,
+        marked=on_marked,
+        n_clean=int((~marked).sum()),
+        n_marked=int(marked.sum()),
+        follows_mark=float(np.mean(follows)) if follows else None,
+        clean_minus_marked=None if clean is None or on_marked is None else clean - on_marked,
     )
-    if result["clean"] is not None and result["marked"] is not None:
-        result["clean_minus_marked"] = result["clean"] - result["marked"]
-    return result
 
 
-def _summarize(
+def _group_means(
     scores: dict[str, torch.Tensor],
     samples: list[Sample],
     classes: list[str],
     marks: list[str | None] | None,
-) -> dict[str, Any]:
+) -> dict[str, Scores]:
     """Mean of each score over all scans, per class, and over marked and clean scans when the
     data has planted marks (NaN scores, e.g. localization on NORMAL scans, are skipped)."""
     labels = torch.tensor([s.label for s in samples])
@@ -390,6 +477,6 @@ def _nan_mean(values: torch.Tensor) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _worst(shares: torch.Tensor, samples: list[Sample], count: int) -> list[dict[str, Any]]:
+def _worst(shares: torch.Tensor, samples: list[Sample], count: int) -> list[WorstScan]:
     order = shares.argsort(descending=True)[:count]
-    return [{"scan": str(samples[i].path), "off_retina": shares[i].item()} for i in order]
+    return [WorstScan(scan=str(samples[i].path), off_retina=shares[i].item()) for i in order]

@@ -9,11 +9,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from octlens.audit.pipeline import verdict_lines
 from octlens.errors import OctlensError
-from octlens.report.embed import number
 
 app = typer.Typer(
     add_completion=False,
@@ -74,18 +71,10 @@ def inspect(
     """Count images per split and class, and report patients or files shared between splits."""
     from octlens.data.index import scan
     from octlens.data.splits import find_leakage
+    from octlens.report.terminal import split_table
 
     index = scan(data, strict=strict)
-    table = Table(title=str(index.root))
-    table.add_column("split")
-    for name in index.classes:
-        table.add_column(name, justify="right")
-    table.add_column("patients", justify="right")
-    for split, samples in index.splits.items():
-        counts = [sum(s.label == i for s in samples) for i in range(len(index.classes))]
-        patients = len({s.patient for s in samples if s.patient})
-        table.add_row(split, *map(str, counts), str(patients))
-    console.print(table)
+    console.print(split_table(index))
     leaks = find_leakage(index, hashes=hashes)
     for leak in leaks:
         files = f": {', '.join(leak.files)}" if leak.files else ""
@@ -185,6 +174,7 @@ def evaluate(
 ) -> None:
     """Evaluate a run: metrics.json, predictions.csv and figures."""
     from octlens.evaluate import evaluate_run
+    from octlens.report.terminal import metrics_table
 
     metrics = evaluate_run(
         run, data, split, batch_size=batch_size, precision=precision, device=device, out=out
@@ -236,6 +226,7 @@ def audit(
 ) -> None:
     """Audit a run's explanations: faithfulness, localization, sanity, off-retina attention."""
     from octlens.audit import audit_run
+    from octlens.report.terminal import audit_table
 
     result = audit_run(
         run,
@@ -251,7 +242,7 @@ def audit(
         out=out,
     )
     Console(width=max(console.width, 140), markup=False, highlight=False).print(audit_table(result))
-    for line in verdict_lines(result):
+    for line in result.verdict_lines():
         console.print(line)
 
 
@@ -280,92 +271,16 @@ def demo(
 ) -> None:
     """Synthesize data, train a ResNet18 and a ViT-tiny at 128 px, evaluate, and compare."""
     from octlens.demo import run_demo
+    from octlens.report.terminal import audit_table, demo_table
 
     results = run_demo(out, n_per_class=n_per_class, seed=seed)
-    table = Table(title="octlens demo: test split of the synthetic data")
-    for column in (
-        "model",
-        "accuracy",
-        "macro AUC",
-        "urgent sens",
-        "urgent spec",
-        "ECE",
-        "best epoch",
-        "train img/s",
-        "precision (train/eval)",
-    ):
-        table.add_column(column, justify="right", no_wrap=True)
-    for name, (metrics, result, _) in results.items():
-        urgent = metrics["urgent_referral"]
-        table.add_row(
-            name,
-            f"{metrics['accuracy']:.3f}",
-            f"{metrics['macro_auc']:.3f}",
-            f"{urgent['sensitivity']:.3f}",
-            f"{urgent['specificity']:.3f}",
-            f"{metrics['ece']:.3f}",
-            f"{result.best_epoch}/{len(result.history)}",
-            f"{sum(r['images_per_s'] for r in result.history) / len(result.history):.0f}",
-            f"{result.precision}/{metrics['precision']}",
-        )
     wide = Console(width=max(console.width, 140), markup=False, highlight=False)
-    wide.print(table)
+    wide.print(demo_table(results))
     for _, _, audit in results.values():
         wide.print(audit_table(audit))
-        for line in verdict_lines(audit):
+        for line in audit.verdict_lines():
             console.print(line)
     console.print(f"runs, metrics, audits and figures under {out}; report: {out / 'report.html'}")
-
-
-def audit_table(result: dict) -> Table:
-    """Methods x audit numbers for one run; the best method starred."""
-    table = Table(
-        title=f"{result['model']} on {result['split']} ({result['n_scans']} scans): "
-        f"random maps deletion {result['random_baseline']['deletion_auc']:.3f}, "
-        f"insertion {result['random_baseline']['insertion_auc']:.3f}; off-retina area "
-        f"{result['area_share']['off_retina']:.2f}, corners {result['area_share']['corners']:.2f}"
-    )
-    for column, _ in AUDIT_COLUMNS:
-        table.add_column(column, justify="right", no_wrap=True)
-    for name, summary in result["methods"].items():
-        scores = summary["all"]
-        star = " *" if name == result["best_method"] else ""
-        table.add_row(
-            name + star,
-            *(number(scores.get(key)) for _, key in AUDIT_COLUMNS[1:-1]),
-            "pass" if summary["sanity"]["passed"] else "FAIL",
-        )
-    return table
-
-
-AUDIT_COLUMNS = (
-    ("method", ""),
-    ("deletion", "deletion_auc"),
-    ("insertion", "insertion_auc"),
-    ("avg drop", "average_drop"),
-    ("pointing", "pointing_game"),
-    ("energy in lesion", "energy_in_lesion"),
-    ("pixel AUROC", "pixel_auroc"),
-    ("off-retina", "off_retina"),
-    ("corners", "corners"),
-    ("sanity", ""),
-)
-
-
-def metrics_table(metrics: dict) -> Table:
-    table = Table(
-        title=f"{metrics['model']} on {metrics['split']} ({metrics['n']} images): "
-        f"accuracy {metrics['accuracy']:.3f}, macro AUC {metrics['macro_auc']:.3f}"
-    )
-    for column in ("class", "sensitivity", "specificity", "precision", "F1", "AUC", "support"):
-        table.add_column(column, justify="right")
-    for name, m in metrics["per_class"].items():
-        table.add_row(
-            name,
-            *(number(m[k]) for k in ("sensitivity", "specificity", "precision", "f1", "auc")),
-            str(m["support"]),
-        )
-    return table
 
 
 def parse_methods(text: str) -> list[str]:

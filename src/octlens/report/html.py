@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from octlens.audit.result import AuditResult
 from octlens.data.images import UnreadableImageError, load_grayscale
 from octlens.data.index import DatasetIndex, DataWarning, scan
 from octlens.errors import OctlensError, require_positive
@@ -87,9 +88,7 @@ def write_report(
         sections.append(_run_section(loaded, index, split, scans))
         audit_path = loaded.audit_dir(split) / "audit.json"
         if audit_path.exists():
-            result = _matching(_read_result(audit_path), audit_path, index, split, loaded)
-            _rendered(audit_table, [result], audit_path)  # an edited file fails here, by name
-            audits.append(result)
+            audits.append(_matching(AuditResult.load(audit_path), audit_path, index, split, loaded))
     audit = audit_table(audits) if audits else ""
     body = f"<h1>octlens report</h1>{header}{audit}<div class='runs'>{''.join(sections)}</div>"
     write_text(
@@ -102,21 +101,21 @@ def write_report(
 
 
 def _matching(
-    result: dict[str, Any], path: Path, index: DatasetIndex | None, split: str, run: Run
-) -> dict[str, Any]:
-    """``result`` (an audit), if it was computed on ``index``'s ``split``; else an error."""
-    if index is not None and not _same_data(result, index, split, run):
+    audit: AuditResult, path: Path, index: DatasetIndex | None, split: str, run: Run
+) -> AuditResult:
+    """``audit``, if it was computed on ``index``'s ``split`` (or no data was named); else an
+    error: an audit is too costly to recompute behind the user's back."""
+    if index is not None and not _same_data(audit.data_fingerprint, index, split, run):
         raise OctlensError(
-            f"{path}: computed on {result.get('data')} ({result.get('split')}), not on "
-            f"{index.root} ({split}); run 'octlens audit {run.folder} --data {index.root}' first"
+            f"{path}: computed on {audit.data} ({audit.split}), not on {index.root} ({split}); "
+            f"run 'octlens audit {run.folder} --data {index.root}' first"
         )
-    return result
+    return audit
 
 
-def _same_data(result: dict[str, Any], index: DatasetIndex, split: str, run: Run) -> bool:
-    """Whether a stored result was computed on the same scans as ``index``'s ``split``."""
-    recorded = result.get("data_fingerprint")
-    return recorded is not None and recorded == index.fingerprint(run.samples(index, split))
+def _same_data(fingerprint: object, index: DatasetIndex, split: str, run: Run) -> bool:
+    """Whether a stored result's fingerprint is that of ``index``'s ``split``."""
+    return fingerprint is not None and fingerprint == index.fingerprint(run.samples(index, split))
 
 
 def _run_section(run: Run, index: DatasetIndex | None, split: str, scans: list[Path]) -> str:
@@ -162,7 +161,8 @@ def _evaluation(run: Run, index: DatasetIndex | None, split: str, scratch: Path)
     if index is None:
         return stored
     if (stored / "metrics.json").exists():
-        if _same_data(_read_result(stored / "metrics.json"), index, split, run):
+        recorded = _read_result(stored / "metrics.json").get("data_fingerprint")
+        if _same_data(recorded, index, split, run):
             return stored
         warnings.warn(
             f"{stored / 'metrics.json'} was computed on other data; the report evaluates "

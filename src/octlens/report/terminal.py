@@ -1,0 +1,100 @@
+"""The tables the command line prints: a dataset's splits, classifier metrics, the audit, and the
+demo's summary.
+
+The audit table is drawn from the same column spec as the HTML report's
+(:data:`octlens.audit.result.COLUMNS`), so the two always show the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+
+from octlens.audit.result import COLUMNS, REFERENCE_ROW, AuditResult, table_rows
+from octlens.data.index import DatasetIndex
+from octlens.report.embed import number
+
+if TYPE_CHECKING:
+    from octlens.training import TrainResult
+
+
+def split_table(index: DatasetIndex) -> Table:
+    """Images per split and class, and patients per split."""
+    table = Table(title=str(index.root))
+    table.add_column("split")
+    for name in index.classes:
+        table.add_column(name, justify="right")
+    table.add_column("patients", justify="right")
+    for split, samples in index.splits.items():
+        counts = [sum(s.label == i for s in samples) for i in range(len(index.classes))]
+        patients = len({s.patient for s in samples if s.patient})
+        table.add_row(split, *map(str, counts), str(patients))
+    return table
+
+
+def audit_table(result: AuditResult) -> Table:
+    """Methods x audit numbers for one run, the best method starred, the reference row last."""
+    table = Table(title=f"{result.model} on {result.split} ({result.n_scans} scans)")
+    for heading in ("method", *(column.short for column in COLUMNS), "sanity"):
+        table.add_column(heading, justify="right", no_wrap=True)
+    for row in table_rows(result):
+        if row.sanity is None:
+            name, verdict = REFERENCE_ROW, ""
+        else:
+            name, verdict = (
+                row.method + (" *" if row.best else ""),
+                "pass" if row.sanity else "FAIL",
+            )
+        table.add_row(name, *(number(value) for value in row.values), verdict)
+    return table
+
+
+def metrics_table(metrics: Mapping[str, Any]) -> Table:
+    """Per-class sensitivity, specificity, precision, F1, AUC and support of one evaluation."""
+    table = Table(
+        title=f"{metrics['model']} on {metrics['split']} ({metrics['n']} images): "
+        f"accuracy {number(metrics['accuracy'])}, macro AUC {number(metrics['macro_auc'])}"
+    )
+    for column in ("class", "sensitivity", "specificity", "precision", "F1", "AUC", "support"):
+        table.add_column(column, justify="right")
+    for name, m in metrics["per_class"].items():
+        table.add_row(
+            name,
+            *(number(m[k]) for k in ("sensitivity", "specificity", "precision", "f1", "auc")),
+            str(m["support"]),
+        )
+    return table
+
+
+def demo_table(results: Mapping[str, tuple[Mapping[str, Any], TrainResult, AuditResult]]) -> Table:
+    """One row per demo model: test metrics, training summary and the precision used."""
+    table = Table(title="octlens demo: test split of the synthetic data")
+    for column in (
+        "model",
+        "accuracy",
+        "macro AUC",
+        "urgent sens",
+        "urgent spec",
+        "ECE",
+        "best epoch",
+        "train img/s",
+        "precision (train/eval)",
+    ):
+        table.add_column(column, justify="right", no_wrap=True)
+    for name, (metrics, result, _) in results.items():
+        urgent = metrics["urgent_referral"] or {}
+        speed = sum(row["images_per_s"] for row in result.history) / len(result.history)
+        table.add_row(
+            name,
+            number(metrics["accuracy"]),
+            number(metrics["macro_auc"]),
+            number(urgent.get("sensitivity")),
+            number(urgent.get("specificity")),
+            number(metrics["ece"]),
+            f"{result.best_epoch}/{len(result.history)}",
+            f"{speed:.0f}",
+            f"{result.precision}/{metrics['precision']}",
+        )
+    return table
