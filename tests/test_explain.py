@@ -321,3 +321,15 @@ def test_bf16_autocast_gives_fp32_maps_close_to_fp32():
     fast = GradCAM(model, precision="bf16")(images, [0, 1]).raw
     assert fast.dtype == torch.float32
     assert (fast - exact).abs().max() <= 0.05 * exact.abs().max()
+
+
+def test_methods_are_found_by_the_papers_names_too():
+    from octlens.explain import check_methods
+
+    assert check_methods(["vit-reciprocam", "grad-cam", "legrad"]) == [
+        "reciprocam",
+        "gradcam",
+        "legrad",
+    ]
+    with pytest.raises(OctlensError, match=r"unknown method\(s\) \['vit-magic'\]"):
+        check_methods(["vit-magic"])

@@ -93,3 +93,22 @@ def test_a_report_on_medmnist_data_evaluates_and_skips_file_explanations(tmp_pat
     text = write_report([run], tmp_path / "report.html", data=data).read_text()
     assert "test split, 8 scans" in text and "A sample of the data" in text
     assert "Explanations" not in text
+
+
+def test_report_without_data_uses_the_runs_own_data_and_says_so(tiny_data, vit_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "report.html"
+    command = [sys.executable, "-c", "from octlens.cli import main; main()", "report"]
+    completed = subprocess.run(
+        [*command, str(vit_run), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert f"using the runs' own data {tiny_data} (test)" in completed.stdout
+    assert "Explanations" in out.read_text()

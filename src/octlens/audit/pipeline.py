@@ -108,10 +108,10 @@ def audit_run(
     require_positive(
         steps=steps, scans_per_class=scans_per_class, sanity_scans=sanity_scans, worst=worst
     )
+    names = None if methods is None else check_methods(methods)  # a typo fails before any work
     plan = resolve_precision(precision, resolve_device(device), measuring=True)
     audit = prepare_audit(Run.load(run), data, split, scans_per_class, steps, batch_size, plan)
-    methods = list(default_methods(audit.model) if methods is None else methods)
-    check_methods(methods)
+    methods = names or list(default_methods(audit.model))
     out = require_writable_folder(Path(out) if out else audit.run.audit_dir(split))
     random_curves = audit.perturbation(random_maps(tuple(audit.batch.retina.shape)))
     scored = {name: score_method(audit, name, sanity_scans) for name in methods}

@@ -250,13 +250,22 @@ def audit(
 def report(
     runs: Annotated[list[Path], typer.Argument(help="run folders, shown side by side")],
     out: Annotated[Path, typer.Option(help="the HTML file to write")] = Path("report.html"),
-    data: Annotated[Path | None, typer.Option(help="dataset: evaluate and explain on it")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="dataset to evaluate and explain on (default: the runs' own data)"),
+    ] = None,
     split: str = "test",
     scans_per_class: int = 1,
 ) -> None:
     """One self-contained HTML report: metrics, curves and explanations of each run."""
-    from octlens.report import write_report
+    from octlens.report import training_data, write_report
 
+    if data is None:
+        data = training_data(runs)
+        if data is not None:
+            console.print(f"report: no --data given; using the runs' own data {data} ({split})")
+        else:
+            console.print("report: no --data given; showing stored results without explanations")
     path = write_report(runs, out, data=data, split=split, scans_per_class=scans_per_class)
     console.print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")
 

@@ -24,6 +24,9 @@ EXPLAINERS: dict[str, type[Explainer]] = {
     "occlusion": Occlusion,
 }
 
+#: The papers' names for methods registered under a shorter one.
+ALIASES = {"vit-reciprocam": "reciprocam", "grad-cam": "gradcam", "grad-cam++": "gradcam++"}
+
 #: What the report and the audit run when no methods are named.
 CNN_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
 VIT_METHODS = ("gradcam", "rollout", "legrad", "reciprocam")
@@ -34,16 +37,20 @@ def default_methods(model: nn.Module) -> tuple[str, ...]:
     return VIT_METHODS if is_vit(model) else CNN_METHODS
 
 
-def check_methods(methods: Sequence[str]) -> None:
-    """One-line errors for an empty or misspelt list of method names."""
+def check_methods(methods: Sequence[str]) -> list[str]:
+    """The registered names of ``methods`` (aliases such as ``vit-reciprocam`` resolved);
+    one-line errors for an empty or misspelt list."""
     if not methods:
         raise OctlensError(f"--methods: name at least one of {', '.join(EXPLAINERS)}")
-    unknown = [m for m in methods if m not in EXPLAINERS]
+    names = [ALIASES.get(method, method) for method in methods]
+    unknown = [m for m, name in zip(methods, names, strict=True) if name not in EXPLAINERS]
     if unknown:
         raise OctlensError(f"unknown method(s) {unknown}; choose from {', '.join(EXPLAINERS)}")
+    return names
 
 
 __all__ = [
+    "ALIASES",
     "CNN_METHODS",
     "EXPLAINERS",
     "VIT_METHODS",

@@ -32,7 +32,7 @@ def explain_images(
     input size) per image and method, and ``grid.png``; returns ``{method: maps (N, H, W)}``.
     Unreadable or non-image paths are skipped with one warning (``strict``: an error).
     """
-    check_methods(methods)
+    methods = check_methods(methods)
     run = run if isinstance(run, Run) else Run.load(run)
     model = run.model()
     explainers: dict[str, Explainer] = {

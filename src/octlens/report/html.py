@@ -100,6 +100,15 @@ def write_report(
     return out
 
 
+def training_data(runs: Sequence[str | Path]) -> Path | None:
+    """The dataset the runs were trained on, if they share one and it is still there."""
+    roots = {Path(Run.load(run).checkpoint.meta["config"]["data"]) for run in runs}
+    if len(roots) != 1:
+        return None
+    (root,) = roots
+    return root if root.exists() else None
+
+
 def _matching(
     audit: AuditResult, path: Path, index: DatasetIndex | None, split: str, run: Run
 ) -> AuditResult:
