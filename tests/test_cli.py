@@ -116,7 +116,7 @@ def _in_process(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
         (["train", "--data", "d", "--out", "r", "--epochs", "abc"], "Invalid value for '--epochs'"),
         (["train", "--data", "d", "--out", "r", "--bogus"], "No such option: --bogus"),
         (["evaluate", "--data", "d"], "Missing argument 'run'"),
-        (["train", "--out", "r"], "Missing option '--data'"),
+        (["train", "--out", "r"], "--data: Field required"),
         (["frobnicate"], "No such command 'frobnicate'"),
         (["synth", "o", "--n-per-class", "1.5"], "Invalid value for '--n-per-class'"),
     ],
@@ -287,3 +287,33 @@ def test_a_full_disk_anywhere_is_one_line(monkeypatch, capsys, cli_run, tiny_dat
     )
     assert status == 2 and err.startswith("error: ") and "No space left on device" in err, err
     assert err.count("\n") == 1 and str(out) in err
+
+
+def test_train_takes_a_config_file_with_overrides(monkeypatch, capsys, tiny_data, tmp_path):
+    from octlens.training import TrainConfig
+
+    settings = TrainConfig(
+        data=tiny_data, out=tmp_path / "unused", img_size=32, epochs=3, batch_size=8
+    ).model_dump(mode="json")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(settings))
+    run = tmp_path / "run"
+    status, _, err = _in_process(
+        monkeypatch,
+        capsys,
+        "train",
+        "--config",
+        str(config),
+        "--out",
+        str(run),
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+    )
+    assert status == 0, err
+    saved = json.loads((run / "best.json").read_text())["config"]
+    assert saved["epochs"] == 1 and saved["img_size"] == 32 and saved["out"] == str(run)
+    assert saved["num_workers"] == 0 and saved["lr"] == TrainConfig.model_fields["lr"].default
+    status, _, err = _in_process(monkeypatch, capsys, "train", "--out", str(tmp_path / "x"))
+    assert status == 2 and err.startswith("error: --data: Field required"), err

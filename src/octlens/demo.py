@@ -22,7 +22,7 @@ from octlens.training import TrainConfig, TrainResult, train
 IMG_SIZE = 128
 # The audit's share of the demo's time: 8 test scans per class, 20 deletion/insertion steps
 # (each step is one forward pass per scan; `octlens audit` defaults to every scan and 50 steps).
-AUDIT = {"scans_per_class": 8, "steps": 20, "sanity_scans": 8}
+AUDIT: dict[str, Any] = {"scans_per_class": 8, "steps": 20, "sanity_scans": 8}
 
 # Chosen on the synthetic validation split. The ResNet learns fastest with small batches (more
 # steps in the same time). The ViT gets the usual ViT recipe (lower peak rate, longer warm-up);

@@ -113,7 +113,8 @@ def audit_run(
     audit = prepare_audit(Run.load(run), data, split, scans_per_class, steps, batch_size, plan)
     methods = names or list(default_methods(audit.model))
     out = require_writable_folder(Path(out) if out else audit.run.audit_dir(split))
-    random_curves = audit.perturbation(random_maps(tuple(audit.batch.retina.shape)))
+    n, height, width = audit.batch.retina.shape
+    random_curves = audit.perturbation(random_maps((n, height, width)))
     scored = {name: score_method(audit, name, sanity_scans) for name in methods}
     result = summarize(audit, scored, random_curves, worst)
     result.save(out / "audit.json")
@@ -281,7 +282,8 @@ def summarize(
         {
             name: {
                 "sanity_passed": summary.sanity.passed,
-                **{region: summary.scores["all"][region] for region in SHARES},
+                # None only if every map was empty: no attention in the region either
+                **{region: summary.scores["all"][region] or 0.0 for region in SHARES},
                 **{f"{region}_area": audit.areas[region] for region in SHARES},
             }
             for name, summary in methods.items()
@@ -363,8 +365,8 @@ def load_audit_batch(
     """Load ``samples`` and their masks (lesion, retina, scanner fill) at ``img_size``."""
     transform = eval_transform(img_size, normalization)
     images, display, lesions, retina, fill = [], [], [], [], []
-    has_lesions = all(index.mask_path(s, "masks") for s in samples)
-    has_retina = all(index.mask_path(s, "retina") for s in samples)
+    lesion_paths = _mask_paths(index, samples, "masks")
+    retina_paths = _mask_paths(index, samples, "retina")
     scored = set()
     for position, sample in enumerate(samples):
         try:
@@ -375,10 +377,10 @@ def load_audit_batch(
         pixels = np.asarray(scan_image)
         images.append(transform(scan_image))
         display.append(_resized(pixels, img_size, Image.Resampling.BILINEAR) / 255)
-        if has_lesions:
-            lesions.append(_mask_at(index.mask_path(sample, "masks"), img_size))
-        if has_retina:
-            retina.append(_mask_at(index.mask_path(sample, "retina"), img_size))
+        if lesion_paths:
+            lesions.append(_mask_at(lesion_paths[position], img_size))
+        if retina_paths:
+            retina.append(_mask_at(retina_paths[position], img_size))
             fill.append(_resized(scanner_fill(pixels), img_size) > 0)
         else:
             found = find_retina(pixels)
@@ -391,10 +393,10 @@ def load_audit_batch(
         unreadable=unreadable,
         images=torch.stack(images),
         display=np.stack(display).astype(np.float32),
-        lesions=torch.from_numpy(np.stack(lesions)) if has_lesions else None,
+        lesions=torch.from_numpy(np.stack(lesions)) if lesion_paths else None,
         retina=torch.from_numpy(np.stack(retina)),
         fill=torch.from_numpy(np.stack(fill)),
-        retina_source="masks" if has_retina else "estimated",
+        retina_source="masks" if retina_paths else "estimated",
         marks=read_marks(index, readable),
     )
 
@@ -420,6 +422,12 @@ def _chosen_samples(samples: list[Sample], n_classes: int, per_class: int | None
 def _resized(pixels: np.ndarray, size: int, resample=Image.Resampling.NEAREST) -> np.ndarray:
     image = Image.fromarray(pixels.astype(np.uint8) * (255 if pixels.dtype == bool else 1))
     return np.asarray(image.resize((size, size), resample), dtype=np.float32)
+
+
+def _mask_paths(index: DatasetIndex, samples: list[Sample], kind: str) -> list[Path] | None:
+    """Every sample's mask of ``kind``, or None unless all of them have one."""
+    paths = [index.mask_path(sample, kind) for sample in samples]
+    return [path for path in paths if path is not None] if all(paths) else None
 
 
 def _mask_at(path: Path, size: int) -> np.ndarray:

@@ -8,6 +8,7 @@ one line, ``error: ...``, with exit status 2; an interrupt (Ctrl-C) as one line 
 from __future__ import annotations
 
 import sys
+import types
 import warnings
 
 import click
@@ -18,6 +19,7 @@ from rich.markup import escape
 from octlens.cli.commands import app
 from octlens.errors import Interrupted, OctlensError
 
+typer_click: types.ModuleType
 try:  # typer >= 0.29 raises its own copy of click's exceptions
     from typer._click import exceptions as typer_click
 except ImportError:  # pragma: no cover - older typer uses click itself
@@ -26,8 +28,10 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 err_console = Console(stderr=True)
 _USAGE_ERRORS = (click.exceptions.ClickException, typer_click.ClickException)
 _ABORTS = (click.exceptions.Abort, typer.Abort)
-_NO_ARGS = tuple(
-    getattr(module, "NoArgsIsHelpError", ()) for module in (click.exceptions, typer_click)
+_NO_ARGS: tuple[type[Exception], ...] = tuple(
+    error
+    for module in (click.exceptions, typer_click)
+    if (error := getattr(module, "NoArgsIsHelpError", None)) is not None
 )
 INTERRUPTED = 130
 
@@ -65,7 +69,7 @@ def main() -> None:
     except (KeyboardInterrupt, *_ABORTS):
         _fail("interrupted", INTERRUPTED)
     except _NO_ARGS as error:
-        print(error.ctx.get_help())
+        print(error.ctx.get_help())  # type: ignore[attr-defined]  # click's usage errors
         sys.exit(2)
     except _USAGE_ERRORS as error:
         command = getattr(getattr(error, "ctx", None), "command_path", "octlens")

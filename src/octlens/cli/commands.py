@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import typing
 from collections import Counter
+from inspect import Parameter, Signature
 from pathlib import Path
 from typing import Annotated
 
@@ -50,7 +52,7 @@ def synth(
     )
     console.print(f"wrote {sum(counts.values())} scans to {out} (masks/ and retina/ beside them)")
     if shortcut:
-        marked = read_record(out)["marked"]
+        marked = (read_record(out) or {}).get("marked", {})
         sizes = Counter(split for split, _ in counts.elements())
         console.print(
             f"planted a {shortcut} shortcut: "
@@ -82,84 +84,101 @@ def inspect(
     console.print(f"{len(leaks)} leak(s) between splits" if leaks else "no leakage between splits")
 
 
-@app.command()
-def train(
-    data: Annotated[Path, typer.Option(help="dataset folder or MedMNIST .npz")],
-    out: Annotated[Path, typer.Option(help="run folder for checkpoints, history and curves")],
-    model: Annotated[
-        str, typer.Option(help="resnet18, resnet50, vit_tiny/small/base or timm")
-    ] = "resnet18",
-    img_size: int = 224,
-    patch_size: Annotated[int | None, typer.Option(help="ViT patch size")] = None,
-    model_arg: Annotated[
-        list[str] | None, typer.Option(help="KEY=VALUE for the timm model, e.g. depth=6")
-    ] = None,
-    pretrained: Annotated[str | None, typer.Option(help="weights file, or 'hub'")] = None,
-    epochs: int = 10,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    weight_decay: float = 0.05,
-    warmup_epochs: float = 1.0,
-    label_smoothing: float = 0.1,
-    balance: Annotated[str, typer.Option(help="none, loss (weights) or sampler")] = "none",
-    patience: Annotated[int | None, typer.Option(help="early stopping, in epochs")] = None,
-    train_split: str = "train",
-    val_split: Annotated[str, typer.Option(help="carved from train by patient if absent")] = "val",
-    val_fraction: float = 0.15,
-    test_fraction: Annotated[
-        float, typer.Option(help="carve a test split by patient when the data has none")
-    ] = 0.0,
-    precision: Annotated[str, typer.Option(help="auto, fp32, bf16 or fp16")] = "auto",
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 (default: best)")] = None,
-    workers: Annotated[int | None, typer.Option(help="data-loading processes")] = None,
-    seed: int = 0,
-    strict: Annotated[bool, typer.Option(help="unreadable images are errors")] = False,
-    resume: Annotated[bool, typer.Option(help="continue the run in --out from 'last'")] = False,
-) -> None:
-    """Train a classifier; RUN gets best/last checkpoints, history.csv and learning curves."""
+def _train(config: Path | None = None, resume: bool = False, **options: object) -> None:
+    """Train a classifier; RUN gets best/last checkpoints, history.csv and learning curves.
+
+    Each option is a TrainConfig field (its default and help live there); --config reads a
+    JSON file of settings, and options given here override it.
+    """
     from pydantic import ValidationError
 
+    from octlens.files import read_json
     from octlens.training import TrainConfig
     from octlens.training import train as train_run
 
+    settings = dict(read_json(config)) if config is not None else {}
+    for option, value in options.items():
+        if value is not None and value != []:
+            settings[_TRAIN_FIELDS.get(option, option)] = value
+    if "model_kwargs" in settings and isinstance(settings["model_kwargs"], list):
+        settings["model_kwargs"] = parse_kwargs(settings["model_kwargs"])
     try:
-        config = TrainConfig(
-            data=data,
-            out=out,
-            model=model,
-            img_size=img_size,
-            patch_size=patch_size,
-            model_kwargs=parse_kwargs(model_arg or []),
-            pretrained=pretrained,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            label_smoothing=label_smoothing,
-            balance=balance,
-            patience=patience,
-            train_split=train_split,
-            val_split=val_split,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            precision=precision,
-            device=device,
-            num_workers=workers,
-            seed=seed,
-            strict=strict,
-        )
+        train_config = TrainConfig.model_validate(settings)
     except ValidationError as error:
         first = error.errors()[0]
-        raise OctlensError(
-            f"--{'-'.join(map(str, first['loc'])).replace('_', '-')}: {first['msg']}"
-        ) from None
-    result = train_run(config, resume=resume)
+        field = str(first["loc"][0]) if first["loc"] else "config"
+        option = _TRAIN_OPTIONS.get(field, field).replace("_", "-")
+        raise OctlensError(f"--{option}: {first['msg']}") from None
+    result = train_run(train_config, resume=resume)
     best = result.best
     console.print(
         f"best epoch {result.best_epoch}: val loss {best['val_loss']:.4f}, "
-        f"val accuracy {best['val_acc']:.3f} -> {out / 'best.safetensors'}"
+        f"val accuracy {best['val_acc']:.3f} -> {train_config.out / 'best.safetensors'}"
     )
+
+
+# TrainConfig fields whose option has another name, and back.
+_TRAIN_OPTIONS = {"num_workers": "workers", "model_kwargs": "model_arg"}
+_TRAIN_FIELDS = {option: field for field, option in _TRAIN_OPTIONS.items()}
+
+
+def _train_signature() -> Signature:
+    """``train``'s options, one per TrainConfig field: its type, its help and its default come
+    from the config, so a default lives in one place."""
+    from octlens.training.config import TrainConfig
+
+    keyword = Parameter.KEYWORD_ONLY
+    parameters = [
+        Parameter(
+            "config",
+            keyword,
+            default=None,
+            annotation=Annotated[
+                Path | None,
+                typer.Option(help="JSON file of settings (a run's config); options override it"),
+            ],
+        )
+    ]
+    for name, field in TrainConfig.model_fields.items():
+        kind = _option_type(name, field.annotation)
+        value = None if field.is_required() else field.get_default(call_default_factory=True)
+        default = " (required)" if field.is_required() else f" (default: {value})" if value else ""
+        parameters.append(
+            Parameter(
+                _TRAIN_OPTIONS.get(name, name),
+                keyword,
+                default=None,
+                annotation=Annotated[
+                    kind | None, typer.Option(help=f"{field.description} ({default})")
+                ],
+            )
+        )
+    parameters.append(
+        Parameter(
+            "resume",
+            keyword,
+            default=False,
+            annotation=Annotated[bool, typer.Option(help="continue the run in --out from 'last'")],
+        )
+    )
+    return Signature(parameters)
+
+
+def _option_type(name: str, annotation: object) -> type:
+    """The command-line type of a config field: X for ``X | None``, str for choices (the config
+    checks them), a list of KEY=VALUE for the model's keyword arguments."""
+    if name == "model_kwargs":
+        return list[str]
+    if typing.get_origin(annotation) is typing.Literal:
+        return str
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if args:
+        return args[0]
+    return annotation  # type: ignore[return-value]
+
+
+_train.__signature__ = _train_signature()  # type: ignore[attr-defined]
+app.command(name="train")(_train)
 
 
 @app.command()

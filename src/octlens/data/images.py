@@ -153,13 +153,13 @@ def pixel_scale(array: np.ndarray, source: object) -> float:
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise UnreadableImageError(f"{source}: pixel values include NaN or infinity")
-        low, high = float(array.min()), float(array.max())
-        if low < 0 or high > 255:
+        low_value, high_value = float(array.min()), float(array.max())
+        if low_value < 0 or high_value > 255:
             raise UnreadableImageError(
-                f"{source}: floating-point pixels in [{low:g}, {high:g}]; octlens reads floats "
-                "in [0, 1] or [0, 255]"
+                f"{source}: floating-point pixels in [{low_value:g}, {high_value:g}]; octlens "
+                "reads floats in [0, 1] or [0, 255]"
             )
-        return 255.0 if high <= 1.0 else 1.0
+        return 255.0 if high_value <= 1.0 else 1.0
     raise UnreadableImageError(f"{source}: pixels of type {array.dtype} are not an image")
 
 

@@ -149,10 +149,10 @@ def scan(root: str | Path, strict: bool = False) -> DatasetIndex:
 
     class_folders: dict[str, dict[str, Path]] = {}
     for split, split_root in split_folders.items():
-        classes = _subfolders(split_root, skip=MASK_FOLDERS if split_root == root else ())
-        if not classes:
+        found = _subfolders(split_root, skip=MASK_FOLDERS if split_root == root else ())
+        if not found:
             raise OctlensError(f"{split_root}: split folder has no class folders")
-        class_folders[split] = {folder.name: folder for folder in classes}
+        class_folders[split] = {folder.name: folder for folder in found}
     classes = _consistent_classes(root, class_folders)
 
     splits: dict[str, list[Sample]] = {}

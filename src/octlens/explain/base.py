@@ -107,7 +107,7 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
     """Restore train/eval mode, ``requires_grad`` and fused-attention flags on exit."""
     modes = {module: module.training for module in model.modules()}
     grad_flags = {param: param.requires_grad for param in model.parameters()}
-    fused = {m: m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")}
+    fused = {m: bool(m.fused_attn) for m in model.modules() if hasattr(m, "fused_attn")}
     try:
         yield
     finally:
@@ -116,7 +116,7 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
         for param, flag in grad_flags.items():
             param.requires_grad_(flag)
         for module, flag in fused.items():
-            module.fused_attn = flag
+            setattr(module, "fused_attn", flag)  # noqa: B010 (a flag timm attention modules own)
 
 
 @contextlib.contextmanager

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from octlens.errors import OctlensError
-from octlens.models import is_vit
+from octlens.models import is_vit, vit_parts
 
 
 def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
@@ -24,18 +26,20 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
         except AttributeError:
             raise OctlensError(f"the model has no layer named '{layer}'") from None
     if is_vit(model):
-        return model.blocks[-1].norm1
+        return vit_parts(model).block(-1).norm1
     feature_info = getattr(model, "feature_info", None)
     if feature_info:
         return model.get_submodule(feature_info[-1]["module"])
     raise OctlensError(f"no default target layer for {type(model).__name__}; pass one")
 
 
-def tokens_to_grid(tokens: torch.Tensor, model: nn.Module, image_size: tuple[int, int]):
+def tokens_to_grid(
+    tokens: torch.Tensor, model: nn.Module, image_size: Sequence[int]
+) -> torch.Tensor:
     """ViT tokens (B, N, C) -> patch feature map (B, C, h, w), prefix (CLS) tokens dropped."""
-    patch_h, patch_w = model.patch_embed.patch_size
-    grid_h, grid_w = image_size[0] // patch_h, image_size[1] // patch_w
-    patches = tokens[:, model.num_prefix_tokens :]
+    parts = vit_parts(model)
+    grid_h, grid_w = parts.grid(image_size)
+    patches = tokens[:, parts.num_prefix_tokens :]
     if patches.shape[1] != grid_h * grid_w:
         raise OctlensError(f"{patches.shape[1]} patch tokens do not fill a {grid_h}x{grid_w} grid")
     return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], grid_h, grid_w)

@@ -12,12 +12,15 @@ pass and one short backward per block (from ``s_l`` to ``A_l`` crosses only bloc
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from octlens.errors import OctlensError
 from octlens.explain.base import Explainer, forward_hooks, predicted_unless_given
 from octlens.explain.rollout import record_attention
+from octlens.models import vit_parts
 from octlens.runtime import PrecisionPlan
 
 
@@ -32,27 +35,27 @@ class LeGrad(Explainer):
         precision: str | PrecisionPlan = "auto",
     ) -> None:
         super().__init__(model, precision)
-        depth = len(model.blocks)
+        self.parts = vit_parts(model, self.title)
+        depth = len(self.parts.blocks)
         self.num_blocks = depth if num_blocks is None else num_blocks
         if not 1 <= self.num_blocks <= depth:
             raise OctlensError(f"num_blocks must be 1 to {depth}, not {num_blocks}")
 
     def _explain(self, images: torch.Tensor, targets: torch.Tensor | None):
-        model = self.model
+        model: Any = self.model  # timm's norm, fc_norm and head
         attentions, hooks = record_attention(model)
         outputs: list[torch.Tensor] = []
-        hooks += [(block, lambda m, i, out: outputs.append(out)) for block in model.blocks]
+        hooks += [(block, lambda m, i, out: outputs.append(out)) for block in self.parts.blocks]
         with torch.enable_grad(), forward_hooks(hooks):
             # Inputs that need a gradient make every attention map part of the graph, even when
             # the model's own parameters are frozen.
             targets = predicted_unless_given(model(images.detach().requires_grad_()), targets)
-            first = len(model.blocks) - self.num_blocks
-            relevance = 0.0
+            first = len(self.parts.blocks) - self.num_blocks
+            relevance = torch.zeros(())
             for attention, tokens in zip(attentions[first:], outputs[first:], strict=True):
                 pooled = model.norm(tokens.mean(dim=1))
                 scores = model.head(model.fc_norm(pooled)).gather(1, targets[:, None])
                 (gradient,) = torch.autograd.grad(scores.sum(), attention, retain_graph=True)
                 relevance = relevance + torch.relu(gradient).mean(dim=(1, 2))
-        relevance = relevance[:, model.num_prefix_tokens :] / self.num_blocks
-        grid_h = images.shape[-2] // model.patch_embed.patch_size[0]
-        return relevance.reshape(len(images), grid_h, -1).detach(), targets
+        relevance = relevance[:, self.parts.num_prefix_tokens :] / self.num_blocks
+        return relevance.reshape(len(images), *self.parts.grid(images.shape)).detach(), targets

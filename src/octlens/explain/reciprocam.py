@@ -12,10 +12,13 @@ Cost: one forward pass plus ``tokens x blocks-after-target / depth`` pass equiva
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from octlens.explain.base import Explainer, forward_hooks, predicted_unless_given
+from octlens.models import vit_parts
 from octlens.runtime import PrecisionPlan
 
 _KERNEL = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16
@@ -45,12 +48,13 @@ class ViTReciproCAM(Explainer):
         precision: str | PrecisionPlan = "auto",
     ) -> None:
         super().__init__(model, precision)
-        self.block = block % len(model.blocks)
+        self.parts = vit_parts(model, self.title)
+        self.block = block % len(self.parts.blocks)
         self.batch_size = batch_size
 
     @torch.no_grad()
     def _explain(self, images: torch.Tensor, targets: torch.Tensor | None):
-        model, block = self.model, self.model.blocks[self.block]
+        model, block = self.model, self.parts.block(self.block)
         captured: dict[str, torch.Tensor] = {}
 
         def keep_normed(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -63,9 +67,8 @@ class ViTReciproCAM(Explainer):
         with forward_hooks(hooks):
             targets = predicted_unless_given(model(images), targets)
         normed, residual = captured["normed"], captured["residual"]
-        prefix = model.num_prefix_tokens
-        grid_h = images.shape[-2] // model.patch_embed.patch_size[0]
-        grid_w = images.shape[-1] // model.patch_embed.patch_size[1]
+        prefix = self.parts.num_prefix_tokens
+        grid_h, grid_w = self.parts.grid(images.shape)
         weights = neighbourhood_weights(grid_h, grid_w).to(normed)  # (P, P)
         positions = len(weights)
 
@@ -82,10 +85,11 @@ class ViTReciproCAM(Explainer):
             ]
         return probs.reshape(len(images), grid_h, grid_w), targets
 
-    def _finish(self, block: nn.Module, residual: torch.Tensor, normed: torch.Tensor):
+    def _finish(self, block: Any, residual: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
         """The chosen block from its normed tokens on, then the later blocks and the head."""
         x = residual + block.drop_path1(block.ls1(block.attn(normed)))
         x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
-        for later in self.model.blocks[self.block + 1 :]:
+        for later in self.parts.blocks[self.block + 1 :]:
             x = later(x)
-        return self.model.forward_head(self.model.norm(x))
+        vit: Any = self.model
+        return vit.forward_head(vit.norm(x))

@@ -13,13 +13,14 @@ records, the probabilities.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from octlens.errors import OctlensError
 from octlens.explain.base import Explainer, forward_hooks, predicted_unless_given
+from octlens.models import vit_parts
 from octlens.runtime import PrecisionPlan
 
 
@@ -31,7 +32,8 @@ def record_attention(model: nn.Module) -> tuple[list[torch.Tensor], list]:
         maps.append(output)
 
     hooks = []
-    for block in model.blocks:
+    block: Any
+    for block in vit_parts(model).blocks:
         block.attn.fused_attn = False
         hooks.append((block.attn.attn_drop, keep))
     return maps, hooks
@@ -61,7 +63,7 @@ class AttentionRollout(Explainer):
         maps, hooks = record_attention(self.model)
         with forward_hooks(hooks):
             targets = predicted_unless_given(self.model(images), targets)
-        rollout = None
+        rollout = torch.zeros(0)
         for attention in maps:
             fused = getattr(attention.float(), self.head_fusion)(dim=1)
             if self.head_fusion != "mean":
@@ -70,12 +72,12 @@ class AttentionRollout(Explainer):
             eye = torch.eye(fused.shape[-1], device=fused.device)
             step = fused + eye
             step = step / step.sum(dim=-1, keepdim=True)
-            rollout = step if rollout is None else step @ rollout
-        prefix = self.model.num_prefix_tokens
+            rollout = step if rollout.numel() == 0 else step @ rollout
+        parts = vit_parts(self.model)
+        prefix = parts.num_prefix_tokens
         # The CLS row says what the classifier's token gathered; without one, average the rows.
         relevance = rollout[:, 0, prefix:] if prefix else rollout.mean(dim=1)
-        grid_h = images.shape[-2] // self.model.patch_embed.patch_size[0]
-        return relevance.reshape(len(images), grid_h, -1), targets
+        return relevance.reshape(len(images), *parts.grid(images.shape)), targets
 
     def _discard(self, fused: torch.Tensor) -> torch.Tensor:
         if self.discard_ratio == 0:

@@ -1,13 +1,23 @@
 """Classifiers over timm: built by name, from scratch or from pretrained weights."""
 
-from octlens.models.factory import MODEL_ALIASES, create_model, is_vit, require_vit, resolve_name
+from octlens.models.factory import (
+    MODEL_ALIASES,
+    ViTParts,
+    create_model,
+    is_vit,
+    require_vit,
+    resolve_name,
+    vit_parts,
+)
 from octlens.models.pretrained import load_pretrained_file
 
 __all__ = [
     "MODEL_ALIASES",
+    "ViTParts",
     "create_model",
     "is_vit",
     "load_pretrained_file",
     "require_vit",
     "resolve_name",
+    "vit_parts",
 ]

@@ -9,6 +9,8 @@ ViT of any size can be built from scratch.
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -117,7 +119,7 @@ def _require_hub(timm_name: str) -> None:
             return
         url = huggingface_hub.constants.ENDPOINT
     else:
-        url = config.url
+        url = str(config.url)
     host = urlparse(url).hostname or url
     try:
         socket.create_connection((host, 443), timeout=_HUB_TIMEOUT_S).close()
@@ -148,6 +150,40 @@ def require_vit(model: nn.Module, method: str) -> None:
             f"{method} needs a Vision Transformer in timm's ViT layout; {type(model).__name__} "
             f"has no {', '.join(missing)}"
         )
+
+
+@dataclass(frozen=True)
+class ViTParts:
+    """What the ViT methods read of a timm ViT, typed: its blocks, how many prefix (class,
+    distillation) tokens lead the sequence, and its patch size, hence the patch grid."""
+
+    blocks: nn.Sequential | nn.ModuleList
+    num_prefix_tokens: int
+    patch_size: tuple[int, int]
+
+    def grid(self, image_size: Sequence[int]) -> tuple[int, int]:
+        """Patches per column and per row for an image (..., H, W): the one place this is
+        computed for every method."""
+        height, width = image_size[-2], image_size[-1]
+        return height // self.patch_size[0], width // self.patch_size[1]
+
+    def block(self, index: int) -> Any:
+        """A timm ``Block`` (``norm1``, ``attn``, ``ls1``, ``drop_path1``, ``mlp``, ...)."""
+        return self.blocks[index]
+
+
+def vit_parts(model: nn.Module, method: str = "this method") -> ViTParts:
+    """The parts of ``model`` the ViT methods read (a one-line error if it has none)."""
+    require_vit(model, method)
+    vit: Any = model  # timm's attributes, checked by require_vit
+    patch_size = vit.patch_embed.patch_size
+    if isinstance(patch_size, int):
+        patch_size = (patch_size, patch_size)
+    return ViTParts(
+        blocks=vit.blocks,
+        num_prefix_tokens=int(vit.num_prefix_tokens),
+        patch_size=(int(patch_size[0]), int(patch_size[1])),
+    )
 
 
 def _missing_vit_parts(model: nn.Module) -> list[str]:

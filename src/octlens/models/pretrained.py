@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from timm.models import adapt_input_conv
@@ -37,7 +38,7 @@ def load_pretrained_file(model: nn.Module, path: str | Path) -> list[str]:
         raise OctlensError(f"{path}: not a readable weights file ({error})") from None
     state_dict = _from_torchvision_vit(state_dict)
 
-    config = model.pretrained_cfg
+    config: dict[str, Any] = model.pretrained_cfg  # type: ignore[assignment]  # timm's dict
     first_conv = f"{config['first_conv']}.weight"
     in_chans = model.state_dict()[first_conv].shape[1]
     if first_conv in state_dict and state_dict[first_conv].shape[1] != in_chans:

@@ -19,7 +19,7 @@ from octlens.errors import OctlensError, require_positive
 from octlens.evaluate import evaluate_run
 from octlens.explain import default_methods
 from octlens.files import read_json, write_text
-from octlens.models import is_vit
+from octlens.models import is_vit, vit_parts
 from octlens.report.audit_section import audit_figures, audit_table
 from octlens.report.embed import figure_html, number, text
 from octlens.report.explanations import explain_images
@@ -157,7 +157,7 @@ def _run_section(run: Run, index: DatasetIndex | None, split: str, scans: list[P
                 size = run.img_size
                 image = np.asarray(load_grayscale(scans[0]).resize((size, size)), np.float32)
                 patches = Path(tmp) / "patches.png"
-                plot_patchified(image / 255, model.patch_embed.patch_size[0], patches)
+                plot_patchified(image / 255, vit_parts(model).patch_size[0], patches)
                 parts.append(figure_html("What the ViT sees: patches and token order", patches))
     parts.append(audit_figures(run.audit_dir(split)))
     return f"<div class='run'>{''.join(parts)}</div>"

@@ -16,16 +16,18 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    data: Path
-    out: Path
-    model: str = "resnet18"
-    img_size: int = Field(224, ge=16, le=4096)
-    patch_size: int | None = Field(None, ge=1)
-    model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    pretrained: str | None = None
+    data: Path = Field(description="dataset folder or MedMNIST .npz")
+    out: Path = Field(description="run folder for checkpoints, history and curves")
+    model: str = Field("resnet18", description="resnet18, resnet50, vit_tiny/small/base or timm")
+    img_size: int = Field(224, ge=16, le=4096, description="input size in pixels (square)")
+    patch_size: int | None = Field(None, ge=1, description="ViT patch size")
+    model_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="KEY=VALUE for the timm model, e.g. depth=6"
+    )
+    pretrained: str | None = Field(None, description="weights file, or 'hub'")
 
-    train_split: str = "train"
-    val_split: str = "val"
+    train_split: str = Field("train", description="the split to train on")
+    val_split: str = Field("val", description="carved from train by patient if absent")
     val_fraction: float = Field(0.15, gt=0, lt=1, description="carved by patient when no val split")
     test_fraction: float = Field(
         0.0,
@@ -34,17 +36,19 @@ class TrainConfig(BaseModel):
         description="carved by patient (before val) when the data has no test split",
     )
 
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    warmup_epochs: float = Field(1.0, ge=0)
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    balance: Balance = "none"
-    patience: int | None = Field(None, ge=1, description="epochs without val-loss improvement")
+    epochs: int = Field(10, ge=1, description="epochs to train")
+    batch_size: int = Field(32, ge=1, description="images per step")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (not on norms/biases)")
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up before cosine decay")
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="cross-entropy label smoothing")
+    balance: Balance = Field("none", description="none, loss (weights) or sampler")
+    patience: int | None = Field(
+        None, ge=1, description="early stopping: epochs without a better val loss"
+    )
 
-    precision: Precision = "auto"
-    device: str | None = None
-    num_workers: int | None = Field(None, ge=0)
-    seed: int = 0
-    strict: bool = False
+    precision: Precision = Field("auto", description="auto, fp32, bf16 or fp16")
+    device: str | None = Field(None, description="cpu, cuda, cuda:1 (default: the best there is)")
+    num_workers: int | None = Field(None, ge=0, description="data-loading processes")
+    seed: int = Field(0, description="seeds the model, the splits and every epoch")
+    strict: bool = Field(False, description="unreadable images are errors")

@@ -109,7 +109,9 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
     if resumed:
         model.load_state_dict(resumed.model_state())
     channels_last = not is_vit(model)
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
 
     # Prove the run folder takes files before spending an epoch, and clear a killed write's debris.
     require_writable_folder(out)
@@ -306,7 +308,8 @@ def _train_one_epoch(
         transient=True,
     )
     with progress:
-        task = progress.add_task(description, total=len(loader.dataset), loss=0.0, acc=0.0, ips=0.0)
+        total = len(loader.dataset)  # type: ignore[arg-type]  # an OCTDataset has a length
+        task = progress.add_task(description, total=total, loss=0.0, acc=0.0, ips=0.0)
         for images, labels in loader:
             inputs = prepare_input(images, precision.device, channels_last)
             labels = labels.to(precision.device)

@@ -34,7 +34,7 @@ def save_overlay(image: np.ndarray, heatmap: np.ndarray, path: Path) -> None:
 
 def plot_explanation_grid(
     images: Sequence[np.ndarray],
-    maps: Mapping[str, Sequence[np.ndarray]],
+    maps: Mapping[str, Sequence[np.ndarray] | np.ndarray],
     row_titles: Sequence[str],
     path: Path,
     title: str = "",

@@ -75,7 +75,7 @@ def plan_scans(n_per_class: int, seed: int) -> list[ScanJob]:
         rng = np.random.default_rng([seed, class_index])
         sizes: list[int] = []
         while sum(sizes) < n_per_class:
-            sizes.append(int(min(rng.integers(1, largest + 1), n_per_class - sum(sizes))))
+            sizes.append(min(int(rng.integers(1, largest + 1)), n_per_class - sum(sizes)))
         splits = ["train"] * len(sizes)
         position = len(sizes) - 1
         for split, fraction in SPLIT_FRACTIONS[:0:-1]:  # test, then val
