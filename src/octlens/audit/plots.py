@@ -6,15 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from octlens.audit.faithfulness import PerturbationCurves
 from octlens.audit.sanity import PASS_BELOW, SanityResult
 from octlens.viz import overlay_rgb
+from octlens.viz.pyplot import pyplot as plt
 
 
 def plot_perturbation_curves(

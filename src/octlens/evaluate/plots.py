@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import roc_curve
+
+from octlens.viz.pyplot import pyplot as plt
 
 
 def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path) -> None:

@@ -7,12 +7,8 @@ import io
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from octlens.files import atomic_write, write_text
+from octlens.viz.pyplot import pyplot as plt
 
 FIELDS = (
     "epoch",

@@ -180,7 +180,7 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
                 stopped_early = True
                 console.print(f"early stop: no val-loss improvement in {config.patience} epochs")
                 break
-            _seed_everything(config.seed * 1_000_003 + epoch)
+            _seed_everything(epoch_seed(config.seed, epoch))
             loader = _train_loader(train_set, config, workers, epoch)
             lr = scheduler.get_last_lr()[0]
             started = time.perf_counter()
@@ -266,6 +266,12 @@ def _saved(history: list[dict[str, Any]]) -> str:
     if not history:
         return "no epoch finished, so no checkpoint was written"
     return f"epochs 1-{len(history)} are saved (last.safetensors)"
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of every random stream in ``epoch`` (shuffling, augmentation, dropout): a run
+    resumed at an epoch boundary continues exactly as an uninterrupted one."""
+    return seed * 1_000_003 + epoch
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):
@@ -403,7 +409,7 @@ def _warn_leakage(index: DatasetIndex, train_split: str) -> None:
 
 
 def _train_loader(dataset: OCTDataset, config: TrainConfig, workers: int, epoch: int) -> DataLoader:
-    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
     sampler = None
     if config.balance == "sampler":
         counts = Counter(dataset.labels)

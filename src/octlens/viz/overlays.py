@@ -10,12 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib import cm
+from matplotlib import cm, colormaps
+
+from octlens.viz.pyplot import pyplot as plt
 
 CMAP = "inferno"
 
@@ -23,7 +21,7 @@ CMAP = "inferno"
 def overlay_rgb(image: np.ndarray, heatmap: np.ndarray, max_alpha: float = 0.65) -> np.ndarray:
     """RGB (H, W, 3) of a [0, 1] grayscale image under a [0, 1] heatmap."""
     gray = np.repeat(image[..., None], 3, axis=2)
-    colours = matplotlib.colormaps[CMAP](heatmap)[..., :3]
+    colours = colormaps[CMAP](heatmap)[..., :3]
     alpha = max_alpha * heatmap[..., None]
     return (1 - alpha) * gray + alpha * colours
 

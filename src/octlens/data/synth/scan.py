@@ -16,9 +16,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from octlens.data.index import OCT2017_CLASSES
 from octlens.data.synth.lesions import LESION_MAKERS, Lesions, healthy
 
-CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
+CLASSES = OCT2017_CLASSES  # the synthetic data has OCT2017's classes, in its order
 
 # Retinal layers from Bruch's membrane up: (name, thickness in px at 496 px high, reflectivity).
 # The inner five thin out in the foveal pit and thicken in DME.
