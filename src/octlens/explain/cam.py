@@ -82,7 +82,23 @@ class _GradientCAM(Explainer):
 
 
 class GradCAM(_GradientCAM):
-    """Channel weights are the spatially averaged gradients."""
+    r"""Grad-CAM (Selvaraju et al., 2017): channels weighted by their mean gradient.
+
+    .. math:: L^c = \mathrm{ReLU}\Big(\sum_k \frac{1}{hw}\sum_{ij}
+        \frac{\partial y^c}{\partial A^k_{ij}}\, A^k\Big)
+
+    Args:
+        model: a CNN or a timm ViT, in any mode (explaining runs it in eval mode and restores it).
+        target_layer: the module whose output ``A`` is explained, by object or dotted name;
+            default: a CNN's last feature stage, a ViT's last ``blocks[-1].norm1`` (tokens are
+            reshaped to the patch grid, prefix tokens dropped).
+        precision: ``auto`` (fp32 on CPUs, AMP on CUDA), ``fp32``, ``bf16``, ``fp16``, or a plan.
+
+    Example::
+
+        explanation = GradCAM(model)(images)            # targets: the predicted classes
+        explanation.raw.shape                           # (B, H, W), fp32, at input size
+    """
 
     @staticmethod
     def combine(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
@@ -91,7 +107,24 @@ class GradCAM(_GradientCAM):
 
 
 class HiResCAM(_GradientCAM):
-    """Gradients multiply activations element-wise: faithful to the score for linear heads."""
+    r"""HiResCAM (Draelos & Carin, 2020): gradients times activations, element-wise.
+
+    .. math:: L^c = \mathrm{ReLU}\Big(\sum_k \frac{\partial y^c}{\partial A^k} \odot A^k\Big)
+
+    Faithful to the score when the head is linear in the activations (then it sums to the
+    score up to the bias); equal to Grad-CAM after global average pooling and a linear head.
+
+    Args:
+        model: a CNN or a timm ViT, in any mode (explaining runs it in eval mode and restores it).
+        target_layer: the module whose output ``A`` is explained, by object or dotted name;
+            default: a CNN's last feature stage, a ViT's last ``blocks[-1].norm1`` (tokens are
+            reshaped to the patch grid, prefix tokens dropped).
+        precision: ``auto`` (fp32 on CPUs, AMP on CUDA), ``fp32``, ``bf16``, ``fp16``, or a plan.
+
+    Example::
+
+        maps = HiResCAM(model, target_layer="layer4")(images, targets=[0, 2]).normalized
+    """
 
     @staticmethod
     def combine(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
@@ -99,7 +132,24 @@ class HiResCAM(_GradientCAM):
 
 
 class LayerCAM(_GradientCAM):
-    """Positive gradients weight each location: usable at early, high-resolution layers."""
+    r"""LayerCAM (Jiang et al., 2021): each location weighted by its positive gradient.
+
+    .. math:: L^c = \mathrm{ReLU}\Big(\sum_k \mathrm{ReLU}\Big(
+        \frac{\partial y^c}{\partial A^k}\Big) \odot A^k\Big)
+
+    Usable at early, high-resolution layers, where channel-averaged weights wash out.
+
+    Args:
+        model: a CNN or a timm ViT, in any mode (explaining runs it in eval mode and restores it).
+        target_layer: the module whose output ``A`` is explained, by object or dotted name;
+            default: a CNN's last feature stage, a ViT's last ``blocks[-1].norm1`` (tokens are
+            reshaped to the patch grid, prefix tokens dropped).
+        precision: ``auto`` (fp32 on CPUs, AMP on CUDA), ``fp32``, ``bf16``, ``fp16``, or a plan.
+
+    Example::
+
+        maps = LayerCAM(model, target_layer="layer2")(images).raw
+    """
 
     @staticmethod
     def combine(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
@@ -107,7 +157,26 @@ class LayerCAM(_GradientCAM):
 
 
 class GradCAMPlusPlus(_GradientCAM):
-    """Pixel-wise weighting of positive gradients: better for several instances of a class."""
+    r"""Grad-CAM++ (Chattopadhay et al., 2018): pixel-wise weights of positive gradients.
+
+    .. math:: L^c = \mathrm{ReLU}\Big(\sum_k w_k A^k\Big),\quad
+        w_k = \sum_{ij} \alpha^k_{ij}\, \mathrm{ReLU}(G^k_{ij}),\quad
+        \alpha^k_{ij} = \frac{(G^k_{ij})^2}{2 (G^k_{ij})^2 + \sum_{ab} A^k_{ab} (G^k_{ij})^3}
+
+    with :math:`G = \partial y^c / \partial A` (the closed form for an exponential score;
+    :math:`\alpha = 0` where :math:`G = 0`). Meant for several instances of a class in a scan.
+
+    Args:
+        model: a CNN or a timm ViT, in any mode (explaining runs it in eval mode and restores it).
+        target_layer: the module whose output ``A`` is explained, by object or dotted name;
+            default: a CNN's last feature stage, a ViT's last ``blocks[-1].norm1`` (tokens are
+            reshaped to the patch grid, prefix tokens dropped).
+        precision: ``auto`` (fp32 on CPUs, AMP on CUDA), ``fp32``, ``bf16``, ``fp16``, or a plan.
+
+    Example::
+
+        maps = GradCAMPlusPlus(model)(images).normalized
+    """
 
     eps = 1e-6
 

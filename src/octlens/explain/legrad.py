@@ -25,6 +25,23 @@ from octlens.runtime import PrecisionPlan
 
 
 class LeGrad(Explainer):
+    r"""LeGrad (Bousselham et al., 2024): positive gradients of per-block scores w.r.t. attention.
+
+    .. math:: s_l = \mathrm{head}(\mathrm{norm}(\overline{z_l}))_c,\quad
+        E_l = \mathrm{mean}_{heads,\,queries}\,\mathrm{ReLU}\Big(
+        \frac{\partial s_l}{\partial A_l}\Big),\quad
+        L = \frac{1}{n}\sum_{l > L - n} E_l[\mathrm{patches}]
+
+    Args:
+        model: a timm ViT (refused otherwise, with a line naming what it lacks).
+        num_blocks: the last ``n`` blocks averaged (default: all).
+        precision: ``auto`` (fp32 on CPUs, AMP on CUDA), ``fp32``, ``bf16``, ``fp16``, or a plan.
+
+    Example::
+
+        maps = LeGrad(vit, num_blocks=4)(images).normalized
+    """
+
     vit_only = True
     title = "LeGrad"
 

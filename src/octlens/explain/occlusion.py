@@ -16,6 +16,28 @@ from octlens.runtime import PrecisionPlan
 
 
 class Occlusion(Explainer):
+    r"""Occlusion sensitivity (Zeiler & Fergus, 2014; the OCT protocol of Kermany et al., 2018).
+
+    .. math:: L^c(x) = \frac{1}{|W(x)|} \sum_{w \ni x} \big(p^c(I) - p^c(I_{w \to f})\big)
+
+    the drop in the target's softmax probability when a ``window`` square is set to ``fill``,
+    averaged over the windows covering each pixel. Model-agnostic and gradient-free; one forward
+    pass per window position (batched).
+
+    Args:
+        model: any classifier.
+        window: side of the occluding square, in input pixels.
+        stride: step between window positions.
+        fill: the value the window is set to, in the model's input space (0: the mean pixel
+            after normalization).
+        batch_size: occluded copies per forward pass.
+        precision: ``auto`` (fp32 on CPUs, AMP on CUDA), ``fp32``, ``bf16``, ``fp16``, or a plan.
+
+    Example::
+
+        maps = Occlusion(model, window=16, stride=8)(images).raw
+    """
+
     def __init__(
         self,
         model: nn.Module,

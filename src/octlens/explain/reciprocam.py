@@ -37,6 +37,25 @@ def neighbourhood_weights(grid_h: int, grid_w: int) -> torch.Tensor:
 
 
 class ViTReciproCAM(Explainer):
+    r"""ViT-ReciproCAM (Byun & Lee, 2023): the target probability of spatially masked copies.
+
+    .. math:: L^c(p) = \mathrm{softmax}\big(f_{>b}(M_p \odot \mathrm{norm1}_b(z))\big)_c
+
+    where :math:`M_p` keeps the prefix tokens and the 3x3 neighbourhood of patch ``p``
+    (weights ``[[1,2,1],[2,4,2],[1,2,1]]/16``) and :math:`f_{>b}` is the rest of block ``b``,
+    the later blocks and the head. Gradient-free; copies of several images run in one batch.
+
+    Args:
+        model: a timm ViT (refused otherwise, with a line naming what it lacks).
+        block: the block whose normed tokens are masked (default: the last).
+        batch_size: masked copies per forward pass.
+        precision: ``auto`` (fp32 on CPUs, AMP on CUDA), ``fp32``, ``bf16``, ``fp16``, or a plan.
+
+    Example::
+
+        maps = ViTReciproCAM(vit, batch_size=256)(images).raw   # also "vit-reciprocam"
+    """
+
     vit_only = True
     title = "ViT-ReciproCAM"
 

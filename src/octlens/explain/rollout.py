@@ -40,6 +40,25 @@ def record_attention(model: nn.Module) -> tuple[list[torch.Tensor], list]:
 
 
 class AttentionRollout(Explainer):
+    r"""Attention rollout (Abnar & Zuidema, 2020): attention propagated through the blocks.
+
+    .. math:: \hat A_l = \mathrm{rownorm}\big(\mathrm{fuse}_{heads}(A_l) + I\big),\quad
+        R = \hat A_L \cdots \hat A_1,\quad L = R_{\mathrm{CLS},\,patches}
+
+    Class-agnostic: the targets are reported, not used (so it fails the sanity check's head
+    randomization by design).
+
+    Args:
+        model: a timm ViT (refused otherwise, with a line naming what it lacks).
+        head_fusion: ``mean``, ``max`` or ``min`` over the heads.
+        discard_ratio: share of each row's lowest weights set to zero (CLS column kept).
+        precision: ``auto`` (fp32 on CPUs, AMP on CUDA), ``fp32``, ``bf16``, ``fp16``, or a plan.
+
+    Example::
+
+        maps = AttentionRollout(vit, head_fusion="max", discard_ratio=0.9)(images).raw
+    """
+
     vit_only = True
     title = "attention rollout"
 
