@@ -315,5 +315,6 @@ def test_train_takes_a_config_file_with_overrides(monkeypatch, capsys, tiny_data
     saved = json.loads((run / "best.json").read_text())["config"]
     assert saved["epochs"] == 1 and saved["img_size"] == 32 and saved["out"] == str(run)
     assert saved["num_workers"] == 0 and saved["lr"] == TrainConfig.model_fields["lr"].default
+    assert json.loads((run / "config.json").read_text()) == saved  # the run's own settings file
     status, _, err = _in_process(monkeypatch, capsys, "train", "--out", str(tmp_path / "x"))
     assert status == 2 and err.startswith("error: --data: Field required"), err

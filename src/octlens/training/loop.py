@@ -37,7 +37,7 @@ from octlens.data.index import SINGLE_SPLIT, DatasetIndex, DataWarning, Sample, 
 from octlens.data.splits import find_leakage, split_by_patient, write_carved
 from octlens.data.transforms import Normalization, eval_transform, train_transform
 from octlens.errors import Interrupted, OctlensError
-from octlens.files import remove_stale_temps, require_writable_folder
+from octlens.files import remove_stale_temps, require_writable_folder, write_text
 from octlens.models import create_model, is_vit
 from octlens.runtime import PrecisionPlan, resolve_device, resolve_precision
 from octlens.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -117,6 +117,7 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
     require_writable_folder(out)
     for stale in remove_stale_temps(out):
         console.print(f"removed {stale.name}, left by an interrupted checkpoint write")
+    write_text(out / "config.json", config.model_dump_json(indent=2))
     if carved:
         write_carved(out, index, carved)
 
