@@ -30,7 +30,15 @@ from octlens.runtime import PrecisionPlan
 
 
 class _GradientCAM(Explainer):
-    """Captures the target layer's output, differentiates the target scores, combines."""
+    """Captures the target layer's output, differentiates the target scores, combines.
+
+    Args:
+        model: a CNN or a timm ViT, in any mode (explaining runs it in eval mode and restores it).
+        target_layer: the module whose output ``A`` is explained, by object or dotted name;
+            default: a CNN's last feature stage, a ViT's last ``blocks[-1].norm1`` (tokens are
+            reshaped to the patch grid, prefix tokens dropped).
+        precision: ``auto`` (fp32 on CPUs, AMP on CUDA), ``fp32``, ``bf16``, ``fp16``, or a plan.
+    """
 
     def __init__(
         self,
@@ -87,12 +95,7 @@ class GradCAM(_GradientCAM):
     .. math:: L^c = \mathrm{ReLU}\Big(\sum_k \frac{1}{hw}\sum_{ij}
         \frac{\partial y^c}{\partial A^k_{ij}}\, A^k\Big)
 
-    Args:
-        model: a CNN or a timm ViT, in any mode (explaining runs it in eval mode and restores it).
-        target_layer: the module whose output ``A`` is explained, by object or dotted name;
-            default: a CNN's last feature stage, a ViT's last ``blocks[-1].norm1`` (tokens are
-            reshaped to the patch grid, prefix tokens dropped).
-        precision: ``auto`` (fp32 on CPUs, AMP on CUDA), ``fp32``, ``bf16``, ``fp16``, or a plan.
+    Takes ``model``, ``target_layer`` and ``precision``, as every CAM does (see the base).
 
     Example::
 
@@ -114,12 +117,7 @@ class HiResCAM(_GradientCAM):
     Faithful to the score when the head is linear in the activations (then it sums to the
     score up to the bias); equal to Grad-CAM after global average pooling and a linear head.
 
-    Args:
-        model: a CNN or a timm ViT, in any mode (explaining runs it in eval mode and restores it).
-        target_layer: the module whose output ``A`` is explained, by object or dotted name;
-            default: a CNN's last feature stage, a ViT's last ``blocks[-1].norm1`` (tokens are
-            reshaped to the patch grid, prefix tokens dropped).
-        precision: ``auto`` (fp32 on CPUs, AMP on CUDA), ``fp32``, ``bf16``, ``fp16``, or a plan.
+    Takes ``model``, ``target_layer`` and ``precision``, as every CAM does (see the base).
 
     Example::
 
@@ -139,12 +137,7 @@ class LayerCAM(_GradientCAM):
 
     Usable at early, high-resolution layers, where channel-averaged weights wash out.
 
-    Args:
-        model: a CNN or a timm ViT, in any mode (explaining runs it in eval mode and restores it).
-        target_layer: the module whose output ``A`` is explained, by object or dotted name;
-            default: a CNN's last feature stage, a ViT's last ``blocks[-1].norm1`` (tokens are
-            reshaped to the patch grid, prefix tokens dropped).
-        precision: ``auto`` (fp32 on CPUs, AMP on CUDA), ``fp32``, ``bf16``, ``fp16``, or a plan.
+    Takes ``model``, ``target_layer`` and ``precision``, as every CAM does (see the base).
 
     Example::
 
@@ -166,12 +159,7 @@ class GradCAMPlusPlus(_GradientCAM):
     with :math:`G = \partial y^c / \partial A` (the closed form for an exponential score;
     :math:`\alpha = 0` where :math:`G = 0`). Meant for several instances of a class in a scan.
 
-    Args:
-        model: a CNN or a timm ViT, in any mode (explaining runs it in eval mode and restores it).
-        target_layer: the module whose output ``A`` is explained, by object or dotted name;
-            default: a CNN's last feature stage, a ViT's last ``blocks[-1].norm1`` (tokens are
-            reshaped to the patch grid, prefix tokens dropped).
-        precision: ``auto`` (fp32 on CPUs, AMP on CUDA), ``fp32``, ``bf16``, ``fp16``, or a plan.
+    Takes ``model``, ``target_layer`` and ``precision``, as every CAM does (see the base).
 
     Example::
 
