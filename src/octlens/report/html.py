@@ -157,7 +157,8 @@ def _run_section(run: Run, index: DatasetIndex | None, split: str, scans: list[P
                 size = run.img_size
                 image = np.asarray(load_grayscale(scans[0]).resize((size, size)), np.float32)
                 patches = Path(tmp) / "patches.png"
-                plot_patchified(image / 255, vit_parts(model).patch_size[0], patches)
+                vit = vit_parts(model)
+                plot_patchified(image / 255, vit.patch_size, vit.grid(image.shape), patches)
                 parts.append(figure_html("What the ViT sees: patches and token order", patches))
     parts.append(audit_figures(run.audit_dir(split)))
     return f"<div class='run'>{''.join(parts)}</div>"

@@ -12,6 +12,7 @@ scans need, the data it may be scored on, and the folders its results are writte
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -37,7 +38,7 @@ class Run:
     def load(cls, path: str | Path) -> Run:
         return cls(load_checkpoint(path))
 
-    @property
+    @functools.cached_property
     def info(self) -> CheckpointMeta:
         """The checkpoint's metadata, checked and typed."""
         return CheckpointMeta.model_validate(self.checkpoint.meta)
