@@ -96,7 +96,9 @@ def _train(config: Path | None = None, resume: bool = False, **options: object) 
     from octlens.training import TrainConfig
     from octlens.training import train as train_run
 
-    settings = dict(read_json(config)) if config is not None else {}
+    settings = read_json(config) if config is not None else {}
+    if not isinstance(settings, dict):
+        raise OctlensError(f"{config}: --config must hold a JSON object of settings")
     for option, value in options.items():
         if value is not None and value != []:
             settings[_TRAIN_FIELDS.get(option, option)] = value
