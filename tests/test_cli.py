@@ -318,7 +318,10 @@ def test_train_takes_a_config_file_with_overrides(monkeypatch, capsys, tiny_data
     assert json.loads((run / "config.json").read_text()) == saved  # the run's own settings file
     status, _, err = _in_process(monkeypatch, capsys, "train", "--out", str(tmp_path / "x"))
     assert status == 2 and err.startswith("error: --data: Field required"), err
-    for content, message in (("[1, 2]", "must hold a JSON object"), ('{"bogus": 1}', "--bogus")):
+    for content, message in (
+        ("[1, 2]", "must hold a JSON object"),
+        ('{"data": "d", "out": "o", "bogus": 1}', "--bogus: Extra inputs are not permitted"),
+    ):
         config.write_text(content)
         status, _, err = _in_process(monkeypatch, capsys, "train", "--config", str(config))
         assert status == 2 and message in err and err.count("\n") == 1, err
