@@ -79,6 +79,7 @@ class DatasetIndex:
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     #: Per MedMNIST split, the factor that maps its pixel values to 0..255.
     scales: dict[str, float] = field(default_factory=dict, repr=False)
+    _fingerprints: dict[tuple[Sample, ...], str] = field(default_factory=dict, repr=False)
 
     def split(self, name: str) -> list[Sample]:
         if name not in self.splits:
@@ -101,7 +102,13 @@ class DatasetIndex:
         """A short digest of ``samples``, so a result can later be matched to the data it was
         computed on: file names, classes, sizes and the first and last 4 KiB of each file (a
         rewritten scan changes its header or its end; reading all of it would cost minutes on
-        the full OCT2017), or the pixels of .npz images."""
+        the full OCT2017), or the pixels of .npz images. Computed once per set of samples."""
+        key = tuple(samples)
+        if key not in self._fingerprints:
+            self._fingerprints[key] = self._digest(key)
+        return self._fingerprints[key]
+
+    def _digest(self, samples: tuple[Sample, ...]) -> str:
         digest = hashlib.sha256()
         for sample in samples:
             if sample.index is None:
