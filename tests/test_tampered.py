@@ -220,3 +220,18 @@ def test_truncated_or_foreign_results_are_one_line_errors(run, tmp_path, content
 def test_report_out_that_is_a_folder_is_refused(run, tmp_path):
     with pytest.raises(OctlensError, match="--out is a folder"):
         write_report([run], tmp_path)
+
+
+def test_metrics_without_a_data_record_are_recomputed_for_the_report(
+    evaluated, tiny_data, tmp_path
+):
+    copy = tmp_path / "run"
+    shutil.copytree(evaluated, copy)
+    metrics_path = copy / "eval" / "test" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    del metrics["data_fingerprint"]  # as written by octlens before it recorded the data
+    metrics["accuracy"] = 0.123456
+    metrics_path.write_text(json.dumps(metrics))
+    with pytest.warns(DataWarning, match="does not record its data; the report evaluates"):
+        text = write_report([copy], tmp_path / "report.html", data=tiny_data).read_text()
+    assert "0.123" not in text

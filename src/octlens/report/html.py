@@ -174,8 +174,9 @@ def _evaluation(run: Run, index: DatasetIndex | None, split: str, scratch: Path)
         recorded = _read_result(stored / "metrics.json").get("data_fingerprint")
         if _same_data(recorded, index, split, run):
             return stored
+        why = "was computed on other data" if recorded else "does not record its data"
         warnings.warn(
-            f"{stored / 'metrics.json'} was computed on other data; the report evaluates "
+            f"{stored / 'metrics.json'} {why}; the report evaluates "
             f"{run.folder} on {index.root} ({split}) afresh",
             DataWarning,
             stacklevel=3,
