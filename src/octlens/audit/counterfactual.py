@@ -1,0 +1,303 @@
+"""Counterfactual region tests: change one region of a scan, keep everything else, and see what
+the model does. They need no planted marks and no manifest, so they work on a user's own data.
+
+Three tests, each a few forward passes per scan, all on the model's normalized input
+(B, 1, S, S) with boolean region masks (B, S, S) at the same size:
+
+**Region swap** (:func:`region_swap`). For each scan *i* and each of ``k`` donors *d* whose
+predicted class differs from *i*'s, the pixels of a region (the corners, the border band, the
+scanner's fill, or everything off the retina) that lie off the retina in *both* scans are copied
+from *d* into *i*, so no anatomy moves. With :math:`\\hat y` the model's prediction:
+
+.. math::
+
+    \\text{flip}_i = \\frac1k \\sum_d [\\hat y(\\text{swap}(x_i, x_d, R)) = \\hat y(x_d)]
+
+is the *flip-to-donor* rate: the prediction moves to the donor's predicted class. Using the
+donor's prediction rather than its label makes the test label-free, and it is what a shortcut
+follows (on the planted test split the marks lie about the label). Two controls, per scan:
+
+- *random place*: the same donor's pixels in a mask of exactly the same area, moved by a random
+  offset of 2/5 to 3/5 of the side in each direction (``torch.roll``), which takes the corners
+  and the border band to the middle of the scan: copying that much donor content elsewhere;
+- *same class*: the same swap from a donor the model puts in the scan's own class; its rate of
+  *any* change of prediction is what swapping that region does when it carries no class.
+
+**Region-only** (:func:`region_only`): the retina replaced by background texture (pixels drawn at
+random from the off-retina, non-fill pixels of the same row in all scans), and separately
+everything off the retina replaced by it. The accuracy of each against the unchanged scans and
+against chance, and Cohen's kappa between the changed and the original predictions (agreement
+beyond what the two prediction frequencies give by chance).
+
+**Aspect** (:func:`reacquired`): a scan of width *W* presented as if acquired with *W'* A-scans at
+the same spacing (a centre crop when narrower, mirrored sides when wider) before the model's
+whole-scan resize, so the retina is squashed as in a scan of that width; the share of predictions
+that change, per width. Mirroring repeats the anatomy (three times at 3x the width), so large
+changes far from the scan's own width are expected of any model; neighbouring widths (512 and
+768) are the informative comparison.
+
+**Verdict** (:attr:`SwapResult.flagged`): a region is flagged when its swap's *effect*,
+:math:`\\overline{\\text{flip}} - \\max(\\overline{\\text{flip}}_{\\text{random place}},
+\\overline{\\text{changed}}_{\\text{same class}})`, is at least :data:`MIN_EFFECT` and the lower end
+of its 95% bootstrap interval (scans resampled) is above zero. Region-only and aspect results are
+reported beside it, not flagged on their own: a retina-shaped hole still shows the retina's outline
+(anatomy), and a squashed scan changes the lesions' shapes too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+#: Smallest effect (flip-to-donor rate above both controls) that flags a region.
+MIN_EFFECT = 0.05
+#: Bootstrap resamples for every interval.
+RESAMPLES = 2000
+
+#: (B, 1, S, S) normalized images -> (B, K) class probabilities.
+Predict = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean over scans and its 95% percentile-bootstrap interval."""
+
+    mean: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.mean:.0%} [{self.low:.0%}-{self.high:.0%}]"
+
+
+@dataclass(frozen=True)
+class SwapResult:
+    """One region's swap and its controls; rates are means over the scans with a donor."""
+
+    n_scans: int
+    flip_to_donor: Interval
+    random_place: Interval  # flip-to-donor rate when the donor pixels land at random places
+    same_class: Interval  # rate of any change when the donor has the scan's predicted class
+    effect: Interval  # flip_to_donor - max(random_place, same_class)
+    probability_change: float  # mean change of the originally predicted class's probability
+    area: float  # mean share of the image swapped
+    flagged: bool
+
+
+def bootstrap(
+    statistic: Callable[[torch.Tensor], torch.Tensor], n: int, seed: int = 0
+) -> torch.Tensor:
+    """``statistic(indices)`` for :data:`RESAMPLES` resamples of ``range(n)`` with replacement;
+    ``statistic`` takes (R, n) indices and returns (R,) values."""
+    generator = torch.Generator().manual_seed(seed)
+    return statistic(torch.randint(n, (RESAMPLES, n), generator=generator))
+
+
+def interval(values: torch.Tensor, seed: int = 0) -> Interval:
+    """Mean of per-scan ``values`` (N,) with its bootstrap interval."""
+    values = values.double().cpu()
+    means = bootstrap(lambda rows: values[rows].mean(dim=1), len(values), seed)
+    return _interval(values.mean().item(), means)
+
+
+def _interval(mean: float, resampled: torch.Tensor) -> Interval:
+    low, high = torch.quantile(resampled.double(), torch.tensor([0.025, 0.975], dtype=torch.double))
+    return Interval(mean, low.item(), high.item())
+
+
+def choose_donors(
+    predictions: torch.Tensor, k: int, same_class: bool, seed: int = 0
+) -> torch.Tensor:
+    """(N, k) donor indices: scans predicted in another class (or, with ``same_class``, in the
+    same class, never the scan itself), drawn with replacement; -1 where no scan qualifies."""
+    generator = torch.Generator().manual_seed(seed)
+    predictions = predictions.cpu()
+    n = len(predictions)
+    donors = torch.full((n, k), -1, dtype=torch.long)
+    for i in range(n):
+        same = predictions == predictions[i]
+        pool = torch.nonzero(same if same_class else ~same).flatten()
+        pool = pool[pool != i]
+        if len(pool):
+            donors[i] = pool[torch.randint(len(pool), (k,), generator=generator)]
+    return donors
+
+
+def swap_mask(region: torch.Tensor, retina: torch.Tensor, donors: torch.Tensor) -> torch.Tensor:
+    """(N, S, S): the region of either scan, where neither scan has retina (no anatomy moves)."""
+    return (region | region[donors]) & ~retina & ~retina[donors]
+
+
+def pasted(images: torch.Tensor, donors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``images`` with the ``mask`` pixels of each scan taken from its donor."""
+    return torch.where(mask[:, None], images[donors], images)
+
+
+def moved(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each (S, S) mask rolled by a random offset of 2/5 to 3/5 of the side on both axes: the
+    same area, somewhere else (corner squares of 1/5 and the border band land mid-scan)."""
+    height, width = mask.shape[-2:]
+    shifted = torch.empty_like(mask)
+    for i in range(len(mask)):
+        dy = int(torch.randint(2 * height // 5, 3 * height // 5 + 1, (1,), generator=generator))
+        dx = int(torch.randint(2 * width // 5, 3 * width // 5 + 1, (1,), generator=generator))
+        shifted[i] = torch.roll(mask[i], (dy, dx), dims=(0, 1))
+    return shifted
+
+
+def region_swap(
+    predict: Predict,
+    images: torch.Tensor,
+    region: torch.Tensor,
+    retina: torch.Tensor,
+    other_donors: torch.Tensor,
+    same_donors: torch.Tensor,
+    seed: int = 0,
+) -> SwapResult | None:
+    """Swap ``region`` from each scan's donors, with both controls; None when no scan has a donor
+    of another predicted class (a model that predicts one class for everything)."""
+    probabilities = predict(images)
+    predicted = probabilities.argmax(dim=1)
+    k = other_donors.shape[1]
+    generator = torch.Generator().manual_seed(seed)
+    device = images.device
+    flips, placed, changes, deltas, areas = [], [], [], [], []
+    for column in range(k):
+        donors = other_donors[:, column].to(device)
+        mine = donors.clamp(min=0)
+        mask = swap_mask(region, retina, mine)
+        swapped = predict(pasted(images, mine, mask))
+        flips.append(swapped.argmax(dim=1) == predicted[mine])
+        deltas.append(swapped.gather(1, predicted[:, None])[:, 0] - probabilities.max(dim=1).values)
+        areas.append(mask.flatten(1).float().mean(dim=1))
+        elsewhere = moved(mask.cpu(), generator).to(device)
+        placed.append(predict(pasted(images, mine, elsewhere)).argmax(dim=1) == predicted[mine])
+        same = same_donors[:, column].to(device)
+        alike = same.clamp(min=0)
+        changed = predict(pasted(images, alike, swap_mask(region, retina, alike)))
+        changes.append(torch.where(same >= 0, changed.argmax(dim=1) != predicted, False))
+    valid = (other_donors[:, 0] >= 0).to(device)
+    if not valid.any():
+        return None
+
+    def per_scan(values: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(values, dim=1).float().mean(dim=1)[valid].cpu().double()
+
+    flip, random_place = per_scan(flips), per_scan(placed)
+    has_same = (same_donors[:, 0] >= 0).to(device)[valid].cpu()
+    same_class = torch.where(has_same, per_scan(changes), torch.nan)
+
+    def effect(rows: torch.Tensor) -> torch.Tensor:
+        same = same_class[rows].nanmean(dim=1).nan_to_num(0.0)
+        return flip[rows].mean(dim=1) - torch.maximum(random_place[rows].mean(dim=1), same)
+
+    count = int(valid.sum())
+    effect_interval = _interval(
+        effect(torch.arange(count)[None]).item(), bootstrap(effect, count, seed)
+    )
+    return SwapResult(
+        n_scans=count,
+        flip_to_donor=interval(flip, seed),
+        random_place=interval(random_place, seed),
+        same_class=interval(same_class[has_same] if has_same.any() else torch.zeros(1), seed),
+        effect=effect_interval,
+        probability_change=per_scan(deltas).mean().item(),
+        area=per_scan(areas).mean().item(),
+        flagged=effect_interval.mean >= MIN_EFFECT and effect_interval.low > 0,
+    )
+
+
+def background_texture(
+    images: torch.Tensor, background: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """(N, 1, S, S) of pixels drawn at random, row by row, from the ``background`` pixels of the
+    same row in all scans: the background's texture and its change with depth (dark vitreous
+    above, choroid below), with no place along the row and no class in it. A row with no
+    background pixel in any scan draws from all background pixels."""
+    rows = images[:, 0]
+    everywhere = rows[background]
+    if not len(everywhere):
+        raise ValueError("no background pixels to draw texture from")
+    texture = torch.empty_like(rows)
+    n, _, width = rows.shape
+    for row in range(rows.shape[1]):
+        pool = rows[:, row][background[:, row]]
+        pool = pool if len(pool) else everywhere
+        picks = torch.randint(len(pool), (n, width), generator=generator).to(pool.device)
+        texture[:, row] = pool[picks]
+    return texture[:, None]
+
+
+@dataclass(frozen=True)
+class OnlyResult:
+    """The model on one kind of changed scan."""
+
+    accuracy: Interval
+    kappa: Interval  # agreement with the original predictions beyond chance
+
+
+def region_only(
+    predict: Predict,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    retina: torch.Tensor,
+    fill: torch.Tensor,
+    seed: int = 0,
+) -> dict[str, OnlyResult]:
+    """``original``, ``background_only`` (retina replaced by texture) and ``retina_only``
+    (everything else replaced), each with accuracy and kappa against the original predictions."""
+    generator = torch.Generator().manual_seed(seed)
+    texture = background_texture(images, ~retina & ~fill, generator)
+    inside = retina[:, None]
+    variants = {
+        "original": images,
+        "background_only": torch.where(inside, texture, images),
+        "retina_only": torch.where(inside, images, texture),
+    }
+    original = predict(images).argmax(dim=1).cpu()
+    labels = labels.cpu()
+    results = {}
+    for name, variant in variants.items():
+        predicted = original if name == "original" else predict(variant).argmax(dim=1).cpu()
+        results[name] = OnlyResult(
+            accuracy=interval((predicted == labels).double(), seed),
+            kappa=kappa_interval(original, predicted, seed),
+        )
+    return results
+
+
+def cohen_kappa(first: torch.Tensor, second: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Cohen's kappa between rows of predictions (R, n) -> (R,); 1.0 where both are constant
+    and equal (total agreement), 0.0 where chance agreement is already total otherwise."""
+    observed = (first == second).double().mean(dim=-1)
+    one_hot = torch.nn.functional.one_hot
+    p_first = one_hot(first, n_classes).double().mean(dim=-2)
+    p_second = one_hot(second, n_classes).double().mean(dim=-2)
+    expected = (p_first * p_second).sum(dim=-1)
+    denominator = 1 - expected
+    safe = torch.where(denominator > 1e-12, denominator, torch.ones_like(denominator))
+    return torch.where(denominator > 1e-12, (observed - expected) / safe, (observed == 1).double())
+
+
+def kappa_interval(first: torch.Tensor, second: torch.Tensor, seed: int = 0) -> Interval:
+    n_classes = int(max(first.max(), second.max())) + 1
+    mean = cohen_kappa(first[None], second[None], n_classes)[0].item()
+    resampled = bootstrap(
+        lambda rows: cohen_kappa(first[rows], second[rows], n_classes), len(first), seed
+    )
+    return _interval(mean, resampled)
+
+
+def reacquired(pixels: np.ndarray, width: int) -> np.ndarray:
+    """An (H, W) scan as if acquired with ``width`` A-scans at the same spacing: the centre
+    ``width`` columns when narrower, the sides mirrored outwards when wider."""
+    current = pixels.shape[1]
+    if width <= current:
+        start = (current - width) // 2
+        return pixels[:, start : start + width]
+    extra = width - current
+    left = extra // 2
+    return np.pad(pixels, ((0, 0), (left, extra - left)), mode="symmetric")

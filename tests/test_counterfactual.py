@@ -1,0 +1,161 @@
+"""The counterfactual region tests, checked by hand on models whose rule we wrote ourselves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from octlens.audit.counterfactual import (
+    choose_donors,
+    cohen_kappa,
+    moved,
+    reacquired,
+    region_only,
+    region_swap,
+    swap_mask,
+)
+from octlens.audit.shortcut import edge_regions
+
+SIZE, CLASSES = 40, 4
+LEVELS = torch.tensor([0.0, 1.0, 2.0, 3.0])
+
+
+def scans(per_class: int = 6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images whose top-left corner AND retina band both code the class; the retina is rows
+    15-25 (never in a corner square, which is 8 px here)."""
+    labels = torch.arange(CLASSES).repeat_interleave(per_class)
+    images = torch.randn(len(labels), 1, SIZE, SIZE) * 0.01
+    images[:, 0, :4, :4] += LEVELS[labels, None, None]
+    images[:, 0, 15:25, :] += LEVELS[labels, None, None]
+    retina = torch.zeros(len(labels), SIZE, SIZE, dtype=torch.bool)
+    retina[:, 15:25, :] = True
+    return images, labels, retina
+
+
+def reads(rows: slice, cols: slice):
+    """A model that predicts the class whose level is nearest the mean of one window."""
+
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        value = images[:, 0, rows, cols].mean(dim=(1, 2))
+        return torch.softmax(-10 * (value[:, None] - LEVELS[None]).abs(), dim=1)
+
+    return predict
+
+
+corner_reader = reads(slice(0, 4), slice(0, 4))
+retina_reader = reads(slice(15, 25), slice(0, SIZE))
+
+
+def swap(predict, region: torch.Tensor):
+    images, _, retina = scans()
+    predicted = predict(images).argmax(dim=1)
+    return region_swap(
+        predict,
+        images,
+        region.expand_as(retina),
+        retina,
+        choose_donors(predicted, 3, same_class=False),
+        choose_donors(predicted, 3, same_class=True),
+    )
+
+
+def test_a_corner_reader_follows_corner_swaps_and_not_the_controls():
+    result = swap(corner_reader, edge_regions(SIZE, SIZE)["corners"])
+    assert result.flip_to_donor.mean == 1.0  # every swapped corner takes the donor's class
+    assert result.random_place.mean == 0.0  # the same pixels mid-scan change nothing
+    assert result.same_class.mean == 0.0  # a same-class corner is no news
+    assert result.effect.mean == 1.0 and result.effect.low == 1.0
+    assert result.flagged
+    assert result.probability_change < -0.5  # its original class loses its probability
+    assert result.n_scans == 24
+
+
+def test_a_retina_reader_ignores_corner_and_background_swaps():
+    for region in (edge_regions(SIZE, SIZE)["corners"], edge_regions(SIZE, SIZE)["border"]):
+        result = swap(retina_reader, region)
+        assert result.flip_to_donor.mean == 0.0
+        assert not result.flagged
+
+
+def test_swaps_never_move_retina_pixels():
+    images, _, retina = scans()
+    donors = torch.roll(torch.arange(len(images)), 7)
+    everything = torch.ones_like(retina)
+    mask = swap_mask(everything, retina, donors)
+    assert not (mask & retina).any() and not (mask & retina[donors]).any()
+    # a retina reader is untouched by swapping the whole background
+    assert swap(retina_reader, torch.ones(SIZE, SIZE, dtype=torch.bool)).flip_to_donor.mean == 0
+
+
+def test_random_place_keeps_the_area_and_leaves_the_corners():
+    corners = edge_regions(SIZE, SIZE)["corners"].expand(5, SIZE, SIZE)
+    shifted = moved(corners, torch.Generator().manual_seed(0))
+    assert (shifted.flatten(1).sum(1) == corners.flatten(1).sum(1)).all()
+    assert not (shifted & corners).any()
+
+
+def test_a_half_reader_gives_the_effect_its_share():
+    """Reads the corner for classes 0-1 and the retina otherwise: hand-count the flips."""
+
+    def predict(images):
+        by_corner, by_retina = corner_reader(images), retina_reader(images)
+        use_corner = by_retina.argmax(dim=1) < 2
+        return torch.where(use_corner[:, None], by_corner, by_retina)
+
+    images, _, retina = scans(per_class=10)
+    predicted = predict(images).argmax(dim=1)
+    donors = choose_donors(predicted, 4, same_class=False, seed=3)
+    result = region_swap(
+        predict,
+        images,
+        edge_regions(SIZE, SIZE)["corners"].expand_as(retina),
+        retina,
+        donors,
+        choose_donors(predicted, 4, same_class=True),
+    )
+    expected = (predicted[:, None] < 2).float() * torch.ones(1, 4)  # class 0/1 scans flip always
+    assert result.flip_to_donor.mean == pytest.approx(expected.mean().item())
+    assert result.flagged and result.flip_to_donor.low < 0.5 < result.flip_to_donor.high
+
+
+def test_no_donor_of_another_class_means_no_result():
+    images, _, retina = scans()
+    constant = lambda x: torch.tensor([[0.7, 0.1, 0.1, 0.1]]).expand(len(x), 4)  # noqa: E731
+    predicted = constant(images).argmax(dim=1)
+    donors = choose_donors(predicted, 2, same_class=False)
+    assert (donors == -1).all()
+    corners = edge_regions(SIZE, SIZE)["corners"].expand_as(retina)
+    same = choose_donors(predicted, 2, same_class=True)
+    assert region_swap(constant, images, corners, retina, donors, same) is None
+
+
+def test_region_only_accuracy_and_agreement():
+    images, labels, retina = scans()
+    fill = torch.zeros_like(retina)
+    retina_result = region_only(retina_reader, images, labels, retina, fill)
+    assert retina_result["original"].accuracy.mean == 1.0
+    assert retina_result["retina_only"].accuracy.mean == 1.0
+    assert retina_result["retina_only"].kappa.mean == 1.0
+    assert retina_result["background_only"].kappa.mean < 0.2
+    corner_result = region_only(corner_reader, images, labels, retina, fill)
+    assert corner_result["background_only"].accuracy.mean == 1.0
+    assert corner_result["retina_only"].kappa.mean < 0.2
+
+
+def test_cohen_kappa_by_hand():
+    first = torch.tensor([0, 0, 1, 1])
+    assert cohen_kappa(first, first, 2).item() == 1.0
+    # observed 0.5, expected 0.5 * 0.5 + 0.5 * 0.5 = 0.5 -> 0
+    assert cohen_kappa(first, torch.tensor([0, 1, 0, 1]), 2).item() == 0.0
+    # constant and equal: total agreement
+    assert cohen_kappa(torch.zeros(4).long(), torch.zeros(4).long(), 2).item() == 1.0
+
+
+def test_reacquired_crops_and_mirrors():
+    pixels = np.arange(12).reshape(2, 6)
+    assert reacquired(pixels, 4).tolist() == [[1, 2, 3, 4], [7, 8, 9, 10]]
+    wide = reacquired(pixels, 10)
+    assert wide.shape == (2, 10)
+    assert wide[0].tolist() == [1, 0, 0, 1, 2, 3, 4, 5, 5, 4]
+    assert reacquired(pixels, 30).shape == (2, 30)  # wider than twice: mirrored again
