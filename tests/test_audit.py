@@ -14,12 +14,13 @@ import pytest
 from PIL import Image
 
 from octlens.audit import AuditResult, audit_run
-from octlens.audit.result import COLUMNS
+from octlens.audit.result import COLUMNS, REGION_WORDS
 from octlens.audit.shortcut import (
     ACCURACY_GAP,
     BORDER,
     CORNER,
     CORNER_ENRICHMENT,
+    attention_notes,
     edge_regions,
     shortcut_flags,
 )
@@ -81,20 +82,24 @@ def _method(corners: float, off_retina: float, passed: bool = True) -> dict:
 
 
 def test_flag_rule_both_sides():
-    clean = {"gradcam": _method(0.03, 0.6), "layercam": _method(0.05, 0.7)}
-    assert shortcut_flags(clean, accuracy_gap=0.02) == []
-    assert shortcut_flags(clean, accuracy_gap=None) == []
+    assert shortcut_flags({}, accuracy_gap=None) == []
+    assert shortcut_flags({}, accuracy_gap=ACCURACY_GAP - 0.01) == []
+    assert "misleading mark" in shortcut_flags({}, accuracy_gap=ACCURACY_GAP)[0]
+    swaps = {"corners": "corner content moves 31% of predictions"}
+    assert shortcut_flags(swaps, accuracy_gap=None) == [swaps["corners"]]
 
+
+def test_attention_notes_support_but_do_not_flag():
+    clean = {"gradcam": _method(0.03, 0.6), "layercam": _method(0.05, 0.7)}
+    assert attention_notes(clean) == []
     corner = CORNER_ENRICHMENT * 0.0625
     looking_at_corners = {"gradcam": _method(corner, 0.7), "layercam": _method(0.05, 0.7)}
-    reasons = shortcut_flags(looking_at_corners, accuracy_gap=None)
-    assert len(reasons) == 1 and "corners" in reasons[0] and "gradcam" in reasons[0]
-
-    assert "misleading mark" in shortcut_flags(clean, accuracy_gap=ACCURACY_GAP)[0]
+    notes = attention_notes(looking_at_corners)
+    assert len(notes) == 1 and "corners" in notes[0] and "gradcam" in notes[0]
     # A method that fails the sanity check has no vote while another passes.
     insane = {"gradcam": _method(0.03, 0.6), "rollout": _method(0.5, 0.95, passed=False)}
-    assert shortcut_flags(insane, accuracy_gap=None) == []
-    assert shortcut_flags({"rollout": insane["rollout"]}, accuracy_gap=None)
+    assert attention_notes(insane) == []
+    assert attention_notes({"rollout": insane["rollout"]})
 
 
 def test_edge_regions_cover_the_documented_areas():
@@ -152,6 +157,19 @@ def test_audit_writes_every_number_and_figure(marked_run):
     assert isinstance(result.flagged, bool)
     counts = Counter(w.scan for w in gradcam.worst_off_retina)
     assert len(counts) == len(gradcam.worst_off_retina)
+    evidence = result.counterfactual
+    assert set(evidence.swaps) == {"corners", "border", "fill", "off_retina"}
+    assert set(evidence.region_only) == {"original", "background_only", "retina_only"}
+    assert evidence.region_only["original"].accuracy.mean == pytest.approx(accuracy.all)
+    assert evidence.region_only["original"].kappa.mean == 1.0
+    assert set(evidence.aspect) == {"512", "768", "1536"}  # the scans are 128 px wide
+    assert sum(cluster.size for cluster in result.clusters) == result.n_scans
+    for region, swap in evidence.swaps.items():
+        if swap is not None:
+            flip = swap.flip_to_donor
+            assert 0 <= flip.low <= flip.mean <= flip.high <= 1
+            named = any(REGION_WORDS[region] in reason for reason in result.flag_reasons)
+            assert swap.flagged == named
 
 
 def test_audit_estimates_the_retina_on_data_without_masks(tmp_path, marked_run, real_dev):
@@ -196,7 +214,8 @@ def test_audit_cli_prints_the_table_and_verdict(marked_run, tmp_path):
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
-    assert "gradcam" in completed.stdout and "accuracy: clean scans" in completed.stdout
+    assert "gradcam" in completed.stdout and "planted marks: clean scans" in completed.stdout
+    assert "counterfactual region swaps" in completed.stdout
     assert "flagged" in completed.stdout.lower()
     assert (tmp_path / "audit.json").exists()
 
@@ -233,5 +252,8 @@ def test_report_shows_the_audit_table_verdict_and_figures(marked_run, tmp_path):
         assert " ".join(cells) in " ".join(html_cells), cells
     assert [c.header for c in terminal.columns[1:-1]] == [c.short for c in COLUMNS]
     assert "pixel AUROC" in page
-    assert "gradcam" in page and "<p><b>resnet18</b>: accuracy: clean scans" in page
+    assert "gradcam" in page and "<p><b>resnet18</b>: " in page
+    assert "planted marks: clean scans" in page and "retina only: accuracy" in page
+    assert "<h3>Counterfactual region swaps</h3>" in page
+    assert "<h3>Explanation clusters</h3>" in page
     assert "Scans with the most attention off the retina" in page

@@ -14,9 +14,13 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from octlens.errors import OctlensError
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 _TEMP_SUFFIX = ".octlens-tmp"
 # What octlens 0.1 named its checkpoint temporaries (they can be over 100 MB).
@@ -63,6 +67,19 @@ def read_json(path: Path) -> Any:
         raise OctlensError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise OctlensError(f"{path}: not a readable JSON file ({error})") from None
+
+
+def read_model(model: type[ModelT], path: Path, what: str, remedy: str) -> ModelT:
+    """A JSON file validated as ``model``; a truncated, edited or older file is one line naming
+    the first field that does not fit, and ``remedy``."""
+    try:
+        return model.model_validate(read_json(path))
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        raise OctlensError(
+            f"{path}: not {what} this octlens can read ({where}: {first['msg']}); {remedy}"
+        ) from None
 
 
 def require_writable_folder(folder: Path, what: str = "--out") -> Path:

@@ -6,7 +6,9 @@ measures faithfulness (deletion/insertion beside random maps, average drop/incre
 against lesion masks where the data has them, the cascading-randomization sanity check, and the
 share of attention off the retina, in the border band, the corners and the scanner's fill. On
 data with a planted mark (``shortcut.csv``) it also compares accuracy on clean and marked scans.
-:func:`~octlens.audit.shortcut.shortcut_flags` turns the numbers into a verdict.
+The counterfactual region tests (:mod:`octlens.audit.evidence`) lead the verdict, which
+:func:`~octlens.audit.shortcut.shortcut_flags` draws; the explanation clusters
+(:mod:`octlens.audit.clusters`) show groups of scans the model explains differently.
 
 Retina masks come from the dataset's ``retina/`` folder when it has one (synthetic data), else
 from :func:`octlens.data.retina.find_retina`.
@@ -22,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from octlens.audit.clusters import explanation_clusters
+from octlens.audit.evidence import counterfactual_evidence
 from octlens.audit.faithfulness import (
     PerturbationCurves,
     average_drop_increase,
@@ -38,6 +42,8 @@ from octlens.audit.plots import (
 from octlens.audit.result import (
     AccuracySummary,
     AuditResult,
+    ClusterSummary,
+    CounterfactualSummary,
     Curves,
     FaithfulnessProtocol,
     MethodSummary,
@@ -46,7 +52,13 @@ from octlens.audit.result import (
     WorstScan,
 )
 from octlens.audit.sanity import SanityResult, cascading_randomization
-from octlens.audit.shortcut import area_shares, attention_shares, region_masks, shortcut_flags
+from octlens.audit.shortcut import (
+    area_shares,
+    attention_notes,
+    attention_shares,
+    region_masks,
+    shortcut_flags,
+)
 from octlens.data.dataset import left_out
 from octlens.data.images import UnreadableImageError, load_grayscale
 from octlens.data.index import DatasetIndex, Sample
@@ -77,6 +89,7 @@ class AuditBatch:
     fill: torch.Tensor  # (N, S, S) bool
     retina_source: str  # "masks" or "estimated"
     marks: list[str | None] | None  # class name of each scan's planted mark, if any
+    sizes: list[tuple[int, int]]  # (height, width) of each scan as stored
 
 
 def audit_run(
@@ -116,7 +129,7 @@ def audit_run(
     n, height, width = audit.batch.retina.shape
     random_curves = audit.perturbation(random_maps((n, height, width)))
     scored = {name: score_method(audit, name, sanity_scans) for name in methods}
-    result = summarize(audit, scored, random_curves, worst)
+    result = summarize(audit, scored, random_curves, worst, counterfactual_evidence(audit))
     result.save(out / "audit.json")
     _write_figures(audit, scored, random_curves, worst, out, f"{result.model} on {split}")
     return result
@@ -146,6 +159,12 @@ class PreparedAudit:
         """Pixel value 0 in the model's input space: the deletion baseline."""
         normalization = self.run.checkpoint.normalization
         return -normalization.mean / normalization.std
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (N, K) of ``images`` on the device, in batches."""
+        with torch.inference_mode(), self.plan.autocast():
+            logits = [self.model(chunk) for chunk in images.split(self.batch_size)]
+        return torch.cat(logits).float().softmax(dim=1)
 
     def perturbation(self, maps: torch.Tensor) -> PerturbationCurves:
         return deletion_insertion(
@@ -261,8 +280,10 @@ def summarize(
     scored: dict[str, ScoredMethod],
     random_curves: PerturbationCurves,
     worst: int,
+    evidence: CounterfactualSummary,
 ) -> AuditResult:
-    """Means per group of scans for every method, the accuracy counterfactual, the flag."""
+    """Means per group of scans for every method, the explanation clusters of the best method,
+    and the verdict: counterfactual evidence, the manifest's accuracy gap, the maps' support."""
     samples, classes, marks = audit.batch.samples, audit.index.classes, audit.batch.marks
     methods = {
         name: MethodSummary(
@@ -278,7 +299,8 @@ def summarize(
         for name, method in scored.items()
     }
     accuracy = _accuracy(audit.labels, audit.predictions, marks, classes)
-    reasons = shortcut_flags(
+    reasons = shortcut_flags(evidence.flagged_regions(), accuracy.clean_minus_marked)
+    notes = attention_notes(
         {
             name: {
                 "sanity_passed": summary.sanity.passed,
@@ -287,9 +309,10 @@ def summarize(
                 **{f"{region}_area": audit.areas[region] for region in SHARES},
             }
             for name, summary in methods.items()
-        },
-        accuracy.clean_minus_marked,
+        }
     )
+    best = best_method(methods)
+    clustered = best or next(iter(scored))
     return AuditResult(
         run=str(audit.run.checkpoint.path),
         model=audit.run.name,
@@ -310,10 +333,33 @@ def summarize(
             insertion_auc=random_curves.insertion_auc.mean().item(),
         ),
         methods=methods,
-        best_method=best_method(methods),
+        best_method=best,
+        counterfactual=evidence,
+        attention_notes=notes,
+        clusters_method=clustered,
+        clusters=_clusters(audit, scored[clustered]),
         flagged=bool(reasons),
         flag_reasons=reasons,
     )
+
+
+def _clusters(
+    audit: PreparedAudit, method: ScoredMethod, examples: int = 3
+) -> list[ClusterSummary]:
+    """The explanation clusters of one method, each with its attention share per region."""
+    groups = explanation_clusters(method.maps, audit.predictions)
+    return [
+        ClusterSummary(
+            predicted=audit.index.classes[predicted],
+            size=len(members),
+            shares={
+                region: method.per_scan[region][members].mean().item()
+                for region in ("off_retina", "border", "corners", "fill")
+            },
+            examples=[str(audit.batch.samples[i].path) for i in members[:examples]],
+        )
+        for predicted, members in groups
+    ]
 
 
 def best_method(methods: dict[str, MethodSummary]) -> str | None:
@@ -364,7 +410,7 @@ def load_audit_batch(
 ) -> AuditBatch:
     """Load ``samples`` and their masks (lesion, retina, scanner fill) at ``img_size``."""
     transform = eval_transform(img_size, normalization)
-    images, display, lesions, retina, fill = [], [], [], [], []
+    images, display, lesions, retina, fill, sizes = [], [], [], [], [], []
     lesion_paths = _mask_paths(index, samples, "masks")
     retina_paths = _mask_paths(index, samples, "retina")
     scored = set()
@@ -375,6 +421,7 @@ def load_audit_batch(
             continue
         scored.add(position)
         pixels = np.asarray(scan_image)
+        sizes.append(pixels.shape)
         images.append(transform(scan_image))
         display.append(_resized(pixels, img_size, Image.Resampling.BILINEAR) / 255)
         if lesion_paths:
@@ -398,6 +445,7 @@ def load_audit_batch(
         fill=torch.from_numpy(np.stack(fill)),
         retina_source="masks" if retina_paths else "estimated",
         marks=read_marks(index, readable),
+        sizes=sizes,
     )
 
 

@@ -9,10 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from octlens.errors import OctlensError
-from octlens.files import read_json, write_json
+from octlens.files import read_model, write_json
 
 #: Mean of each metric over a group of scans (None: no scan of the group has it, e.g. the
 #: pointing game on NORMAL scans).
@@ -58,6 +57,98 @@ class AccuracySummary(_Strict):
     clean_minus_marked: float | None = None
 
 
+class IntervalSummary(_Strict):
+    """A mean over scans with its 95% bootstrap interval."""
+
+    mean: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.mean:.0%} [{self.low * 100:.0f}, {self.high * 100:.0f}]"
+
+
+class SwapSummary(_Strict):
+    """One region's swap (:func:`octlens.audit.counterfactual.region_swap`)."""
+
+    n_scans: int
+    area: float
+    flip_to_donor: IntervalSummary
+    random_place: IntervalSummary
+    same_class: IntervalSummary
+    effect: IntervalSummary
+    probability_change: float
+    flagged: bool
+
+
+class OnlySummary(_Strict):
+    accuracy: IntervalSummary
+    kappa: IntervalSummary
+
+
+#: How the verdict names each swapped region.
+REGION_WORDS = {
+    "corners": "corner content",
+    "border": "border-band content",
+    "fill": "scanner-fill content",
+    "off_retina": "off-retina background",
+}
+
+
+class CounterfactualSummary(_Strict):
+    """The counterfactual tests (:mod:`octlens.audit.counterfactual`): region swaps per region
+    (None when the model predicts one class for every scan), region-only accuracy, and the share
+    of predictions that change when a scan is presented at another width."""
+
+    donors_per_scan: int
+    chance: float  # accuracy of always answering the most frequent class
+    swaps: dict[str, SwapSummary | None]
+    region_only: dict[str, OnlySummary]
+    aspect: dict[str, IntervalSummary]
+
+    def flagged_regions(self) -> dict[str, str]:
+        """Each flagged region and the sentence that says how large its effect is."""
+        return {
+            region: swap_sentence(region, swap)
+            for region, swap in self.swaps.items()
+            if swap is not None and swap.flagged
+        }
+
+    def context_lines(self) -> list[str]:
+        """Region-only and aspect results, which the verdict reports but does not flag on."""
+        only = self.region_only
+        lines = [
+            f"retina only: accuracy {only['retina_only'].accuracy} "
+            f"(unchanged scans {only['original'].accuracy.mean:.0%}); background only: "
+            f"{only['background_only'].accuracy} (chance {self.chance:.0%}), agreement with "
+            f"the unchanged predictions kappa {only['background_only'].kappa.mean:.2f}"
+        ]
+        if self.aspect:
+            lines.append(
+                "presented at another width: "
+                + ", ".join(f"{width} px {share}" for width, share in self.aspect.items())
+                + " of predictions change"
+            )
+        return lines
+
+
+def swap_sentence(region: str, swap: SwapSummary) -> str:
+    return (
+        f"{REGION_WORDS.get(region, region)} moves {swap.flip_to_donor} of predictions to the "
+        f"donor's class (controls: random places {swap.random_place.mean:.0%}, same class "
+        f"{swap.same_class.mean:.0%}; effect {swap.effect}, n={swap.n_scans})"
+    )
+
+
+class ClusterSummary(_Strict):
+    """A group of scans the model explains alike (spectral clustering of the maps)."""
+
+    predicted: str
+    size: int
+    shares: dict[str, float]  # mean attention share per region
+    examples: list[str]
+
+
 class Curves(_Strict):
     deletion_auc: float
     insertion_auc: float
@@ -87,6 +178,10 @@ class AuditResult(_Strict):
     random_baseline: Curves
     methods: dict[str, MethodSummary]
     best_method: str | None
+    counterfactual: CounterfactualSummary
+    attention_notes: list[str]  # what the maps say about the regions: support, not a flag
+    clusters_method: str | None
+    clusters: list[ClusterSummary]
     flagged: bool
     flag_reasons: list[str]
 
@@ -96,31 +191,37 @@ class AuditResult(_Strict):
     @classmethod
     def load(cls, path: Path) -> AuditResult:
         """Read ``audit.json``; a truncated, edited or older file is a one-line error."""
-        try:
-            return cls.model_validate(read_json(path))
-        except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(map(str, first["loc"]))
-            raise OctlensError(
-                f"{path}: not an audit this octlens can read ({where}: {first['msg']}); "
-                "run 'octlens audit' again"
-            ) from None
+        return read_model(cls, path, "an audit", "run 'octlens audit' again")
 
     def verdict_lines(self) -> list[str]:
-        """The verdict in words: accuracy with and without planted marks, and the flag."""
+        """The verdict in words: counterfactual evidence first, then what the maps and, on data
+        with planted marks, the manifest say."""
         lines = []
-        accuracy = self.accuracy
-        if accuracy.n_marked is not None:
-            lines.append(
-                f"accuracy: clean scans {_number(accuracy.clean)} (n={accuracy.n_clean}), "
-                f"scans with a misleading mark {_number(accuracy.marked)} "
-                f"(n={accuracy.n_marked}); follows the mark {_number(accuracy.follows_mark)}"
-            )
         if self.flagged:
             lines += [f"FLAGGED: {reason}" for reason in self.flag_reasons]
         else:
-            lines.append("not flagged: no sign of a shortcut (rule: octlens.audit.shortcut)")
+            lines.append(f"not flagged: {self._largest_effect()} (rule: octlens.audit.shortcut)")
+        lines += self.counterfactual.context_lines()
+        lines += [f"attention: {note}" for note in self.attention_notes]
+        accuracy = self.accuracy
+        if accuracy.n_marked is not None:
+            lines.append(
+                f"planted marks: clean scans {_number(accuracy.clean)} (n={accuracy.n_clean}), "
+                f"scans with a misleading mark {_number(accuracy.marked)} "
+                f"(n={accuracy.n_marked}); follows the mark {_number(accuracy.follows_mark)}"
+            )
         return lines
+
+    def _largest_effect(self) -> str:
+        swaps = {r: s for r, s in self.counterfactual.swaps.items() if s is not None}
+        if not swaps:
+            return "the model gives every scan the same class, so no swap can move it"
+        region, swap = max(swaps.items(), key=lambda item: item[1].effect.mean)
+        return (
+            "no region swap moves predictions beyond its controls (largest: "
+            + swap_sentence(region, swap)
+            + ")"
+        )
 
 
 @dataclass(frozen=True)

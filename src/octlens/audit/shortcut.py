@@ -9,12 +9,18 @@ a map spread evenly would get); their ratio is the region's *enrichment*.
 
 **Flag rule** (:func:`shortcut_flags`): a model is flagged as using a shortcut when either
 
-1. on data with planted marks, its accuracy on clean scans exceeds its accuracy on scans with a
-   misleading mark by :data:`ACCURACY_GAP` or more (the mark changes its answer), or
-2. for at least half of the methods that pass the sanity check (all methods if none passes), the
-   mean share of attention in the corners is :data:`CORNER_ENRICHMENT` times the corners' mean
-   area share or more, or the mean off-retina share is :data:`OFF_RETINA_ENRICHMENT` times
-   the off-retina area share or more.
+1. a counterfactual region swap (:mod:`octlens.audit.counterfactual`) moves its predictions to
+   the donor's class beyond both controls: the evidence that needs no manifest, or
+2. on data with planted marks, its accuracy on clean scans exceeds its accuracy on scans with a
+   misleading mark by :data:`ACCURACY_GAP` or more (the mark changes its answer).
+
+Saliency supports the verdict but never makes it (:func:`attention_notes`): maps at 4 x 4 or
+8 x 8 are too coarse to show a small mark, and models that followed a planted mark on every
+second scan put no more of their maps in the corners than the corners' area. A note is written
+when, for at least half of the methods that pass the sanity check (all methods if none passes),
+the mean share of attention in the corners is :data:`CORNER_ENRICHMENT` times the corners' mean
+area share or more, or the mean off-retina share is :data:`OFF_RETINA_ENRICHMENT` times the
+off-retina area share or more.
 """
 
 from __future__ import annotations
@@ -69,20 +75,24 @@ def area_shares(regions: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: mask.flatten(1).float().mean(dim=1) for name, mask in regions.items()}
 
 
-def shortcut_flags(
-    methods: Mapping[str, Mapping[str, float | bool]], accuracy_gap: float | None
-) -> list[str]:
-    """The reasons a model is flagged (empty: not flagged); see the module docstring.
-
-    ``methods`` maps each method to its ``sanity_passed`` and the means ``corners``,
-    ``corners_area``, ``off_retina`` and ``off_retina_area``.
-    """
-    reasons = []
+def shortcut_flags(swaps: Mapping[str, str], accuracy_gap: float | None) -> list[str]:
+    """The reasons a model is flagged (empty: not flagged): ``swaps`` maps each region whose swap
+    is flagged to the sentence describing it; ``accuracy_gap`` is the manifest's clean minus
+    misleading-mark accuracy, or None without planted marks."""
+    reasons = list(swaps.values())
     if accuracy_gap is not None and accuracy_gap >= ACCURACY_GAP:
         reasons.append(
             f"accuracy drops by {accuracy_gap:.2f} when scans carry a misleading mark "
             f"(flag at >= {ACCURACY_GAP:.2f})"
         )
+    return reasons
+
+
+def attention_notes(methods: Mapping[str, Mapping[str, float | bool]]) -> list[str]:
+    """What the maps say about the regions (see the module docstring); ``methods`` maps each
+    method to its ``sanity_passed`` and the means ``corners``, ``corners_area``, ``off_retina``
+    and ``off_retina_area``."""
+    notes = []
     trusted = [name for name, m in methods.items() if m["sanity_passed"]] or list(methods)
     for region, limit in (("corners", CORNER_ENRICHMENT), ("off_retina", OFF_RETINA_ENRICHMENT)):
         high = [
@@ -91,8 +101,8 @@ def shortcut_flags(
             if methods[name][region] >= limit * methods[name][f"{region}_area"]
         ]
         if trusted and 2 * len(high) >= len(trusted):
-            reasons.append(
+            notes.append(
                 f"{len(high)} of {len(trusted)} methods put >= {limit:g}x the area share of "
                 f"attention in the {region.replace('_', '-')} region ({', '.join(high)})"
             )
-    return reasons
+    return notes

@@ -68,13 +68,27 @@ def inspect(
     hashes: Annotated[
         bool, typer.Option(help="also find byte-identical files across splits")
     ] = False,
+    confounds: Annotated[
+        bool,
+        typer.Option(help="test whether non-anatomy (size, file, corners, ...) predicts labels"),
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="folder for confounds.json and confounds.png")
+    ] = None,
+    split: Annotated[
+        list[str] | None, typer.Option(help="splits the confound scan pools (default: all)")
+    ] = None,
+    permutations: Annotated[int, typer.Option(help="label shuffles of the confound scan")] = 999,
     strict: bool = False,
 ) -> None:
-    """Count images per split and class, and report patients or files shared between splits."""
+    """Count images per split and class, report patients or files shared between splits, and
+    (--confounds) scan the data for labels predictable from things that are not anatomy."""
     from octlens.data.index import scan
     from octlens.data.splits import find_leakage
     from octlens.report.terminal import split_table
 
+    if confounds and out is None:
+        raise OctlensError("--confounds needs --out DIR for confounds.json and its figure")
     index = scan(data, strict=strict)
     console.print(split_table(index))
     leaks = find_leakage(index, hashes=hashes)
@@ -82,6 +96,17 @@ def inspect(
         files = f": {', '.join(leak.files)}" if leak.files else ""
         console.print(f"leak: {leak.kind} {leak.key} in {', '.join(leak.splits)}{files}")
     console.print(f"{len(leaks)} leak(s) between splits" if leaks else "no leakage between splits")
+    if confounds and out is not None:
+        from octlens.audit import confound_scan
+        from octlens.report.terminal import confounds_table, contingency_table
+
+        report = confound_scan(data, out, split, permutations=permutations)
+        wide = Console(width=max(console.width, 120), markup=False, highlight=False)
+        wide.print(confounds_table(report))
+        for variable in report.contingency:
+            wide.print(contingency_table(report, variable))
+        flagged = ", ".join(report.flagged) or "none"
+        console.print(f"confounds flagged: {flagged} -> {out / 'confounds.json'}")
 
 
 def _train(config: Path | None = None, resume: bool = False, **options: object) -> None:
@@ -247,7 +272,7 @@ def audit(
 ) -> None:
     """Audit a run's explanations: faithfulness, localization, sanity, off-retina attention."""
     from octlens.audit import audit_run
-    from octlens.report.terminal import audit_table
+    from octlens.report.terminal import audit_table, counterfactual_table
 
     result = audit_run(
         run,
@@ -262,7 +287,9 @@ def audit(
         device=device,
         out=out,
     )
-    Console(width=max(console.width, 140), markup=False, highlight=False).print(audit_table(result))
+    wide = Console(width=max(console.width, 140), markup=False, highlight=False)
+    wide.print(audit_table(result))
+    wide.print(counterfactual_table(result))
     for line in result.verdict_lines():
         console.print(line)
 
@@ -277,6 +304,9 @@ def report(
     ] = None,
     split: str = "test",
     scans_per_class: int = 1,
+    confounds: Annotated[
+        Path | None, typer.Option(help="folder of an 'octlens inspect --confounds' scan to show")
+    ] = None,
 ) -> None:
     """One self-contained HTML report: metrics, curves and explanations of each run."""
     from octlens.report import training_data, write_report
@@ -287,7 +317,9 @@ def report(
             console.print(f"report: no --data given; using the runs' own data {data} ({split})")
         else:
             console.print("report: no --data given; showing stored results without explanations")
-    path = write_report(runs, out, data=data, split=split, scans_per_class=scans_per_class)
+    path = write_report(
+        runs, out, data=data, split=split, scans_per_class=scans_per_class, confounds=confounds
+    )
     console.print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")
 
 
@@ -301,13 +333,14 @@ def demo(
 ) -> None:
     """Synthesize data, train a ResNet18 and a ViT-tiny at 128 px, evaluate, and compare."""
     from octlens.demo import run_demo
-    from octlens.report.terminal import audit_table, demo_table
+    from octlens.report.terminal import audit_table, counterfactual_table, demo_table
 
     results = run_demo(out, n_per_class=n_per_class, seed=seed)
     wide = Console(width=max(console.width, 140), markup=False, highlight=False)
     wide.print(demo_table(results))
     for _, _, audit in results.values():
         wide.print(audit_table(audit))
+        wide.print(counterfactual_table(audit))
         for line in audit.verdict_lines():
             console.print(line)
     console.print(f"runs, metrics, audits and figures under {out}; report: {out / 'report.html'}")

@@ -1,4 +1,5 @@
-"""The shortcut audit in the report: one table of methods x models, verdicts, and figures."""
+"""The shortcut audit in the report: one table of methods x models, verdicts, the counterfactual
+region swaps, the explanation clusters, and figures."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
+from octlens.audit.counterfactual import MIN_EFFECT
 from octlens.audit.result import COLUMNS, REFERENCE_ROW, AuditResult, table_rows
 from octlens.report.embed import figure_html, number, text
 
+REGIONS = ("off_retina", "border", "corners", "fill")
 FIGURES = (
     ("Scans with the most attention off the retina (cyan: retina)", "worst_off_retina.png"),
     ("Deletion and insertion (dashed: random maps)", "deletion_insertion.png"),
@@ -40,6 +43,57 @@ def audit_table(audits: Sequence[AuditResult]) -> str:
         "insertion minus deletion among those passing the sanity check.</p>"
         f"<table><tr><th>model</th><th>method</th>{header}<th>sanity</th></tr>"
         f"{''.join(rows)}</table>{''.join(verdict_html(a) for a in audits)}"
+        "<h3>Counterfactual region swaps</h3><p>The region's pixels off the retina, pasted from "
+        "scans the model puts in another class: how often the prediction moves to the donor's "
+        "class, beside the same pixels pasted elsewhere and a swap from the scan's own class "
+        "(effect: flip rate minus the larger control; 95% bootstrap intervals). A region is "
+        f"flagged when the effect is at least {MIN_EFFECT:.0%} and its interval is above 0.</p>"
+        f"{''.join(counterfactual_html(a) for a in audits)}"
+        "<h3>Explanation clusters</h3><p>Scans of each predicted class grouped by where the "
+        "maps put their attention (spectral clustering, eigengap): a small group with a large "
+        "corner or off-retina share is a group the model handles differently.</p>"
+        f"{''.join(clusters_html(a) for a in audits)}"
+    )
+
+
+def counterfactual_html(audit: AuditResult) -> str:
+    rows = []
+    for region, swap in audit.counterfactual.swaps.items():
+        if swap is None:
+            rows.append(f"<tr><th>{text(region)}</th><td colspan=7>one class for every scan</td>")
+            continue
+        cells = (
+            f"{swap.area:.2f}",
+            str(swap.flip_to_donor),
+            f"{swap.random_place.mean:.0%}",
+            f"{swap.same_class.mean:.0%}",
+            str(swap.effect),
+            f"{swap.probability_change:+.2f}",
+            "<b>flagged</b>" if swap.flagged else "",
+        )
+        rows.append(f"<tr><th>{text(region)}</th>{''.join(f'<td>{c}</td>' for c in cells)}</tr>")
+    context = "".join(
+        f"<li>{html.escape(line)}</li>" for line in audit.counterfactual.context_lines()
+    )
+    return (
+        f"<p><b>{text(audit.model)}</b></p><table><tr><th>region</th><th>area</th>"
+        "<th>flip to donor</th><th>random places</th><th>same class</th><th>effect</th>"
+        f"<th>p(predicted) change</th><th></th></tr>{''.join(rows)}</table><ul>{context}</ul>"
+    )
+
+
+def clusters_html(audit: AuditResult) -> str:
+    rows = "".join(
+        f"<tr><th>{text(c.predicted)}</th><td>{c.size}</td>"
+        + "".join(f"<td>{number(c.shares[region])}</td>" for region in REGIONS)
+        + f"<td style='text-align:left'>{text(', '.join(Path(e).name for e in c.examples))}</td>"
+        "</tr>"
+        for c in audit.clusters
+    )
+    headings = "".join(f"<th>{region.replace('_', '-')}</th>" for region in REGIONS)
+    return (
+        f"<p><b>{text(audit.model)}</b> ({text(audit.clusters_method)} maps)</p><table><tr>"
+        f"<th>predicted</th><th>scans</th>{headings}<th>examples</th></tr>{rows}</table>"
     )
 
 

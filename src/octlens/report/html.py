@@ -21,6 +21,7 @@ from octlens.explain import default_methods
 from octlens.files import read_json, write_text
 from octlens.models import is_vit, vit_parts
 from octlens.report.audit_section import audit_figures, audit_table
+from octlens.report.confounds_section import confounds_html
 from octlens.report.embed import figure_html, number, text
 from octlens.report.explanations import explain_images
 from octlens.training.run import Run
@@ -46,6 +47,7 @@ def write_report(
     data: str | Path | None = None,
     split: str = "test",
     scans_per_class: int = 1,
+    confounds: str | Path | None = None,
 ) -> Path:
     """Write ``out`` (HTML) for ``runs``: metrics, curves, confusion matrices and explanations,
     and the shortcut audit of each run that has one (``RUN/audit/<split>/audit.json``, written by
@@ -55,6 +57,7 @@ def write_report(
     other data: then afresh, for this report only), and explained on the first
     ``scans_per_class`` scans of each class (the same scans for every run); an audit of other
     data is an error. Without ``data``, stored results are shown with the data they came from.
+    ``confounds`` is a folder written by ``octlens inspect --confounds``, shown before the runs.
     """
     require_positive(scans_per_class=scans_per_class)
     out = Path(out)
@@ -90,7 +93,9 @@ def write_report(
         if audit_path.exists():
             audits.append(_matching(AuditResult.load(audit_path), audit_path, index, split, loaded))
     audit = audit_table(audits) if audits else ""
-    body = f"<h1>octlens report</h1>{header}{audit}<div class='runs'>{''.join(sections)}</div>"
+    dataset = confounds_html(Path(confounds)) if confounds is not None else ""
+    runs_html = f"<div class='runs'>{''.join(sections)}</div>"
+    body = f"<h1>octlens report</h1>{header}{dataset}{audit}{runs_html}"
     write_text(
         out,
         f"<!doctype html><html><head><meta charset='utf-8'>"

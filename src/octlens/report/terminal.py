@@ -1,5 +1,5 @@
-"""The tables the command line prints: a dataset's splits, classifier metrics, the audit, and the
-demo's summary.
+"""The tables the command line prints: a dataset's splits and confounds, classifier metrics, the
+audit and its counterfactual tests, and the demo's summary.
 
 The audit table is drawn from the same column spec as the HTML report's
 (:data:`octlens.audit.result.COLUMNS`), so the two always show the same numbers.
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
+from octlens.audit.confounds import ConfoundReport
 from octlens.audit.result import COLUMNS, REFERENCE_ROW, AuditResult, table_rows
 from octlens.data.index import DatasetIndex
 from octlens.report.embed import number
@@ -97,4 +98,73 @@ def demo_table(results: Mapping[str, tuple[Mapping[str, Any], TrainResult, Audit
             f"{speed:.0f}",
             f"{result.precision}/{metrics['precision']}",
         )
+    return table
+
+
+def counterfactual_table(result: AuditResult) -> Table:
+    """Per swapped region: the flip-to-donor rate, both controls, the effect and the verdict."""
+    evidence = result.counterfactual
+    table = Table(
+        title=f"{result.model}: counterfactual region swaps "
+        f"({evidence.donors_per_scan} donors per scan; 95% bootstrap intervals)"
+    )
+    for heading in (
+        "region",
+        "area",
+        "flip to donor",
+        "random places",
+        "same class",
+        "effect",
+        "p(pred) change",
+        "",
+    ):
+        table.add_column(heading, justify="right", no_wrap=True)
+    for region, swap in evidence.swaps.items():
+        if swap is None:
+            table.add_row(region, "-", "one class predicted for every scan", "", "", "", "", "")
+            continue
+        table.add_row(
+            region,
+            f"{swap.area:.2f}",
+            str(swap.flip_to_donor),
+            f"{swap.random_place.mean:.0%}",
+            f"{swap.same_class.mean:.0%}",
+            str(swap.effect),
+            f"{swap.probability_change:+.2f}",
+            "FLAGGED" if swap.flagged else "",
+        )
+    return table
+
+
+def confounds_table(report: ConfoundReport) -> Table:
+    """Per feature group: balanced accuracy against chance, p-values and the flag."""
+    table = Table(
+        title=f"confound scan of {report.data} ({', '.join(report.splits)}: {report.n_scans} "
+        f"scans, {report.n_patients} patients; {report.folds}-fold CV grouped by patient, "
+        f"{report.permutations} shuffles of {report.shuffled}; flag at p < {report.threshold:.4f})"
+    )
+    for heading in ("group", "kind", "balanced acc", "chance", "shuffled 95%", "p", "table p", ""):
+        table.add_column(heading, justify="right", no_wrap=True)
+    for name, group in report.groups.items():
+        table.add_row(
+            name,
+            group.kind,
+            "constant" if group.balanced_accuracy is None else number(group.balanced_accuracy),
+            number(group.chance),
+            number(group.null_95),
+            number(group.p_value),
+            number(group.contingency_p),
+            "FLAGGED" if group.flagged else "",
+        )
+    return table
+
+
+def contingency_table(report: ConfoundReport, variable: str) -> Table:
+    """Scans per value of a categorical variable (size, format) and class."""
+    table = Table(title=f"{variable} by class")
+    table.add_column(variable)
+    for name in report.classes:
+        table.add_column(name, justify="right")
+    for value, counts in report.contingency[variable].items():
+        table.add_row(value, *(str(counts[name]) for name in report.classes))
     return table

@@ -1,0 +1,133 @@
+"""The dataset confound scan: flags a planted corner mark and a class-coded width, stays quiet on
+clean synthetic data, and refuses data it cannot test."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.linear_model import RidgeClassifier
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.preprocessing import StandardScaler
+
+from octlens.audit import confound_scan
+from octlens.audit.confounds import (
+    RIDGE_ALPHA,
+    ConfoundReport,
+    balanced_accuracy,
+    fold_hat_matrices,
+    out_of_fold_scores,
+)
+from octlens.data.synth import synthesize
+from octlens.errors import OctlensError
+
+PERMUTATIONS = 199
+OCTLENS = [sys.executable, "-c", "from octlens.cli import main; main()"]
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    root = tmp_path_factory.mktemp("confounds") / "clean"
+    synthesize(root, 24, seed=3, size=(124, 128), workers=1)
+    return root
+
+
+def test_clean_synthetic_data_has_no_confound(clean, tmp_path):
+    report = confound_scan(clean, tmp_path, permutations=PERMUTATIONS)
+    assert report.flagged == []
+    assert report.groups["size"].balanced_accuracy is None  # every scan 128 x 124: constant
+    assert report.shuffled == "patients"  # synthetic patients have one class each
+    assert report.threshold == pytest.approx(0.05 / 8)
+    assert ConfoundReport.load(tmp_path / "confounds.json") == report
+    assert (tmp_path / "confounds.png").stat().st_size > 0
+
+
+def test_a_planted_corner_mark_is_flagged_on_corners(tmp_path):
+    data = tmp_path / "marked"
+    synthesize(data, 24, seed=3, size=(124, 128), workers=1, shortcut="corner", shortcut_rate=1.0)
+    report = confound_scan(data, tmp_path / "out", ["train", "val"], permutations=PERMUTATIONS)
+    assert "corners" in report.flagged
+    corners = report.groups["corners"]
+    assert corners.balanced_accuracy > 0.6 > corners.null_95  # chance 0.25
+    assert "size" not in report.flagged
+
+
+def test_a_width_coded_by_class_is_flagged_on_size(clean, tmp_path):
+    data = tmp_path / "widths"
+    shutil.copytree(clean, data, ignore=shutil.ignore_patterns("masks", "retina"))
+    for path in data.glob("*/*/*.jpeg"):
+        if path.parent.name in ("CNV", "DME"):  # half the classes acquired wider
+            with Image.open(path) as image:
+                image.resize((192, 124)).save(path, quality=95)
+    report = confound_scan(data, tmp_path / "out", permutations=PERMUTATIONS)
+    assert "size" in report.flagged
+    assert report.groups["size"].contingency_p < report.threshold
+    table = report.contingency["size"]
+    assert table["192x124"]["DRUSEN"] == 0 and table["128x124"]["CNV"] == 0
+    assert table["192x124"]["CNV"] == 24
+
+
+def test_the_closed_form_ridge_is_scikit_learns_ridge_classifier():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 60)
+    features = rng.normal(size=(60, 5)) + labels[:, None] * [1, 0, 0, 0, 0]
+    groups = np.arange(60) // 2
+    fitted = fold_hat_matrices(features, labels, groups, 5, seed=0)
+    predicted = np.empty_like(labels)
+    for train, test, _ in fitted:
+        scaler = StandardScaler().fit(features[train])
+        z_train, z_test = scaler.transform(features[train]), scaler.transform(features[test])
+        expanded = StandardScaler().fit(np.hstack([z_train, z_train**2]))
+        model = RidgeClassifier(alpha=RIDGE_ALPHA).fit(
+            expanded.transform(np.hstack([z_train, z_train**2])), labels[train]
+        )
+        predicted[test] = model.predict(expanded.transform(np.hstack([z_test, z_test**2])))
+    ours = out_of_fold_scores(fitted, labels[None], 3)[0]
+    assert ours == pytest.approx(balanced_accuracy_score(labels, predicted))
+    for train, test, _ in fitted:  # folds never split a patient
+        assert not set(groups[train]) & set(groups[test])
+
+
+def test_balanced_accuracy_by_hand():
+    truth = np.array([[0, 0, 0, 1]])
+    # recall 2/3 for class 0, 1/1 for class 1 -> 5/6
+    assert balanced_accuracy(truth, np.array([[0, 0, 1, 1]]), 3)[0] == pytest.approx(5 / 6)
+
+
+def test_data_it_cannot_test_is_one_line(clean, tmp_path):
+    one_class = tmp_path / "one"
+    (one_class / "CNV").mkdir(parents=True)
+    for path in sorted((clean / "train" / "CNV").glob("*.jpeg"))[:4]:
+        shutil.copy(path, one_class / "CNV" / path.name)
+    with pytest.raises(OctlensError, match="at least two classes"):
+        confound_scan(one_class, tmp_path / "out")
+    one_patient = tmp_path / "patient"
+    for name in ("CNV", "NORMAL"):
+        (one_patient / name).mkdir(parents=True)
+        image = Image.fromarray(np.zeros((20, 20), np.uint8))
+        for n in (1, 2):
+            image.save(one_patient / name / f"{name}-1000-{n}.jpeg")
+    with pytest.raises(OctlensError, match="at least two patients"):
+        confound_scan(one_patient, tmp_path / "out")
+
+
+def test_cli_needs_an_out_folder_and_prints_the_table(clean, tmp_path):
+    command = [*OCTLENS, "inspect", str(clean), "--confounds"]
+    refused = subprocess.run(command, capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert (
+        refused.stderr.strip()
+        == "error: --confounds needs --out DIR for confounds.json and its figure"
+    )
+    done = subprocess.run(
+        [*command, "--out", str(tmp_path), "--permutations", "50", "--split", "test"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "confounds flagged: none" in done.stdout
+    assert ConfoundReport.load(tmp_path / "confounds.json").splits == ["test"]
