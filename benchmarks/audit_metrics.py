@@ -12,6 +12,9 @@ depend on what a model learned), it times one line per metric in images/s:
 - ``average drop``: two forward passes per scan (bound ``forward / 2``);
 - ``pointing+energy+AUROC``: the localization metrics on ready maps;
 - ``sanity (gradcam)``: the cascading randomization, per scan;
+- ``region swap``: one region's counterfactual swap with both controls, ``3 * DONORS + 1``
+  forward passes per scan (bound ``forward / (3 * DONORS + 1)``); the audit runs four regions;
+- ``background/retina only``: three forward passes per scan (bound ``forward / 3``);
 - ``retina finder``: :func:`octlens.data.retina.find_retina` on 496 x 512 synthetic scans.
 
 CNNs run channels-last, as the audit runs them.
@@ -25,9 +28,12 @@ import time
 import numpy as np
 import torch
 
+from octlens.audit.counterfactual import choose_donors, region_only, region_swap
+from octlens.audit.evidence import DONORS
 from octlens.audit.faithfulness import average_drop_increase, deletion_insertion, random_maps
 from octlens.audit.localization import energy_in_mask, pixel_auroc, pointing_game
 from octlens.audit.sanity import cascading_randomization
+from octlens.audit.shortcut import edge_regions
 from octlens.data.retina import find_retina
 from octlens.data.synth import plan_scans, render_job
 from octlens.explain import GradCAM
@@ -78,11 +84,38 @@ def bench_model(name: str, scans: int, steps: int, batch_size: int, device: torc
     few = images[:8]
     seconds = timed(lambda: cascading_randomization(model, GradCAM, few))
     lines.append(("sanity (gradcam)", len(few) / seconds, None))
+    lines += bench_counterfactual(model, plan, images, batch_size, forward_rate)
     print(f"\n{name} @128 on {device} ({plan.name}), {scans} scans, batch {batch_size}")
     print(f"{'metric':32s} {'images/s':>10s} {'vs bound':>9s}  (seconds for {scans} scans)")
     for label, rate, ratio in lines:
         versus = f"{ratio:9.2f}" if ratio is not None else " " * 9
         print(f"{label:32s} {rate:10.1f} {versus}  ({scans / rate:.1f} s)")
+
+
+def bench_counterfactual(model, plan, images, batch_size, forward_rate) -> list:
+    """One region swap (``3 * DONORS`` forward passes per scan: swap, random place, same class)
+    and region-only (3 forward passes per scan), each against its forward-pass bound."""
+
+    def predict(batch):
+        with torch.inference_mode(), plan.autocast():
+            logits = [model(chunk) for chunk in batch.split(batch_size)]
+        return torch.cat(logits).float().softmax(dim=1)
+
+    n, size = len(images), images.shape[-1]
+    generator = torch.Generator().manual_seed(0)
+    retina = torch.zeros(n, size, size, dtype=torch.bool, device=images.device)
+    retina[:, size // 3 : 2 * size // 3] = True
+    predicted = torch.randint(4, (n,), generator=generator).to(images.device)
+    other = choose_donors(predicted, DONORS, same_class=False)
+    same = choose_donors(predicted, DONORS, same_class=True)
+    corners = edge_regions(size, size)["corners"].to(images.device).expand_as(retina)
+    seconds = timed(lambda: region_swap(predict, images, corners, retina, other, same))
+    swap_bound = forward_rate / (3 * DONORS + 1)
+    lines = [(f"region swap ({DONORS} donors)", n / seconds, n / seconds / swap_bound)]
+    labels = predicted
+    seconds = timed(lambda: region_only(predict, images, labels, retina, torch.zeros_like(retina)))
+    lines.append(("background/retina only", n / seconds, n / seconds / (forward_rate / 3)))
+    return lines
 
 
 def bench_retina(count: int = 20) -> None:

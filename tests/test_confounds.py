@@ -131,3 +131,20 @@ def test_cli_needs_an_out_folder_and_prints_the_table(clean, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "confounds flagged: none" in done.stdout
     assert ConfoundReport.load(tmp_path / "confounds.json").splits == ["test"]
+
+
+def test_the_report_section_escapes_and_refuses_edited_files(clean, tmp_path):
+    from octlens.report.confounds_section import confounds_html
+
+    report = confound_scan(clean, tmp_path, permutations=20)
+    edited = report.model_copy(update={"data": "<script>alert(1)</script>"})
+    edited.save(tmp_path / "confounds.json")
+    page = confounds_html(tmp_path)
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "Dataset confounds" in page and "size by class" in page
+    (tmp_path / "confounds.json").write_text('{"data": 1')
+    with pytest.raises(OctlensError, match=r"confounds\.json: not a readable JSON file"):
+        confounds_html(tmp_path)
+    (tmp_path / "confounds.json").write_text('{"data": "x"}')
+    with pytest.raises(OctlensError, match="not a confound scan this octlens can read"):
+        confounds_html(tmp_path)

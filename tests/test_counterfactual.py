@@ -88,6 +88,27 @@ def test_swaps_never_move_retina_pixels():
     assert swap(retina_reader, torch.ones(SIZE, SIZE, dtype=torch.bool)).flip_to_donor.mean == 0
 
 
+def test_the_random_place_control_is_retina_free_and_outside_the_region():
+    """A model that reads the whole retina band: corner swaps and their controls never touch
+    it, so nothing flips; a model reading mid-background would be flipped only by controls."""
+    mid_background = reads(slice(28, 34), slice(16, 24))  # below the retina, mid-scan
+    images, _, retina = scans()
+    images[:, 0, 28:34, :] += LEVELS[torch.arange(CLASSES).repeat_interleave(6), None, None]
+    predicted = mid_background(images).argmax(dim=1)
+    corners = edge_regions(SIZE, SIZE)["corners"].expand_as(retina)
+    result = region_swap(
+        mid_background,
+        images,
+        corners,
+        retina,
+        choose_donors(predicted, 3, same_class=False),
+        choose_donors(predicted, 3, same_class=True),
+    )
+    assert result.flip_to_donor.mean == 0.0  # the corners do not matter to it
+    assert result.random_place.mean > 0.0  # the moved background does
+    assert not result.flagged
+
+
 def test_random_place_keeps_the_area_and_leaves_the_corners():
     corners = edge_regions(SIZE, SIZE)["corners"].expand(5, SIZE, SIZE)
     shifted = moved(corners, torch.Generator().manual_seed(0))

@@ -1,9 +1,9 @@
 """The demo: everything octlens does, on built-in synthetic data, in minutes on a laptop CPU.
 
-It synthesizes a small OCT dataset, trains a ResNet18 and a ViT-tiny from scratch at 128 px,
-evaluates both on the test split, audits their explanations (faithfulness, localization, sanity,
-off-retina attention), puts everything in an HTML report, and returns the numbers for
-side-by-side tables. A demo that
+It synthesizes a small OCT dataset, scans it for confounds, trains a ResNet18 and a ViT-tiny from
+scratch at 128 px, evaluates both on the test split, audits them (counterfactual region swaps,
+faithfulness, localization, sanity, off-retina attention), puts everything in an HTML report, and
+returns the numbers for side-by-side tables. A demo that
 was interrupted continues where it stopped (its runs resume from their ``last`` checkpoints).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from octlens.audit import AuditResult, audit_run
+from octlens.audit import AuditResult, audit_run, confound_scan
 from octlens.data.synth import RECORD, read_record, synthesize
 from octlens.errors import Interrupted, OctlensError
 from octlens.evaluate import evaluate_run
@@ -20,6 +20,7 @@ from octlens.report import write_report
 from octlens.training import TrainConfig, TrainResult, train
 
 IMG_SIZE = 128
+CONFOUNDS = "confounds"
 # The audit's share of the demo's time: 8 test scans per class, 20 deletion/insertion steps
 # (each step is one forward pass per scan; `octlens audit` defaults to every scan and 50 steps).
 AUDIT: dict[str, Any] = {"scans_per_class": 8, "steps": 20, "sanity_scans": 8}
@@ -51,13 +52,15 @@ def run_demo(
 ) -> dict[str, tuple[dict[str, Any], TrainResult, AuditResult]]:
     """Run the demo under ``out``; return ``{model: (test metrics, training result, audit)}``.
 
-    Also writes ``out/report.html``: both models side by side, with explanations of one test
-    scan per class and the audit table.
+    Also writes ``out/confounds/`` (the confound scan of the data) and ``out/report.html``: the
+    confound scan, both models side by side, explanations of one test scan per class and the
+    audit.
     """
     out = Path(out)
     data = out / "data"
     try:
         _synthesized(data, n_per_class, seed)
+        confound_scan(data, out / CONFOUNDS)
         results = {}
         for name, settings in DEMO_MODELS.items():
             run_dir = out / name
@@ -65,7 +68,8 @@ def run_demo(
             result = train(config, resume=(run_dir / "last.safetensors").exists(), verbose=verbose)
             metrics = evaluate_run(run_dir, data, "test")
             results[name] = (metrics, result, audit_run(run_dir, data, "test", **AUDIT))
-        write_report([out / name for name in DEMO_MODELS], out / "report.html", data=data)
+        runs = [out / name for name in DEMO_MODELS]
+        write_report(runs, out / "report.html", data=data, confounds=out / CONFOUNDS)
     except (KeyboardInterrupt, Interrupted):
         raise Interrupted(
             f"{out}: demo interrupted; run it again with the same --out to continue where it "

@@ -17,9 +17,12 @@ is the *flip-to-donor* rate: the prediction moves to the donor's predicted class
 donor's prediction rather than its label makes the test label-free, and it is what a shortcut
 follows (on the planted test split the marks lie about the label). Two controls, per scan:
 
-- *random place*: the same donor's pixels in a mask of exactly the same area, moved by a random
-  offset of 2/5 to 3/5 of the side in each direction (``torch.roll``), which takes the corners
-  and the border band to the middle of the scan: copying that much donor content elsewhere;
+- *random place*: the same donor's pixels in the swap mask moved by a random offset of 2/5 to 3/5
+  of the side in each direction (``torch.roll``, which takes the corners and the border band to
+  the middle of the scan), kept only where it is off the retina in both scans and outside the
+  tested region: as much foreign background (at most the same area) elsewhere, no anatomy. The
+  off-retina region has no elsewhere, so its control is empty (no change) and only the
+  same-class control applies to it;
 - *same class*: the same swap from a donor the model puts in the scan's own class; its rate of
   *any* change of prediction is what swapping that region does when it carries no class.
 
@@ -51,6 +54,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from octlens.errors import OctlensError
 
 #: Smallest effect (flip-to-donor rate above both controls) that flags a region.
 MIN_EFFECT = 0.05
@@ -173,7 +178,8 @@ def region_swap(
         flips.append(swapped.argmax(dim=1) == predicted[mine])
         deltas.append(swapped.gather(1, predicted[:, None])[:, 0] - probabilities.max(dim=1).values)
         areas.append(mask.flatten(1).float().mean(dim=1))
-        elsewhere = moved(mask.cpu(), generator).to(device)
+        outside = ~(region | region[mine]) & ~retina & ~retina[mine]
+        elsewhere = moved(mask.cpu(), generator).to(device) & outside
         placed.append(predict(pasted(images, mine, elsewhere)).argmax(dim=1) == predicted[mine])
         same = same_donors[:, column].to(device)
         alike = same.clamp(min=0)
@@ -220,7 +226,9 @@ def background_texture(
     rows = images[:, 0]
     everywhere = rows[background]
     if not len(everywhere):
-        raise ValueError("no background pixels to draw texture from")
+        raise OctlensError(
+            "the audited scans have no pixels off the retina and the fill to draw texture from"
+        )
     texture = torch.empty_like(rows)
     n, _, width = rows.shape
     for row in range(rows.shape[1]):

@@ -332,11 +332,19 @@ def demo(
     seed: int = 0,
 ) -> None:
     """Synthesize data, train a ResNet18 and a ViT-tiny at 128 px, evaluate, and compare."""
-    from octlens.demo import run_demo
-    from octlens.report.terminal import audit_table, counterfactual_table, demo_table
+    from octlens.audit.confounds import ConfoundReport
+    from octlens.audit.dataset_scan import REPORT
+    from octlens.demo import CONFOUNDS, run_demo
+    from octlens.report.terminal import (
+        audit_table,
+        confounds_table,
+        counterfactual_table,
+        demo_table,
+    )
 
     results = run_demo(out, n_per_class=n_per_class, seed=seed)
     wide = Console(width=max(console.width, 140), markup=False, highlight=False)
+    wide.print(confounds_table(ConfoundReport.load(out / CONFOUNDS / REPORT)))
     wide.print(demo_table(results))
     for _, _, audit in results.values():
         wide.print(audit_table(audit))
