@@ -180,3 +180,24 @@ def test_reacquired_crops_and_mirrors():
     assert wide.shape == (2, 10)
     assert wide[0].tolist() == [1, 0, 0, 1, 2, 3, 4, 5, 5, 4]
     assert reacquired(pixels, 30).shape == (2, 30)  # wider than twice: mirrored again
+
+
+def test_explanation_clusters_find_a_corner_reading_minority():
+    from octlens.audit.clusters import cluster_count, explanation_clusters, map_features
+
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.rand(16, 32, 32, generator=generator) * 0.05
+    maps[:12, 12:20, 12:20] += 1.0  # the majority looks at the middle
+    maps[12:, :6, :6] += 1.0  # four scans look at the top-left corner
+    features = map_features(maps)
+    assert np.allclose(features.sum(axis=1), 1.0)
+    groups = explanation_clusters(maps, torch.zeros(16, dtype=torch.long))
+    assert [(predicted, sorted(members.tolist())) for predicted, members in groups] == [
+        (0, list(range(12))),
+        (0, [12, 13, 14, 15]),
+    ]
+    # one cluster per predicted class when there are too few scans to cut
+    few = explanation_clusters(maps[:6], torch.tensor([0, 0, 0, 1, 1, 1]))
+    assert [len(members) for _, members in few] == [3, 3]
+    blocks = np.kron(np.eye(3), np.ones((4, 4))) - np.eye(12)  # three disconnected groups
+    assert cluster_count(blocks, max_clusters=4) == 3

@@ -3,14 +3,19 @@
 
 Within each predicted class, every map is pooled to ``size x size``, clipped at zero and scaled to
 unit sum (where the attention is, not how much), the scans are joined to their nearest neighbours
-(a symmetric k-nearest-neighbour graph, Euclidean distance), and the graph is cut by spectral
-clustering. The number of clusters is the *eigengap*: with :math:`\\lambda_1 \\le \\lambda_2 \\le
-\\dots` the eigenvalues of the graph's normalized Laplacian, :math:`k = \\arg\\max_{1 \\le i \\le
-k_{max}} (\\lambda_{i+1} - \\lambda_i)`. A corner-reading minority then shows up as a small cluster
-with a large corner share, beside the majority that looks at the lesion.
+(a symmetric k-nearest-neighbour graph, Euclidean distance, :math:`k = \\max(3, \\ln n)`: few
+neighbours, so a minority of a handful of scans is not joined to the majority), and the graph is
+cut by spectral clustering. The number of clusters is the *eigengap*: with
+:math:`\\lambda_1 \\le \\lambda_2 \\le \\dots` the eigenvalues of the graph's normalized Laplacian,
+:math:`k = \\arg\\max_{1 \\le i \\le k_{max}} (\\lambda_{i+1} - \\lambda_i)` (a group with no
+neighbour outside it is its own connected component, and counts as a cluster). A corner-reading
+minority then shows up as a small cluster with a large corner share, beside the majority that
+looks at the lesion.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
@@ -44,15 +49,16 @@ def cluster_maps(features: np.ndarray, max_clusters: int = 4, seed: int = 0) -> 
     n = len(features)
     if n < MIN_SCANS:
         return np.zeros(n, dtype=int)
-    neighbours = min(10, n - 1)
+    neighbours = min(n - 1, max(3, round(np.log(n))))
     graph = kneighbors_graph(features, neighbours, include_self=False).toarray()
     affinity = np.maximum(graph, graph.T)
     count = cluster_count(affinity, max_clusters)
     if count == 1:
         return np.zeros(n, dtype=int)
-    labels = SpectralClustering(count, affinity="precomputed", random_state=seed).fit_predict(
-        affinity
-    )
+    clustering = SpectralClustering(count, affinity="precomputed", random_state=seed)
+    with warnings.catch_warnings():  # a separate group is the point, not a problem
+        warnings.filterwarnings("ignore", "Graph is not fully connected")
+        labels = clustering.fit_predict(affinity)
     order = np.argsort(-np.bincount(labels, minlength=count), kind="stable")
     return np.argsort(order)[labels]
 
