@@ -88,14 +88,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/calibration"))
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--scans-per-class", type=int, default=16)
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     args = parser.parse_args()
     print(
         "| data | model | seed | val acc | test: clean | misleading mark | follows mark | "
         "uses the mark (manifest) | counterfactual verdict (val, no manifest) | agree |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, rate in DATASETS.items():
-        data = dataset(args.out, name, rate)
+    for name in args.datasets:
+        data = dataset(args.out, name, DATASETS[name])
         for recipe in DEMO_MODELS:
             for seed in SEEDS:
                 run = trained(data, args.out / f"{name}-{recipe}-s{seed}", recipe, seed)

@@ -148,3 +148,28 @@ def test_the_report_section_escapes_and_refuses_edited_files(clean, tmp_path):
     (tmp_path / "confounds.json").write_text('{"data": "x"}')
     with pytest.raises(OctlensError, match="not a confound scan this octlens can read"):
         confounds_html(tmp_path)
+
+
+def test_broken_scans_are_left_out_and_named_and_bad_options_are_one_line(clean, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(clean, data)
+    broken = sorted((data / "train" / "DME").glob("*.jpeg"))[0]
+    content = broken.read_bytes()  # cut short with a new end marker: fails only when decoded
+    broken.write_bytes(content[: len(content) // 2] + b"\xff\xd9")
+    with pytest.warns(UserWarning, match=f"left out 1 unreadable scan.*{broken.name}"):
+        report = confound_scan(data, tmp_path / "out", permutations=20)
+    assert report.unreadable == [str(broken)] and report.n_scans == 95
+    mask = data / "retina" / "train" / "CNV" / sorted((data / "train" / "CNV").glob("*"))[0].name
+    Image.new("L", (10, 10)).save(mask.with_suffix(".png"))
+    with pytest.raises(OctlensError, match=r"retina mask is 10x10, its scan 128x124"):
+        confound_scan(data, tmp_path / "out", permutations=20)
+    command = [*OCTLENS, "inspect", str(clean), "--confounds"]
+    (tmp_path / "file").write_text("x")
+    for extra, message in (
+        (["--out", str(tmp_path / "file")], "file"),
+        (["--out", str(tmp_path / "o"), "--permutations", "0"], "permutations"),
+        (["--out", str(tmp_path / "o"), "--split", "nope"], "no split named 'nope'"),
+    ):
+        done = subprocess.run([*command, *extra], capture_output=True, text=True)
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert message in done.stderr

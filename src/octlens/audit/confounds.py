@@ -54,6 +54,8 @@ from pydantic import BaseModel, ConfigDict
 from sklearn.model_selection import StratifiedGroupKFold
 
 from octlens.audit.shortcut import BORDER, CORNER
+from octlens.data.dataset import left_out
+from octlens.data.images import UnreadableImageError, load_grayscale
 from octlens.data.index import DatasetIndex, Sample
 from octlens.data.retina import find_retina, scanner_fill
 from octlens.errors import OctlensError
@@ -134,7 +136,12 @@ def scan_features(index: DatasetIndex, sample: Sample) -> ScanFeatures:
     fill = scanner_fill(pixels)
     retina_path = index.mask_path(sample, "retina")
     if retina_path is not None:
-        retina = np.asarray(Image.open(retina_path).convert("L")) > 127
+        retina = np.asarray(load_grayscale(retina_path)) > 127
+        if retina.shape != pixels.shape:
+            raise OctlensError(
+                f"{retina_path}: retina mask is {retina.shape[1]}x{retina.shape[0]}, "
+                f"its scan {width}x{height}"
+            )
         top = np.where(retina.any(axis=0), retina.argmax(axis=0), height)
     else:
         found = find_retina(pixels)
@@ -227,13 +234,15 @@ def scan_confounds(
     """Score every feature group on the scans of ``splits`` (default: all, pooled)."""
     chosen = list(splits) if splits else sorted(index.splits)
     samples = [sample for split in chosen for sample in index.split(split)]
-    features, readable, unreadable = [], [], []
-    for sample in samples:
+    features, positions = [], set()
+    for position, sample in enumerate(samples):
         try:
             features.append(scan_features(index, sample))
-            readable.append(sample)
-        except OctlensError:
-            unreadable.append(str(sample.path))
+        except UnreadableImageError:
+            continue
+        positions.add(position)
+    unreadable = [str(sample.path) for sample in left_out(index, samples, positions)]
+    readable = [sample for position, sample in enumerate(samples) if position in positions]
     labels = np.array([sample.label for sample in readable])
     groups = np.array([sample.patient or str(sample.path) for sample in readable])
     _require_testable(index, labels, groups)
