@@ -6,8 +6,10 @@ Trains the demo's two recipes (ResNet18 and ViT-tiny at 128 px) with two seeds e
 synthetic data and on data with a planted corner mark at rates 0.5 and 0.9, then per model:
 
 - **the manifest's answer**: on the test split, whose marks code a *wrong* class, accuracy on
-  clean and on misleading-mark scans (``shortcut.csv``); the model uses the mark when the gap is
-  at least ``ACCURACY_GAP`` (the audit's manifest rule);
+  clean and on misleading-mark scans (``shortcut.csv``) and how often the answer is the mark's
+  class; the model uses the mark when the audit's manifest rule says so (the accuracy gap is at
+  least ``ACCURACY_GAP``, or it follows the mark ``FOLLOW_EXCESS`` more often than its clean-scan
+  errors would, ``(1 - clean) / 3``);
 - **the counterfactual verdict**, which never reads the manifest: ``octlens audit`` on the
   validation split, whose marks code the scan's own class as a real confound would (on the test
   split a same-class donor carries a misleading mark as often as any other, so the same-class
@@ -25,7 +27,7 @@ import csv
 from pathlib import Path
 
 from octlens.audit import audit_run
-from octlens.audit.shortcut import ACCURACY_GAP
+from octlens.audit.shortcut import ACCURACY_GAP, FOLLOW_EXCESS
 from octlens.data.marks import MANIFEST
 from octlens.data.synth import read_record, synthesize
 from octlens.demo import DEMO_MODELS, IMG_SIZE
@@ -75,6 +77,7 @@ def manifest_answer(run: Path, data: Path) -> dict[str, float] | None:
         "clean": clean_accuracy,
         "marked": marked_accuracy,
         "follows": _mean(follows),
+        "by_chance": (1 - clean_accuracy) / 3,
         "gap": clean_accuracy - marked_accuracy,
     }
 
@@ -91,7 +94,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     args = parser.parse_args()
     print(
-        "| data | model | seed | val acc | test: clean | misleading mark | follows mark | "
+        "| data | model | seed | val acc | test: clean | misleading mark | follows mark (chance) | "
         "uses the mark (manifest) | counterfactual verdict (val, no manifest) | agree |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -119,11 +122,18 @@ def main() -> None:
                 corner = swaps["corners"]
                 if corner is not None:
                     verdict += f" (corners {corner.flip_to_donor}, effect {corner.effect})"
-                uses = answer is not None and answer["gap"] >= ACCURACY_GAP
+                uses = answer is not None and (
+                    answer["gap"] >= ACCURACY_GAP
+                    or answer["follows"] - answer["by_chance"] >= FOLLOW_EXCESS
+                )
                 cells = (
                     ["-", "-", "-"]
                     if answer is None
-                    else [f"{answer[k]:.2f}" for k in ("clean", "marked", "follows")]
+                    else [
+                        f"{answer['clean']:.2f}",
+                        f"{answer['marked']:.2f}",
+                        f"{answer['follows']:.2f} ({answer['by_chance']:.2f})",
+                    ]
                 )
                 print(
                     f"| {name} | {recipe} | {seed} | {result.accuracy.all:.2f} | "

@@ -20,6 +20,7 @@ from octlens.audit.shortcut import (
     BORDER,
     CORNER,
     CORNER_ENRICHMENT,
+    FOLLOW_EXCESS,
     attention_notes,
     edge_regions,
     shortcut_flags,
@@ -87,6 +88,9 @@ def test_flag_rule_both_sides():
     assert "misleading mark" in shortcut_flags({}, accuracy_gap=ACCURACY_GAP)[0]
     swaps = {"corners": "corner content moves 31% of predictions"}
     assert shortcut_flags(swaps, accuracy_gap=None) == [swaps["corners"]]
+    # a model at chance on clean scans that follows the mark: little accuracy to lose
+    assert shortcut_flags({}, accuracy_gap=0.06, follow_excess=FOLLOW_EXCESS - 0.01) == []
+    assert "more often" in shortcut_flags({}, accuracy_gap=0.06, follow_excess=0.18)[0]
 
 
 def test_attention_notes_support_but_do_not_flag():
@@ -145,7 +149,8 @@ def test_audit_writes_every_number_and_figure(marked_run):
         assert (out / f"{figure}.png").stat().st_size > 0
     assert 4 <= result.n_scans <= 8 and result.retina_masks == "masks"
     accuracy = result.accuracy
-    assert accuracy.n_clean + accuracy.n_marked == result.n_scans
+    assert accuracy.n_clean + accuracy.n_marked == result.n_scans  # test marks all mislead
+    assert accuracy.follows_by_chance == pytest.approx((1 - accuracy.clean) / 3)
     gradcam = result.methods["gradcam"]
     for key in ("deletion_auc", "insertion_auc", "average_drop", "off_retina", "corners"):
         assert 0.0 <= gradcam.scores["all"][key] <= 1.0

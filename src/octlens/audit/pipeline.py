@@ -299,7 +299,10 @@ def summarize(
         for name, method in scored.items()
     }
     accuracy = _accuracy(audit.labels, audit.predictions, marks, classes)
-    reasons = shortcut_flags(evidence.flagged_regions(), accuracy.clean_minus_marked)
+    excess = None
+    if accuracy.follows_mark is not None and accuracy.follows_by_chance is not None:
+        excess = accuracy.follows_mark - accuracy.follows_by_chance
+    reasons = shortcut_flags(evidence.flagged_regions(), accuracy.clean_minus_marked, excess)
     notes = attention_notes(
         {
             name: {
@@ -493,17 +496,28 @@ def _accuracy(
     overall = correct.float().mean().item()
     if marks is None:
         return AccuracySummary(all=overall)
-    marked = torch.tensor([m is not None for m in marks])
-    follows = [classes[int(p)] == m for p, m in zip(predictions.tolist(), marks, strict=True) if m]
-    clean = correct[~marked].float().mean().item() if (~marked).any() else None
+    # Only a mark that names another class than the scan's can mislead (the test split's);
+    # a truthful mark (training and validation splits) counts in neither group.
+    names = [classes[int(label)] for label in labels.tolist()]
+    marked = torch.tensor(
+        [m is not None and m != name for m, name in zip(marks, names, strict=True)]
+    )
+    unmarked = torch.tensor([m is None for m in marks])
+    follows = [
+        classes[int(p)] == m
+        for p, m, misleading in zip(predictions.tolist(), marks, marked.tolist(), strict=True)
+        if misleading
+    ]
+    clean = correct[unmarked].float().mean().item() if unmarked.any() else None
     on_marked = correct[marked].float().mean().item() if marked.any() else None
     return AccuracySummary(
         all=overall,
         clean=clean,
         marked=on_marked,
-        n_clean=int((~marked).sum()),
+        n_clean=int(unmarked.sum()),
         n_marked=int(marked.sum()),
         follows_mark=float(np.mean(follows)) if follows else None,
+        follows_by_chance=None if clean is None else (1 - clean) / (len(classes) - 1),
         clean_minus_marked=None if clean is None or on_marked is None else clean - on_marked,
     )
 

@@ -54,6 +54,7 @@ class AccuracySummary(_Strict):
     n_clean: int | None = None
     n_marked: int | None = None
     follows_mark: float | None = None
+    follows_by_chance: float | None = None  # (1 - clean) / (K - 1): clean errors on one class
     clean_minus_marked: float | None = None
 
 
@@ -208,7 +209,8 @@ class AuditResult(_Strict):
             lines.append(
                 f"planted marks: clean scans {_number(accuracy.clean)} (n={accuracy.n_clean}), "
                 f"scans with a misleading mark {_number(accuracy.marked)} "
-                f"(n={accuracy.n_marked}); follows the mark {_number(accuracy.follows_mark)}"
+                f"(n={accuracy.n_marked}); follows the mark {_number(accuracy.follows_mark)} "
+                f"(by chance {_number(accuracy.follows_by_chance)})"
             )
         return lines
 

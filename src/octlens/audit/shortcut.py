@@ -11,8 +11,12 @@ a map spread evenly would get); their ratio is the region's *enrichment*.
 
 1. a counterfactual region swap (:mod:`octlens.audit.counterfactual`) moves its predictions to
    the donor's class beyond both controls: the evidence that needs no manifest, or
-2. on data with planted marks, its accuracy on clean scans exceeds its accuracy on scans with a
-   misleading mark by :data:`ACCURACY_GAP` or more (the mark changes its answer).
+2. on data with planted marks (the manifest), its accuracy on clean scans exceeds its accuracy on
+   scans with a misleading mark by :data:`ACCURACY_GAP` or more, or it answers the misleading
+   mark's class more often than chance by :data:`FOLLOW_EXCESS` or more. Chance is where its
+   clean-scan errors would land on that class, :math:`(1 - a_{clean}) / (K - 1)`: a model that
+   learned nothing but the mark is at chance on clean scans too, so its accuracy has little to
+   lose, but it follows the mark.
 
 Saliency supports the verdict but never makes it (:func:`attention_notes`): maps at 4 x 4 or
 8 x 8 are too coarse to show a small mark, and models that followed a planted mark on every
@@ -35,6 +39,7 @@ from octlens.audit.localization import mass_share
 BORDER = 1 / 8
 CORNER = 1 / 5
 ACCURACY_GAP = 0.10
+FOLLOW_EXCESS = 0.10
 CORNER_ENRICHMENT = 2.0
 OFF_RETINA_ENRICHMENT = 1.1
 
@@ -75,15 +80,23 @@ def area_shares(regions: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: mask.flatten(1).float().mean(dim=1) for name, mask in regions.items()}
 
 
-def shortcut_flags(swaps: Mapping[str, str], accuracy_gap: float | None) -> list[str]:
+def shortcut_flags(
+    swaps: Mapping[str, str], accuracy_gap: float | None, follow_excess: float | None = None
+) -> list[str]:
     """The reasons a model is flagged (empty: not flagged): ``swaps`` maps each region whose swap
-    is flagged to the sentence describing it; ``accuracy_gap`` is the manifest's clean minus
-    misleading-mark accuracy, or None without planted marks."""
+    is flagged to the sentence describing it; on data with planted marks ``accuracy_gap`` is the
+    clean minus misleading-mark accuracy and ``follow_excess`` how much more often the model
+    answers a misleading mark's class than its clean-scan errors would (None without marks)."""
     reasons = list(swaps.values())
     if accuracy_gap is not None and accuracy_gap >= ACCURACY_GAP:
         reasons.append(
             f"accuracy drops by {accuracy_gap:.2f} when scans carry a misleading mark "
             f"(flag at >= {ACCURACY_GAP:.2f})"
+        )
+    if follow_excess is not None and follow_excess >= FOLLOW_EXCESS:
+        reasons.append(
+            f"answers a misleading mark's class {follow_excess:.2f} more often than its errors on "
+            f"clean scans would (flag at >= {FOLLOW_EXCESS:.2f})"
         )
     return reasons
 
