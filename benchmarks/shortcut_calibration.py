@@ -15,8 +15,9 @@ synthetic data and on data with a planted corner mark at rates 0.5 and 0.9, then
   split a same-class donor carries a misleading mark as often as any other, so the same-class
   control would contain the shortcut itself).
 
-It prints one Markdown row per model and whether the two agree. Finished runs, evaluations and
-audits are kept, so a second call only does what is missing (``--train-only`` stops after
+It prints one Markdown row per model and whether the two agree. Finished runs and audits are
+kept (delete ``RUN/audit/val`` after changing the counterfactual tests), so a second call only
+does what is missing (``--train-only`` stops after
 training).
 """
 
@@ -26,7 +27,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from octlens.audit import audit_run
+from octlens.audit import AuditResult, audit_run
 from octlens.audit.shortcut import ACCURACY_GAP, FOLLOW_EXCESS
 from octlens.data.marks import MANIFEST
 from octlens.data.synth import read_record, synthesize
@@ -107,14 +108,19 @@ def main() -> None:
                     print(f"trained {run}", flush=True)
                     continue
                 answer = manifest_answer(run, data)
-                result = audit_run(
-                    run,
-                    data,
-                    "val",
-                    methods=["gradcam"],
-                    scans_per_class=args.scans_per_class,
-                    steps=10,
-                    sanity_scans=4,
+                stored = run / "audit" / "val" / "audit.json"
+                result = (
+                    AuditResult.load(stored)
+                    if stored.exists()
+                    else audit_run(
+                        run,
+                        data,
+                        "val",
+                        methods=["gradcam"],
+                        scans_per_class=args.scans_per_class,
+                        steps=10,
+                        sanity_scans=4,
+                    )
                 )
                 flagged = result.counterfactual.flagged_regions()
                 verdict = ("flagged: " + ", ".join(flagged)) if flagged else "not flagged"

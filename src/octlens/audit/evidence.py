@@ -3,7 +3,7 @@ evidence that leads the shortcut verdict, with no manifest needed.
 
 Every scan gets :data:`DONORS` donors of another predicted class (and as many of its own class for
 the control) for each swapped region, so the swaps cost ``3 * DONORS`` forward passes per scan and
-region; region-only two more, the aspect test one per width.
+region; region-only two more, the aspect test one per width plus one for its baseline.
 """
 
 from __future__ import annotations
@@ -80,22 +80,25 @@ def counterfactual_evidence(
 def aspect_changes(audit: PreparedAudit, seed: int = 0) -> dict[str, IntervalSummary]:
     """Per width: the share of scans of another width whose prediction changes when presented
     as if acquired at that width. Scans are re-read a batch at a time, so memory stays bounded."""
-    samples, predictions = audit.batch.samples, audit.predictions.cpu()
+    samples = audit.batch.samples
     widths = sorted({width for _, width in audit.batch.sizes} | set(OCT_WIDTHS))
     transform = audit.run.eval_transform()
     changed: dict[int, list[torch.Tensor]] = {width: [] for width in widths}
     positions = torch.arange(len(samples))
+
+    def predicted(arrays: list[np.ndarray]) -> torch.Tensor:
+        images = torch.stack([transform(Image.fromarray(array)) for array in arrays])
+        return audit.predict(images.to(audit.plan.device)).argmax(dim=1).cpu()
+
     for chunk in positions.split(audit.batch_size):
         originals = [np.asarray(audit.index.load(samples[i])) for i in chunk.tolist()]
+        # the baseline goes the same way (full decode, then resize) as the re-acquired scans
+        baseline = predicted(originals)
         for width in widths:
             others = [j for j, pixels in enumerate(originals) if pixels.shape[1] != width]
-            if not others:
-                continue
-            images = torch.stack(
-                [transform(Image.fromarray(reacquired(originals[j], width))) for j in others]
-            )
-            predicted = audit.predict(images.to(audit.plan.device)).argmax(dim=1).cpu()
-            changed[width].append(predicted != predictions[chunk[others]])
+            if others:
+                moved = predicted([reacquired(originals[j], width) for j in others])
+                changed[width].append(moved != baseline[others])
     return {
         str(width): _interval(interval(torch.cat(flags).double(), seed))
         for width, flags in changed.items()

@@ -420,12 +420,14 @@ def load_audit_batch(
     for position, sample in enumerate(samples):
         try:
             scan_image = index.load(sample)
+            # the model sees the scan decoded as evaluation and training decode it
+            model_image = index.load(sample, img_size)
         except UnreadableImageError:
             continue
         scored.add(position)
         pixels = np.asarray(scan_image)
         sizes.append(pixels.shape)
-        images.append(transform(scan_image))
+        images.append(transform(model_image))
         display.append(_resized(pixels, img_size, Image.Resampling.BILINEAR) / 255)
         if lesion_paths:
             lesions.append(_mask_at(lesion_paths[position], img_size))
