@@ -75,11 +75,15 @@ def read_model(model: type[ModelT], path: Path, what: str, remedy: str) -> Model
     try:
         return model.model_validate(read_json(path))
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(map(str, first["loc"]))
         raise OctlensError(
-            f"{path}: not {what} this octlens can read ({where}: {first['msg']}); {remedy}"
+            f"{path}: not {what} this octlens can read ({first_problem(error)}); {remedy}"
         ) from None
+
+
+def first_problem(error: ValidationError) -> str:
+    """``field.path: message`` of a validation error's first problem, for a one-line error."""
+    first = error.errors()[0]
+    return f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
 
 
 def require_writable_folder(folder: Path, what: str = "--out") -> Path:

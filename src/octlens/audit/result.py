@@ -133,6 +133,30 @@ class CounterfactualSummary(_Strict):
         return lines
 
 
+#: The columns of the region-swap table, in the terminal and in the report.
+SWAP_HEADINGS = (
+    "region",
+    "area",
+    "flip to donor",
+    "random places",
+    "same class",
+    "effect",
+    "p(predicted) change",
+)
+
+
+def swap_cells(swap: SwapSummary) -> tuple[str, ...]:
+    """One region's row of the swap table after its name, in :data:`SWAP_HEADINGS` order."""
+    return (
+        f"{swap.area:.2f}",
+        str(swap.flip_to_donor),
+        f"{swap.random_place.mean:.0%}",
+        f"{swap.same_class.mean:.0%}",
+        str(swap.effect),
+        f"{swap.probability_change:+.2f}",
+    )
+
+
 def swap_sentence(region: str, swap: SwapSummary) -> str:
     return (
         f"{REGION_WORDS.get(region, region)} moves {swap.flip_to_donor} of predictions to the "

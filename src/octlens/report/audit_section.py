@@ -8,7 +8,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from octlens.audit.counterfactual import MIN_EFFECT
-from octlens.audit.result import COLUMNS, REFERENCE_ROW, AuditResult, table_rows
+from octlens.audit.result import (
+    COLUMNS,
+    REFERENCE_ROW,
+    SWAP_HEADINGS,
+    AuditResult,
+    swap_cells,
+    table_rows,
+)
 from octlens.report.embed import figure_html, number, text
 
 REGIONS = ("off_retina", "border", "corners", "fill")
@@ -62,23 +69,15 @@ def counterfactual_html(audit: AuditResult) -> str:
         if swap is None:
             rows.append(f"<tr><th>{text(region)}</th><td colspan=7>one class for every scan</td>")
             continue
-        cells = (
-            f"{swap.area:.2f}",
-            str(swap.flip_to_donor),
-            f"{swap.random_place.mean:.0%}",
-            f"{swap.same_class.mean:.0%}",
-            str(swap.effect),
-            f"{swap.probability_change:+.2f}",
-            "<b>flagged</b>" if swap.flagged else "",
-        )
+        cells = (*swap_cells(swap), "<b>flagged</b>" if swap.flagged else "")
         rows.append(f"<tr><th>{text(region)}</th>{''.join(f'<td>{c}</td>' for c in cells)}</tr>")
+    headings = "".join(f"<th>{heading}</th>" for heading in SWAP_HEADINGS)
     context = "".join(
         f"<li>{html.escape(line)}</li>" for line in audit.counterfactual.context_lines()
     )
     return (
-        f"<p><b>{text(audit.model)}</b></p><table><tr><th>region</th><th>area</th>"
-        "<th>flip to donor</th><th>random places</th><th>same class</th><th>effect</th>"
-        f"<th>p(predicted) change</th><th></th></tr>{''.join(rows)}</table><ul>{context}</ul>"
+        f"<p><b>{text(audit.model)}</b></p><table><tr>{headings}<th></th></tr>"
+        f"{''.join(rows)}</table><ul>{context}</ul>"
     )
 
 

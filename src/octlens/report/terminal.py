@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 from rich.table import Table
 
 from octlens.audit.confounds import ConfoundReport
-from octlens.audit.result import COLUMNS, REFERENCE_ROW, AuditResult, table_rows
+from octlens.audit.result import (
+    COLUMNS,
+    REFERENCE_ROW,
+    SWAP_HEADINGS,
+    AuditResult,
+    swap_cells,
+    table_rows,
+)
 from octlens.data.index import DatasetIndex
 from octlens.report.embed import number
 
@@ -108,31 +115,13 @@ def counterfactual_table(result: AuditResult) -> Table:
         title=f"{result.model}: counterfactual region swaps "
         f"({evidence.donors_per_scan} donors per scan; 95% bootstrap intervals)"
     )
-    for heading in (
-        "region",
-        "area",
-        "flip to donor",
-        "random places",
-        "same class",
-        "effect",
-        "p(pred) change",
-        "",
-    ):
+    for heading in (*SWAP_HEADINGS, ""):
         table.add_column(heading, justify="right", no_wrap=True)
     for region, swap in evidence.swaps.items():
         if swap is None:
             table.add_row(region, "-", "one class predicted for every scan", "", "", "", "", "")
             continue
-        table.add_row(
-            region,
-            f"{swap.area:.2f}",
-            str(swap.flip_to_donor),
-            f"{swap.random_place.mean:.0%}",
-            f"{swap.same_class.mean:.0%}",
-            str(swap.effect),
-            f"{swap.probability_change:+.2f}",
-            "FLAGGED" if swap.flagged else "",
-        )
+        table.add_row(region, *swap_cells(swap), "FLAGGED" if swap.flagged else "")
     return table
 
 

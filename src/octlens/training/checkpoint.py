@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 from octlens import __version__
 from octlens.data.transforms import Normalization, eval_transform
 from octlens.errors import OctlensError
-from octlens.files import atomic_write, write_text
+from octlens.files import atomic_write, first_problem, write_text
 from octlens.models import create_model
 
 FORMAT = "octlens-checkpoint"
@@ -187,9 +187,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         checked = CheckpointMeta.model_validate(meta)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(map(str, first["loc"]))
         raise OctlensError(
-            f"{path}: invalid checkpoint metadata ({where}: {first['msg']})"
+            f"{path}: invalid checkpoint metadata ({first_problem(error)})"
         ) from None
     return Checkpoint(path=path, meta={**meta, **checked.model_dump()}, tensors=tensors)
