@@ -48,10 +48,15 @@ def dataset(out: Path, name: str, rate: float | None) -> Path:
     return folder
 
 
+def finished(run: Path, recipe: str) -> bool:
+    last = run / "last.json"
+    return last.exists() and read_json(last)["epoch"] >= DEMO_MODELS[recipe]["epochs"]
+
+
 def trained(data: Path, run: Path, recipe: str, seed: int) -> Path:
     settings = DEMO_MODELS[recipe]
     last = run / "last.json"
-    if not last.exists() or read_json(last)["epoch"] < settings["epochs"]:
+    if not finished(run, recipe):
         config = TrainConfig(data=data, out=run, img_size=IMG_SIZE, seed=seed, **settings)
         train(config, resume=last.exists(), verbose=False)
     return run
@@ -93,6 +98,9 @@ def main() -> None:
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--scans-per-class", type=int, default=16)
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument(
+        "--audit-only", action="store_true", help="skip runs that are not trained to the end"
+    )
     args = parser.parse_args()
     print(
         "| data | model | seed | val acc | test: clean | misleading mark | follows mark (chance) | "
@@ -103,7 +111,11 @@ def main() -> None:
         data = dataset(args.out, name, DATASETS[name])
         for recipe in DEMO_MODELS:
             for seed in SEEDS:
-                run = trained(data, args.out / f"{name}-{recipe}-s{seed}", recipe, seed)
+                run = args.out / f"{name}-{recipe}-s{seed}"
+                if args.audit_only and not finished(run, recipe):
+                    print(f"| {name} | {recipe} | {seed} | not trained |", flush=True)
+                    continue
+                trained(data, run, recipe, seed)
                 if args.train_only:
                     print(f"trained {run}", flush=True)
                     continue
