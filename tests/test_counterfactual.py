@@ -201,3 +201,22 @@ def test_explanation_clusters_find_a_corner_reading_minority():
     assert [len(members) for _, members in few] == [3, 3]
     blocks = np.kron(np.eye(3), np.ones((4, 4))) - np.eye(12)  # three disconnected groups
     assert cluster_count(blocks, max_clusters=4) == 3
+
+
+def test_a_swap_without_a_random_place_control_supports_but_never_flags():
+    """Swapping the whole background leaves no 'elsewhere' for the control: reported, not
+    flagged, however large the flip rate."""
+    background_reader = reads(slice(28, 34), slice(16, 24))
+    images, _, retina = scans()
+    images[:, 0, 28:34, :] += LEVELS[torch.arange(CLASSES).repeat_interleave(6), None, None]
+    predicted = background_reader(images).argmax(dim=1)
+    result = region_swap(
+        background_reader,
+        images,
+        torch.ones_like(retina),  # off the retina: everything the swap may touch
+        retina,
+        choose_donors(predicted, 3, same_class=False),
+        choose_donors(predicted, 3, same_class=True),
+    )
+    assert result.flip_to_donor.mean == 1.0 and result.effect.low > 0.5
+    assert result.random_place.mean == 0.0 and not result.flagged
