@@ -165,10 +165,13 @@ def region_swap(
     other_donors: torch.Tensor,
     same_donors: torch.Tensor,
     seed: int = 0,
+    probabilities: torch.Tensor | None = None,
 ) -> SwapResult | None:
     """Swap ``region`` from each scan's donors, with both controls; None when no scan has a donor
-    of another predicted class (a model that predicts one class for everything)."""
-    probabilities = predict(images)
+    of another predicted class (a model that predicts one class for everything).
+    ``probabilities`` are the model's on the unchanged ``images``, when the caller has them."""
+    if probabilities is None:
+        probabilities = predict(images)
     predicted = probabilities.argmax(dim=1)
     k = other_donors.shape[1]
     generator = torch.Generator().manual_seed(seed)

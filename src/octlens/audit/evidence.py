@@ -49,6 +49,7 @@ def counterfactual_evidence(
     retina, fill = audit.batch.retina.to(device), audit.batch.fill.to(device)
     other = choose_donors(audit.predictions, donors, same_class=False, seed=seed)
     same = choose_donors(audit.predictions, donors, same_class=True, seed=seed + 1)
+    unchanged = audit.predict(audit.images)  # shared by the four swaps
     swaps = {
         region: _swap(
             region_swap(
@@ -59,6 +60,7 @@ def counterfactual_evidence(
                 other,
                 same,
                 seed,
+                unchanged,
             )
         )
         for region in SWAP_REGIONS
