@@ -117,6 +117,8 @@ def _in_process(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
         (["train", "--data", "d", "--out", "r", "--bogus"], "No such option: --bogus"),
         (["evaluate", "--data", "d"], "Missing argument 'run'"),
         (["train", "--out", "r"], "--data: Field required"),
+        (["train", "--data", "d", "--out", "r", "--freeze", "backbone"], "--freeze needs weights"),
+        (["train", "--data", "d", "--out", "r", "--layer-decay", "2"], "--layer-decay: Input"),
         (["frobnicate"], "No such command 'frobnicate'"),
         (["synth", "o", "--n-per-class", "1.5"], "Invalid value for '--n-per-class'"),
     ],

@@ -133,7 +133,9 @@ def _train(config: Path | None = None, resume: bool = False, **options: object) 
         train_config = TrainConfig.model_validate(settings)
     except ValidationError as error:
         first = error.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else "config"
+        if not first["loc"]:  # a rule across options, which names them itself
+            raise OctlensError(str(first["ctx"]["error"])) from None
+        field = str(first["loc"][0])
         option = _TRAIN_OPTIONS.get(field, field).replace("_", "-")
         raise OctlensError(f"--{option}: {first['msg']}") from None
     result = train_run(train_config, resume=resume)

@@ -9,14 +9,16 @@ from octlens.models.factory import (
     resolve_name,
     vit_parts,
 )
-from octlens.models.pretrained import load_pretrained_file
+from octlens.models.pretrained import is_classifier, load_pretrained_file, load_pretrained_state
 
 __all__ = [
     "MODEL_ALIASES",
     "ViTParts",
     "create_model",
+    "is_classifier",
     "is_vit",
     "load_pretrained_file",
+    "load_pretrained_state",
     "require_vit",
     "resolve_name",
     "vit_parts",

@@ -36,8 +36,15 @@ def load_pretrained_file(model: nn.Module, path: str | Path) -> list[str]:
         state_dict = timm_load_state_dict(str(path), use_ema=False, weights_only=True)
     except Exception as error:  # torch and safetensors raise many types for a bad file
         raise OctlensError(f"{path}: not a readable weights file ({error})") from None
-    state_dict = _from_torchvision_vit(state_dict)
+    return load_pretrained_state(model, _from_torchvision_vit(state_dict), path)
 
+
+def load_pretrained_state(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], source: str | Path
+) -> list[str]:
+    """Load weights in timm's layout into ``model``, adapted as the module docstring says;
+    return the keys left at their initial values (a new classifier). ``source`` names the
+    weights in errors."""
     config: dict[str, Any] = model.pretrained_cfg  # type: ignore[assignment]  # timm's dict
     first_conv = f"{config['first_conv']}.weight"
     in_chans = model.state_dict()[first_conv].shape[1]
@@ -49,9 +56,9 @@ def load_pretrained_file(model: nn.Module, path: str | Path) -> list[str]:
 
     own = model.state_dict()
     for key in [k for k in state_dict if k in own and state_dict[k].shape != own[k].shape]:
-        if not _is_classifier(key, config["classifier"]):
+        if not is_classifier(model, key):
             raise OctlensError(
-                f"{path}: '{key}' has shape {tuple(state_dict[key].shape)}, the model expects "
+                f"{source}: '{key}' has shape {tuple(state_dict[key].shape)}, the model expects "
                 f"{tuple(own[key].shape)} (weights of another model size?)"
             )
         del state_dict[key]  # a new head for the new classes
@@ -59,19 +66,21 @@ def load_pretrained_file(model: nn.Module, path: str | Path) -> list[str]:
     if result.unexpected_keys:
         shown = ", ".join(result.unexpected_keys[:3])
         raise OctlensError(
-            f"{path}: {len(result.unexpected_keys)} weights do not belong to this model "
+            f"{source}: {len(result.unexpected_keys)} weights do not belong to this model "
             f"({shown}, ...): weights of another architecture?"
         )
-    body_missing = [k for k in result.missing_keys if not _is_classifier(k, config["classifier"])]
+    body_missing = [k for k in result.missing_keys if not is_classifier(model, k)]
     if body_missing:
         raise OctlensError(
-            f"{path}: {len(body_missing)} model weights are missing from the file "
+            f"{source}: {len(body_missing)} model weights are missing from the file "
             f"({', '.join(body_missing[:3])}, ...)"
         )
     return list(result.missing_keys)
 
 
-def _is_classifier(key: str, classifier: str | tuple[str, ...]) -> bool:
+def is_classifier(model: nn.Module, key: str) -> bool:
+    """Whether parameter ``key`` belongs to the model's classifier (timm's ``classifier``)."""
+    classifier = model.pretrained_cfg["classifier"]  # type: ignore[index]  # timm's dict
     names = (classifier,) if isinstance(classifier, str) else classifier
     return any(key.startswith(f"{name}.") for name in names)
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Balance = Literal["none", "loss", "sampler"]
+Freeze = Literal["none", "backbone"]
 
 
 class TrainConfig(BaseModel):
@@ -25,6 +26,21 @@ class TrainConfig(BaseModel):
         default_factory=dict, description="KEY=VALUE for the timm model, e.g. depth=6"
     )
     pretrained: str | None = Field(None, description="weights file, or 'hub'")
+    init: Path | None = Field(
+        None,
+        description="start from an octlens run's weights (run folder or checkpoint); the model "
+        "settings not given are the run's",
+    )
+    freeze: Freeze = Field(
+        "none", description="none, or backbone: train the classifier only (a linear probe)"
+    )
+    layer_decay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="learning-rate factor per layer from the head down (default: 0.75 when "
+        "starting from weights, 1 from scratch)",
+    )
 
     train_split: str = Field("train", description="the split to train on")
     val_split: str = Field("val", description="carved from train by patient if absent")
@@ -52,3 +68,11 @@ class TrainConfig(BaseModel):
     num_workers: int | None = Field(None, ge=0, description="data-loading processes")
     seed: int = Field(0, description="seeds the model, the splits and every epoch")
     strict: bool = Field(False, description="unreadable images are errors")
+
+    @model_validator(mode="after")
+    def _one_start(self) -> TrainConfig:
+        if self.init is not None and self.pretrained is not None:
+            raise ValueError("give --init (an octlens run) or --pretrained (weights), not both")
+        if self.freeze != "none" and self.init is None and self.pretrained is None:
+            raise ValueError("--freeze needs weights to keep: add --init RUN or --pretrained")
+        return self

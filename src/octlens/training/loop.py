@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from timm.optim import param_groups_weight_decay
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, WeightedRandomSampler
@@ -42,6 +41,13 @@ from octlens.models import create_model, is_vit
 from octlens.runtime import PrecisionPlan, resolve_device, resolve_precision
 from octlens.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from octlens.training.config import TrainConfig
+from octlens.training.finetune import (
+    freeze_backbone,
+    layer_decay,
+    parameter_groups,
+    read_init,
+    train_mode,
+)
 from octlens.training.history import plot_learning_curves, write_history
 from octlens.training.inference import predict_logits, prepare_input
 
@@ -74,6 +80,7 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
     turns NaN or infinite stops the run with an error, and ``last`` keeps the last good epoch.
     """
     console = Console(quiet=not verbose, markup=False, highlight=False)
+    config, init = read_init(config)
     out = config.out
     last_path = out / "last.safetensors"
     if out.exists() and not out.is_dir():
@@ -91,11 +98,14 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
     if resumed:
         _check_same_data(resumed, config, fingerprint)
     _warn_leakage(index, train_split)
-    normalization = (
-        Normalization(**resumed.meta["normalization"])
-        if resumed
-        else estimate_normalization(index, train_samples, config.img_size, seed=config.seed)
-    )
+    if resumed:
+        normalization = Normalization(**resumed.meta["normalization"])
+    elif init:  # the weights expect the inputs they were trained on
+        normalization = init.checkpoint.normalization
+    else:
+        normalization = estimate_normalization(
+            index, train_samples, config.img_size, seed=config.seed
+        )
 
     _seed_everything(config.seed)
     model = create_model(
@@ -108,6 +118,12 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
     )
     if resumed:
         model.load_state_dict(resumed.model_state())
+        started_from = resumed.meta.get("fine_tuning", {}).get("init")
+    elif init:
+        started_from = init.load_into(model, index.classes)
+    else:
+        started_from = None
+    frozen = freeze_backbone(model) if config.freeze == "backbone" else []
     channels_last = not is_vit(model)
     model.to(device)
     if channels_last:
@@ -141,8 +157,9 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
     )
     steps_per_epoch = len(_train_loader(train_set, config, workers, epoch=0))
 
+    decay = layer_decay(config)
     optimizer = torch.optim.AdamW(
-        param_groups_weight_decay(model, config.weight_decay), lr=config.lr
+        parameter_groups(model, config.lr, config.weight_decay, decay), lr=config.lr
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -169,9 +186,15 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
         f"{config.model} @ {config.img_size}px on {device.type} ({precision.name}): "
         f"{len(train_samples)} train / {len(val_samples)} val images, classes {index.classes}"
     )
+    if started_from and not resumed:
+        console.print(
+            f"starting from {started_from['checkpoint']} (epoch {started_from['epoch']}, "
+            f"{started_from['head']} classifier; layer decay {decay:g}, freeze {config.freeze})"
+        )
     meta_base = _run_metadata(config, index, normalization, len(train_samples), len(val_samples))
     meta_base["data"]["train_fingerprint"] = fingerprint
     meta_base["precision"] = precision.name
+    meta_base["fine_tuning"] = {"init": started_from, "freeze": config.freeze, "layer_decay": decay}
     stopped_early = False
     val_left_out_named = False
     epoch = len(history) + 1
@@ -194,6 +217,7 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
                 scaler,
                 precision,
                 channels_last,
+                frozen,
                 description=f"epoch {epoch}/{config.epochs}",
                 console=console,
             )
@@ -296,10 +320,11 @@ def _train_one_epoch(
     scaler: torch.amp.GradScaler,
     precision: PrecisionPlan,
     channels_last: bool,
+    frozen: list[nn.Module],
     description: str,
     console: Console,
 ) -> tuple[float, float]:
-    model.train()
+    train_mode(model, frozen)
     total_loss = correct = seen = 0.0
     started = time.perf_counter()
     progress = Progress(
