@@ -220,3 +220,18 @@ def test_a_swap_without_a_random_place_control_supports_but_never_flags():
     )
     assert result.flip_to_donor.mean == 1.0 and result.effect.low > 0.5
     assert result.random_place.mean == 0.0 and not result.flagged
+
+
+def test_answers_that_tip_without_their_probability_moving_are_not_flagged():
+    """A model with nearly uniform outputs whose argmax follows the corner: the swap flips its
+    answers, but the probability of its answer barely moves. That is a tie tipping, reported
+    with its effect, not a model reading the corner."""
+
+    def tie_tipper(images: torch.Tensor) -> torch.Tensor:
+        return 0.996 * 0.25 + 0.004 * corner_reader(images)  # rows still sum to 1
+
+    tipped = swap(tie_tipper, edge_regions(SIZE, SIZE)["corners"])
+    read = swap(corner_reader, edge_regions(SIZE, SIZE)["corners"])
+    assert tipped.effect.mean == read.effect.mean == 1.0
+    assert -0.01 < tipped.probability_change < 0 and not tipped.flagged
+    assert read.flagged

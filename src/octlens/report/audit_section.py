@@ -7,7 +7,7 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
-from octlens.audit.counterfactual import MIN_EFFECT
+from octlens.audit.counterfactual import MIN_EFFECT, MIN_PROBABILITY_DROP
 from octlens.audit.result import (
     COLUMNS,
     REFERENCE_ROW,
@@ -54,7 +54,9 @@ def audit_table(audits: Sequence[AuditResult]) -> str:
         "scans the model puts in another class: how often the prediction moves to the donor's "
         "class, beside the same pixels pasted elsewhere and a swap from the scan's own class "
         "(effect: flip rate minus the larger control; 95% bootstrap intervals). A region is "
-        f"flagged when the effect is at least {MIN_EFFECT:.0%} and its interval is above 0.</p>"
+        f"flagged when the effect is at least {MIN_EFFECT:.0%}, its interval is above 0, both "
+        "controls exist and the swap lowers the probability of the predicted class by at least "
+        f"{MIN_PROBABILITY_DROP:.0%} on average.</p>"
         f"{''.join(counterfactual_html(a) for a in audits)}"
         "<h3>Explanation clusters</h3><p>Scans of each predicted class grouped by where the "
         "maps put their attention (spectral clustering, eigengap): a small group with a large "
