@@ -237,6 +237,9 @@ def _interrupt(args: list[str], ready, timeout: float = 240) -> subprocess.Compl
         text=True,
         env=env,
         start_new_session=True,
+        # As in a terminal: a suite started in the background (`make test &`) has SIGINT ignored,
+        # children inherit that, and Python then never raises KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + timeout
     while not ready():
