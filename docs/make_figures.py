@@ -18,6 +18,7 @@ import numpy as np
 from octlens.data.index import Sample, scan
 from octlens.data.retina import find_retina
 from octlens.data.synth import CLASSES, plan_scans, render_job
+from octlens.data.synth.writer import with_sizes
 
 REAL = Path("../shared/data/oct2017-real/dev")
 OUT = Path("docs/images")
@@ -26,12 +27,12 @@ OUT = Path("docs/images")
 def synthetic_vs_real(seed: int = 3) -> None:
     """One synthetic (with its lesion outline) and one real dev scan per class."""
     real = scan(REAL)
-    jobs = plan_scans(8, seed)
+    jobs = with_sizes(plan_scans(8, seed), None)  # OCT2017's sizes, as `synth` draws them
     figure, axes = plt.subplots(2, 4, figsize=(16, 8), constrained_layout=True)
     for column, label in enumerate(CLASSES):
         job = next(j for j in jobs if j.label == label and j.split == "train")
         synthetic = render_job(job)
-        axes[0, column].imshow(synthetic.image, cmap="gray", vmin=0, vmax=255)
+        axes[0, column].imshow(synthetic.image, cmap="gray", vmin=0, vmax=255, aspect="auto")
         if synthetic.lesion.any():
             axes[0, column].contour(synthetic.lesion, levels=[0.5], colors="#ffb000", linewidths=1)
         axes[0, column].set_title(f"synthetic {label}")

@@ -30,11 +30,12 @@ def test_same_seed_same_scan_and_other_seed_other_scan():
 
 
 @pytest.mark.parametrize("label", CLASSES)
-def test_mask_geometry(label):
+@pytest.mark.parametrize("width", [512, 768])
+def test_mask_geometry(label, width):
     for seed in range(4):
         rng = np.random.default_rng(seed)
-        scan_ = render_scan(label, draw_patient(rng), rng)
-        assert scan_.image.shape == scan_.lesion.shape == scan_.retina.shape == (496, 512)
+        scan_ = render_scan(label, draw_patient(rng), rng, 496, width)
+        assert scan_.image.shape == scan_.lesion.shape == scan_.retina.shape == (496, width)
         # The retina is one vertical run per column: ILM down to Bruch's membrane.
         column_runs = np.diff(scan_.retina.astype(np.int8), axis=0)
         assert (np.abs(column_runs).sum(axis=0) <= 2).all()
@@ -51,6 +52,45 @@ def test_dme_cysts_are_dark_and_drusen_lift_the_rpe():
     dme = render_scan("DME", draw_patient(rng), rng)
     retina_only = dme.retina & ~dme.lesion
     assert dme.image[dme.lesion].mean() < 0.6 * dme.image[retina_only].mean()
+
+
+@pytest.mark.parametrize("label", CLASSES)
+def test_a_wider_scan_samples_the_same_field_more_densely(label):
+    """The masks of a 1536-wide scan, every third column, are those of the 512-wide scan drawn
+    from the same stream: the geometry is laid out on one field, whatever the sampling."""
+    scans = {}
+    for width in (512, 1536):
+        rng = np.random.default_rng(11)
+        scans[width] = render_scan(label, draw_patient(rng), rng, 496, width)
+    for kind in ("retina", "lesion"):
+        narrow, wide = getattr(scans[512], kind), getattr(scans[1536], kind)[:, ::3]
+        union = (narrow | wide).sum()
+        if union:
+            assert (narrow & wide).sum() / union > 0.95, kind
+
+
+def test_the_default_sizes_are_oct2017_s_drawn_per_patient_whatever_the_class(tmp_path):
+    from octlens.data.synth.writer import OCT2017_SIZES, plan_scans, with_sizes
+
+    jobs = with_sizes(plan_scans(400, seed=0), None)
+    by_patient = {}
+    for job in jobs:
+        assert job.size in OCT2017_SIZES
+        by_patient.setdefault(job.patient, set()).add(job.size)
+    assert all(len(sizes) == 1 for sizes in by_patient.values())
+    for label in CLASSES:  # each class gets roughly the dev sample's shares, not its own
+        patients = {job.patient: job.size for job in jobs if job.label == label}
+        wide = sum(size == (496, 768) for size in patients.values()) / len(patients)
+        assert 0.12 < wide < 0.38, (label, wide)
+    out = tmp_path / "mixed"
+    synthesize(out, 6, seed=4, workers=1)
+    record = read_record(out)
+    assert record["size"] == "oct2017" and sum(record["sizes"].values()) == 24
+    for path in out.rglob("*.jpeg"):
+        width, height = Image.open(path).size
+        assert (height, width) in OCT2017_SIZES
+        mask = Image.open(out / "masks" / path.relative_to(out).with_suffix(".png"))
+        assert mask.size == (width, height)
 
 
 def test_writer_layout_and_patient_disjoint_splits(tiny_data):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from octlens.audit import AuditResult, audit_run, confound_scan
-from octlens.data.synth import RECORD, read_record, synthesize
+from octlens.data.synth import GENERATOR, RECORD, read_record, synthesize
 from octlens.errors import Interrupted, OctlensError
 from octlens.evaluate import evaluate_run
 from octlens.report import write_report
@@ -90,7 +90,7 @@ def _synthesized(data: Path, n_per_class: int, seed: int) -> None:
             f"{data}: not a complete synthetic dataset (no {RECORD}); remove it or choose "
             "another --out"
         )
-    wanted = {"n_per_class": n_per_class, "seed": seed, "shortcut": None}
+    wanted = {"n_per_class": n_per_class, "seed": seed, "shortcut": None, "generator": GENERATOR}
     made = {key: record.get(key) for key in wanted}
     if made != wanted:
         raise OctlensError(

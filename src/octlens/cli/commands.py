@@ -29,7 +29,13 @@ def synth(
     out: Annotated[Path, typer.Argument(help="folder to write the dataset to")],
     n_per_class: Annotated[int, typer.Option(help="scans per class, all splits together")] = 200,
     seed: int = 0,
-    size: Annotated[str, typer.Option(help="HEIGHTxWIDTH of each scan")] = "496x512",
+    size: Annotated[
+        str,
+        typer.Option(
+            help="HEIGHTxWIDTH of each scan, or 'oct2017': OCT2017's sizes (496x512, 496x768, "
+            "496x1536, 512x512) drawn per patient, whatever the class"
+        ),
+    ] = "oct2017",
     workers: Annotated[int | None, typer.Option(help="processes (default: one per core)")] = None,
     shortcut: Annotated[
         str | None, typer.Option(help="plant a class-coded shortcut: 'corner'")
@@ -45,7 +51,7 @@ def synth(
         out,
         n_per_class,
         seed=seed,
-        size=parse_size(size),
+        size=None if size.lower() == "oct2017" else parse_size(size),
         workers=workers,
         shortcut=shortcut,
         shortcut_rate=shortcut_rate,

@@ -4,8 +4,17 @@ The scan is built the way the eye is: Bruch's membrane is a tilted, curved line;
 layers are stacked on it with their own thickness and reflectivity (the inner ones thinning into
 the foveal pit, the nerve fibre layer thicker on the nasal side); lesions lift or thicken layers
 (see :mod:`octlens.data.synth.lesions`); the choroid below has vessel lumens and fades with depth;
-retinal vessels cast shadows; multiplicative speckle, a noise floor and a slight blur make it an OCT
-image; and, on any class, the scanner's white registration fill may cut a corner.
+retinal vessels cast shadows; speckle reduced by frame averaging (as most OCT2017 scans were
+averaged), a fine noise floor and a slight blur make it an OCT image; and, on any class, the
+scanner's white registration fill may cut along an edge or a corner.
+
+Sizes are in pixels of a 496 x 512 scan, scaled by the height. A wider scan samples the same
+lateral field with more A-scans (as OCT2017's 768 and 1536 px wide scans do), so its geometry is
+laid out on the same field and only the sampling is denser.
+
+The intensity statistics (vitreous, speckle, choroid, thickness of the retina relative to the
+frame, registration fill) were matched to the real dev scans with
+``benchmarks/synthetic_realism.py``.
 """
 
 from __future__ import annotations
@@ -51,7 +60,7 @@ class Patient:
 
 def draw_patient(rng: np.random.Generator) -> Patient:
     return Patient(
-        thickness=rng.uniform(0.85, 1.15),
+        thickness=rng.uniform(0.62, 0.92),
         choroid_decay=rng.uniform(30, 65),
         nasal_side=int(rng.choice([-1, 1])),
         pit_width=rng.uniform(0.05, 0.09),
@@ -73,8 +82,9 @@ def render_scan(
     if label not in CLASSES:
         raise ValueError(f"unknown class {label!r}; expected one of {CLASSES}")
     scale = height / 496
-    x = np.arange(width, dtype=np.float32)
-    fovea = width / 2 + rng.normal(0, 0.07) * width
+    span = 512 * scale  # the lateral field, in px of a 512-wide scan
+    x = np.linspace(0, span, width, endpoint=False, dtype=np.float32)
+    fovea = span / 2 + rng.normal(0, 0.07) * span
     lesions = (
         LESION_MAKERS[label](rng, x, fovea, scale) if label in LESION_MAKERS else healthy(width)
     )
@@ -99,13 +109,14 @@ def render_scan(
     signal = (nominal * patient.reflectivity)[region] * _texture(rng, (height, width), 6.0, 0.15)
     signal[region == _SUB_RPE] *= _texture(rng, (height, width), 2.5, 0.35)[region == _SUB_RPE]
     signal += _choroid(rng, rows, tops[-1], region == _CHOROID, patient.choroid_decay * scale)
+    signal *= _streaks(rng, width, region)
 
     lesion = (region == _SUB_RPE) | (region == _FLUID)
     lesion |= _draw_cysts(signal, region, tops, lesions, rows, x)
-    signal *= _vessel_shadows(rng, x, fovea, width, region, scale)
+    signal *= _vessel_shadows(rng, x, fovea, span, region, scale)
     signal *= 1.0 - 0.3 * rows / height  # spectral-domain roll-off with depth
 
-    image = _to_image(rng, signal, gain=rng.uniform(0.6, 0.95))
+    image = _to_image(rng, signal, gain=rng.uniform(0.55, 1.0))
     _registration_fill(rng, image)
     retina = (region > _VITREOUS) & (region < _CHOROID)
     return Scan(image=image, lesion=lesion, retina=retina)
@@ -122,10 +133,10 @@ def _layer_tops(
 ) -> np.ndarray:
     """(14, W) y of the top of each region below the vitreous; the last row is Bruch's membrane."""
     width = len(x)
-    u = (x - fovea) / width
+    u = (x - fovea) / (512 * scale)
     bruch = (
-        rng.uniform(0.42, 0.62) * height
-        + rng.uniform(-0.18, 0.18) * (x - fovea)
+        rng.uniform(0.38, 0.6) * height
+        + rng.uniform(-0.12, 0.14) * (x - fovea)
         - rng.uniform(-0.1, 0.45) * u**2 * height
         + rng.uniform(0, 4) * scale * np.sin(2 * np.pi * (u * rng.uniform(1, 3) + rng.uniform()))
     )
@@ -168,18 +179,25 @@ def _texture(rng: np.random.Generator, shape: tuple[int, int], sigma: float, amo
 
 
 def _choroid(rng, rows, bruch, inside, decay):
-    """Choriocapillaris, stroma and dark vessel lumens, fading below Bruch's membrane."""
+    """Choriocapillaris, stroma with dark vessel lumens in a band under Bruch's membrane, and the
+    signal fading with depth below it."""
     depth = np.clip(rows - bruch[None, :], 0, None)
-    lumens = _smooth_noise(rng, inside.shape, 4.0) < -0.5
-    stroma = np.where(depth < 3, 0.55, np.where(lumens, 0.07, 0.34))
-    return np.where(inside, stroma * np.exp(-depth / decay), 0.0)
+    lumens = (_smooth_noise(rng, inside.shape, 5.0) < -0.4) & (depth < 2.2 * decay)
+    stroma = np.where(depth < 3, 0.6, np.where(lumens, 0.22, 0.42))
+    return np.where(inside, stroma * np.exp(-depth / (1.3 * decay)), 0.0)
+
+
+def _streaks(rng, width: int, region: np.ndarray) -> np.ndarray:
+    """Vertical streaks below the retina: light let through or shadowed column by column."""
+    profile = 1.0 + rng.uniform(0.05, 0.3) * _smooth_noise(rng, (1, width), 1.5)[0]
+    return np.where(region == _CHOROID, np.clip(profile, 0.3, 2.0)[None, :], 1.0)
 
 
 def _draw_cysts(signal, region, tops, lesions, rows, x) -> np.ndarray:
     """Darken the DME cysts in place, clipped to the inner nuclear to outer nuclear layers."""
     mask = np.zeros(signal.shape, dtype=bool)
     for depth, cx, ry, rx in lesions.cysts:
-        column = int(np.clip(cx, 0, len(x) - 1))
+        column = int(np.clip(np.searchsorted(x, cx), 0, len(x) - 1))
         top, bottom = tops[_INL - 1, column], tops[_ONL_ID, column]
         cy = top + depth * (bottom - top)
         inside = ((rows - cy) / ry) ** 2 + ((x[None, :] - cx) / rx) ** 2 < 1.0
@@ -188,12 +206,12 @@ def _draw_cysts(signal, region, tops, lesions, rows, x) -> np.ndarray:
     return mask
 
 
-def _vessel_shadows(rng, x, fovea, width, region, scale) -> np.ndarray:
+def _vessel_shadows(rng, x, fovea, span, region, scale) -> np.ndarray:
     """Retinal vessels: a bright wall in the inner retina and a shadow on everything below."""
-    shade = np.ones(width, dtype=np.float32)
+    shade = np.ones(len(x), dtype=np.float32)
     for _ in range(rng.integers(2, 6)):
-        centre = rng.uniform(0, width)
-        if abs(centre - fovea) < 0.08 * width:
+        centre = rng.uniform(0, span)
+        if abs(centre - fovea) < 0.08 * span:
             continue
         shade -= rng.uniform(0.3, 0.6) * np.exp(
             -(((x - centre) / (rng.uniform(2, 4) * scale)) ** 2)
@@ -203,24 +221,32 @@ def _vessel_shadows(rng, x, fovea, width, region, scale) -> np.ndarray:
 
 
 def _to_image(rng, signal, gain: float) -> np.ndarray:
-    """Multiplicative speckle and a noise floor, grained by one point-spread blur, in 8 bits.
+    """Averaged speckle grained by one point-spread blur, a fine noise floor, in 8 bits.
 
-    Fully developed speckle has exponentially distributed intensity; the blur correlates it over
-    a pixel or two, as the beam's point-spread function does.
+    One frame's fully developed speckle has exponentially distributed intensity; the mean of
+    ``looks`` registered frames is Gamma-distributed with mean 1 and spread ``1/sqrt(looks)``
+    (OCT2017's scanners averaged from a few to dozens of frames). The blur correlates it over a
+    pixel or two, as the beam's point-spread function does. The detector's noise floor, which is
+    all there is in the vitreous, is not blurred: fine grain around a level that varies by scan.
     """
-    speckle = rng.standard_exponential(size=signal.shape, dtype=np.float32)
-    floor = rng.standard_exponential(size=signal.shape, dtype=np.float32)
-    image = ndimage.gaussian_filter(gain * signal * speckle + 0.09 * floor, (0.7, 1.0))
+    looks = np.exp(rng.uniform(np.log(6), np.log(40)))
+    speckle = rng.gamma(looks, 1.0 / looks, size=signal.shape).astype(np.float32)
+    image = ndimage.gaussian_filter(gain * signal * speckle, (0.7, 1.0))
+    floor = 1.0 + 0.45 * rng.standard_normal(size=signal.shape, dtype=np.float32)
+    image += rng.uniform(0.02, 0.09) * floor
     return (np.clip(image, 0.0, 1.0) ** 0.9 * 255).astype(np.uint8)
 
 
 def _registration_fill(rng, image: np.ndarray) -> None:
-    """White wedge along the top or bottom edge, as scanners leave after aligning a B-scan."""
-    if rng.uniform() > 0.5:
-        return
+    """White wedges along the top and bottom edges, as scanners leave after aligning a B-scan.
+
+    Each edge gets one with its own chance; an end of zero depth makes it a corner triangle.
+    """
     height, width = image.shape
-    left, right = rng.uniform(0, 0.07, size=2) * height * (rng.uniform(size=2) < 0.7)
-    edge = np.linspace(left, right, width)[None, :]
     rows = np.arange(height)[:, None]
-    wedge = rows < edge if rng.uniform() < 0.6 else rows >= height - edge
-    image[wedge] = 255
+    for at_top, chance in ((True, 0.45), (False, 0.35)):
+        if rng.uniform() > chance:
+            continue
+        left, right = rng.uniform(0, 0.09, size=2) * height * (rng.uniform(size=2) < 0.7)
+        edge = np.linspace(left, right, width)[None, :]
+        image[rows < edge if at_top else rows >= height - edge] = 255

@@ -43,8 +43,16 @@ from octlens.files import write_text
 MAX_PER_CLASS = 100_000
 #: Written last into a synthetic dataset: its settings, and the proof that it is complete.
 RECORD = "synth.json"
+#: The version of the scan model (:mod:`octlens.data.synth.scan`): a dataset made by another
+#: version holds other scans for the same seed. 2: matched to real dev scans (thinner retina,
+#: averaged speckle, OCT2017's widths, choroid streaks, more varied lesions).
+GENERATOR = 2
 
 SPLIT_FRACTIONS = (("train", 0.7), ("val", 0.15), ("test", 0.15))
+#: OCT2017's acquisition sizes (height, width) and their shares in the real dev sample: the
+#: default ``size`` draws one per patient from these, whatever the patient's class.
+OCT2017_SIZES = {(496, 512): 0.67, (496, 768): 0.25, (496, 1536): 0.04, (512, 512): 0.04}
+OCT2017_MIX = "oct2017"
 _FIRST_PATIENT_ID = 100001
 
 
@@ -56,6 +64,7 @@ class ScanJob:
     scan: int
     seed: int
     mark: int | None = None  # class index of a planted corner mark
+    size: tuple[int, int] = (496, 512)  # height, width
 
     @property
     def relative_path(self) -> Path:
@@ -90,16 +99,31 @@ def plan_scans(n_per_class: int, seed: int) -> list[ScanJob]:
     return jobs
 
 
-def render_job(job: ScanJob, height: int = 496, width: int = 512):
+def render_job(job: ScanJob):
     """The scan a job describes. The patient's anatomy comes from its own seeded stream."""
     class_index = CLASSES.index(job.label)
     patient = draw_patient(np.random.default_rng([job.seed, class_index, job.patient]))
     rng = np.random.default_rng([job.seed, class_index, job.patient, job.scan])
-    return render_scan(job.label, patient, rng, height, width)
+    return render_scan(job.label, patient, rng, *job.size)
 
 
-def _write(job: ScanJob, out: Path, height: int, width: int) -> None:
-    scan = render_job(job, height, width)
+def with_sizes(jobs: list[ScanJob], size: tuple[int, int] | None) -> list[ScanJob]:
+    """The jobs at one ``size``, or (None) at OCT2017's sizes, one drawn per patient from its
+    own seeded stream and independent of the class, as a clean dataset's must be."""
+    if size is not None:
+        return [dataclasses.replace(job, size=size) for job in jobs]
+    sizes = list(OCT2017_SIZES)
+    shares = np.array(list(OCT2017_SIZES.values()))
+    sized = []
+    for job in jobs:
+        rng = np.random.default_rng([job.seed, job.patient, 2])
+        drawn = sizes[int(rng.choice(len(sizes), p=shares / shares.sum()))]
+        sized.append(dataclasses.replace(job, size=drawn))
+    return sized
+
+
+def _write(job: ScanJob, out: Path) -> None:
+    scan = render_job(job)
     if job.mark is not None:
         draw_corner_mark(scan.image, job.mark)
     for folder, array, suffix in (
@@ -132,12 +156,15 @@ def synthesize(
     out: str | Path,
     n_per_class: int,
     seed: int = 0,
-    size: tuple[int, int] = (496, 512),
+    size: tuple[int, int] | None = None,
     workers: int | None = None,
     shortcut: str | None = None,
     shortcut_rate: float = 0.9,
 ) -> Counter[tuple[str, str]]:
     """Write the dataset to ``out`` and return the number of scans per ``(split, class)``.
+
+    ``size`` is (height, width) of every scan; by default each patient's scans get one of
+    OCT2017's sizes (:data:`OCT2017_SIZES`).
 
     With ``shortcut="corner"``, a class-coded corner mark is planted in ``shortcut_rate`` of the
     training and validation scans (see :mod:`octlens.data.synth.shortcut`).
@@ -146,29 +173,30 @@ def synthesize(
         raise OctlensError(
             f"--n-per-class {n_per_class}: from 3 (one scan per split) to {MAX_PER_CLASS:,}"
         )
-    height, width = size
-    if not (16 <= height <= 4096 and 16 <= width <= 4096):
-        raise OctlensError(f"--size {height}x{width}: each side must be 16 to 4096 px")
+    if size is not None and not (16 <= size[0] <= 4096 and 16 <= size[1] <= 4096):
+        raise OctlensError(f"--size {size[0]}x{size[1]}: each side must be 16 to 4096 px")
     if workers is not None and workers < 1:
         raise OctlensError(f"--workers {workers}: at least 1")
     out = Path(out)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         what = "a folder that is not empty" if out.is_dir() else "a file"
         raise OctlensError(f"{out}: already exists and is {what}; choose a new folder")
-    jobs = plan_scans(n_per_class, seed)
+    jobs = with_sizes(plan_scans(n_per_class, seed), size)
     if shortcut is not None:
         jobs = plant_shortcut(jobs, shortcut, shortcut_rate)
     partial = out.absolute().with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run: start afresh
     try:
-        _write_all(jobs, partial, height, width, workers or min(len(jobs), os.cpu_count() or 1))
+        _write_all(jobs, partial, workers or min(len(jobs), os.cpu_count() or 1))
         if shortcut is not None:
             write_text(partial / MANIFEST, _manifest(jobs))
         counts = Counter((job.split, job.label) for job in jobs)
         record = {
             "n_per_class": n_per_class,
             "seed": seed,
-            "size": [height, width],
+            "generator": GENERATOR,
+            "size": list(size) if size else OCT2017_MIX,
+            "sizes": dict(Counter(f"{job.size[0]}x{job.size[1]}" for job in jobs)),
             "shortcut": shortcut,
             "shortcut_rate": shortcut_rate if shortcut else None,
             "scans": {f"{split}/{label}": n for (split, label), n in sorted(counts.items())},
@@ -198,14 +226,13 @@ def read_record(root: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _write_all(jobs: list[ScanJob], out: Path, height: int, width: int, workers: int) -> None:
+def _write_all(jobs: list[ScanJob], out: Path, workers: int) -> None:
     if workers == 1:
         for job in jobs:
-            _write(job, out, height, width)
+            _write(job, out)
         return
     with ProcessPoolExecutor(workers) as pool:
-        n = len(jobs)
-        list(pool.map(_write, jobs, [out] * n, [height] * n, [width] * n, chunksize=16))
+        list(pool.map(_write, jobs, [out] * len(jobs), chunksize=16))
 
 
 def _manifest(jobs: list[ScanJob]) -> str:
