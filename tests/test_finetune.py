@@ -144,11 +144,14 @@ def test_a_vit_fine_tunes_at_another_image_size(tiny_data, vit_run, tmp_path):
     assert model(torch.randn(1, 1, 48, 48)).shape == (1, 4)
 
 
-def test_fine_tuning_mistakes_are_one_line_errors(tiny_data, resnet_run, tmp_path):
+def test_fine_tuning_mistakes_are_one_line_errors(tiny_data, resnet_run, vit_run, tmp_path):
     with pytest.raises(OctlensError, match="no such checkpoint"):
         train(_config(tiny_data, tmp_path / "a", init=tmp_path / "nowhere"), verbose=False)
     with pytest.raises(OctlensError, match=r"best.safetensors.*another model size|belong"):
         train(_config(tiny_data, tmp_path / "b", init=resnet_run, model="resnet50"), verbose=False)
+    with pytest.raises(OctlensError, match=r"best.safetensors.*(another model size|belong)"):
+        # another model named: the ViT's patch size is not inherited, its weights do not fit
+        train(_config(tiny_data, tmp_path / "v", init=vit_run, model="resnet18"), verbose=False)
     with pytest.raises(ValueError, match="not both"):
         _config(tiny_data, tmp_path / "c", init=resnet_run, pretrained="hub")
     with pytest.raises(ValueError, match="--freeze needs weights"):

@@ -66,10 +66,14 @@ class InitRun:
 
 def read_init(config: TrainConfig) -> tuple[TrainConfig, InitRun | None]:
     """The run ``config.init`` names, and ``config`` with that run's model settings in the
-    fields it leaves unset (so ``--init RUN`` alone fine-tunes the same architecture)."""
+    fields it leaves unset (so ``--init RUN`` alone fine-tunes the same architecture). With
+    another ``model`` given, nothing is inherited: the run's patch size and model arguments
+    belong to its own architecture (and its weights will not fit: a one-line error says so)."""
     if config.init is None:
         return config, None
     init = InitRun(load_checkpoint(config.init))
+    if "model" in config.model_fields_set:
+        return config, init
     unset = {
         name: value for name, value in init.recipe().items() if name not in config.model_fields_set
     }
