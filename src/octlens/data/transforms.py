@@ -52,3 +52,10 @@ def _to_normalized(normalization: Normalization) -> list[v2.Transform]:
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize([normalization.mean], [normalization.std]),
     ]
+
+
+def renormalize(images: torch.Tensor, source: Normalization, target: Normalization) -> torch.Tensor:
+    """Images normalized with ``source`` as ``target`` would have normalized the same pixels."""
+    if source == target:
+        return images
+    return (images * source.std + source.mean - target.mean) / target.std

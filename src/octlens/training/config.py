@@ -42,6 +42,18 @@ class TrainConfig(BaseModel):
         "starting from weights, 1 from scratch)",
     )
 
+    teacher: Path | None = Field(
+        None,
+        description="distil from a trained octlens run (run folder or checkpoint) with the same "
+        "classes: the student also matches its answers",
+    )
+    distill_weight: float = Field(
+        0.5, ge=0, le=1, description="share of the loss that matches the teacher (with --teacher)"
+    )
+    distill_temperature: float = Field(
+        2.0, gt=0, le=100, description="softmax temperature of the teacher's answers"
+    )
+
     train_split: str = Field("train", description="the split to train on")
     val_split: str = Field("val", description="carved from train by patient if absent")
     val_fraction: float = Field(0.15, gt=0, lt=1, description="carved by patient when no val split")

@@ -41,6 +41,7 @@ from octlens.models import create_model, is_vit
 from octlens.runtime import PrecisionPlan, resolve_device, resolve_precision
 from octlens.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from octlens.training.config import TrainConfig
+from octlens.training.distill import Teacher, distillation_loss
 from octlens.training.finetune import (
     freeze_backbone,
     layer_decay,
@@ -173,6 +174,11 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
     )
     criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
     criterion.to(device)
+    teacher = (
+        Teacher(config.teacher, index.classes, config.img_size, normalization, precision)
+        if config.teacher is not None
+        else None
+    )
 
     history: list[dict[str, Any]] = []
     if resumed:
@@ -195,6 +201,14 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
     meta_base["data"]["train_fingerprint"] = fingerprint
     meta_base["precision"] = precision.name
     meta_base["fine_tuning"] = {"init": started_from, "freeze": config.freeze, "layer_decay": decay}
+    if teacher is not None:
+        meta_base["distillation"] = teacher.record(
+            config.distill_weight, config.distill_temperature
+        )
+        console.print(
+            f"distilling from {teacher.checkpoint.path} (weight {config.distill_weight:g}, "
+            f"temperature {config.distill_temperature:g})"
+        )
     stopped_early = False
     val_left_out_named = False
     epoch = len(history) + 1
@@ -211,7 +225,7 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
             train_loss, train_acc = _train_one_epoch(
                 model,
                 loader,
-                criterion,
+                _Objective(criterion, teacher, config.distill_weight, config.distill_temperature),
                 optimizer,
                 scheduler,
                 scaler,
@@ -311,10 +325,35 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
     return factor
 
 
+@dataclass(frozen=True)
+class _Objective:
+    """The training loss: the labels' cross-entropy, mixed with the teacher's answers when
+    distilling."""
+
+    criterion: nn.Module
+    teacher: Teacher | None
+    weight: float
+    temperature: float
+
+    def __call__(
+        self, logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor
+    ) -> torch.Tensor:
+        if self.teacher is None:
+            return self.criterion(logits, labels)
+        return distillation_loss(
+            logits,
+            self.teacher.logits(inputs),
+            labels,
+            self.criterion,
+            self.weight,
+            self.temperature,
+        )
+
+
 def _train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
-    criterion: nn.Module,
+    objective: _Objective,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
@@ -347,7 +386,7 @@ def _train_one_epoch(
             labels = labels.to(precision.device)
             with precision.autocast():
                 logits = model(inputs)
-            loss = criterion(logits.float(), labels)
+            loss = objective(logits.float(), labels, inputs)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"training loss {loss.item()} at image {seen:.0f}")
             optimizer.zero_grad(set_to_none=True)

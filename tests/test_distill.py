@@ -1,0 +1,137 @@
+"""Distillation: the loss by hand, the teacher's input as it was trained, the run's record."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from octlens.data.transforms import Normalization, renormalize
+from octlens.errors import OctlensError
+from octlens.runtime import resolve_precision
+from octlens.training import TrainConfig, load_checkpoint, train
+from octlens.training.distill import Teacher, distillation_loss
+
+FP32 = resolve_precision("fp32", torch.device("cpu"))
+
+
+def _config(data: Path, out: Path, **overrides) -> TrainConfig:
+    settings = {"img_size": 32, "epochs": 1, "batch_size": 8, "num_workers": 0, "seed": 3}
+    return TrainConfig(data=data, out=out, **{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tiny_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("distill") / "teacher"
+    train(_config(tiny_data, out, model="resnet18"), verbose=False)
+    return out
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_the_loss_is_the_weighted_label_and_teacher_terms_computed_by_hand():
+    student = np.array([[2.0, 0.5, -1.0, 0.0], [0.1, 0.2, 0.3, 3.0]])
+    teacher = np.array([[1.0, 1.5, -0.5, 0.0], [0.0, 0.0, 0.0, 4.0]])
+    labels = np.array([1, 3])
+    weight, temperature = 0.3, 2.5
+    hard = -np.log(_softmax(student)[np.arange(2), labels]).mean()
+    p_teacher, p_student = _softmax(teacher / temperature), _softmax(student / temperature)
+    kl = (p_teacher * (np.log(p_teacher) - np.log(p_student))).sum(axis=1).mean()
+    expected = (1 - weight) * hard + weight * temperature**2 * kl
+    loss = distillation_loss(
+        torch.tensor(student),
+        torch.tensor(teacher),
+        torch.tensor(labels),
+        torch.nn.CrossEntropyLoss(),
+        weight,
+        temperature,
+    )
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_weight_one_ignores_the_labels_and_a_student_that_agrees_has_no_loss():
+    torch.manual_seed(0)
+    teacher = torch.randn(5, 4)
+    criterion = torch.nn.CrossEntropyLoss()
+    gradients = []
+    for labels in (torch.tensor([0, 1, 2, 3, 0]), torch.tensor([3, 3, 3, 3, 3])):
+        student = torch.randn(5, 4, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        distillation_loss(student, teacher, labels, criterion, 1.0, 2.0).backward()
+        gradients.append(student.grad)
+    torch.testing.assert_close(gradients[0], gradients[1])
+    same = distillation_loss(teacher, teacher, torch.zeros(5, dtype=torch.long), criterion, 1, 3)
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    assert distillation_loss(teacher * 2, teacher, labels, criterion, 0.0, 2.0).item() == (
+        pytest.approx(criterion(teacher * 2, labels).item())
+    )
+
+
+def test_renormalize_gives_what_the_other_normalization_gives_the_same_pixels():
+    pixels = torch.rand(2, 1, 8, 8)
+    source, target = Normalization(0.2, 0.1), Normalization(0.45, 0.3)
+    torch.testing.assert_close(
+        renormalize((pixels - 0.2) / 0.1, source, target), (pixels - 0.45) / 0.3
+    )
+
+
+def test_the_teacher_sees_the_pixels_at_its_own_size_and_normalization(teacher_run):
+    checkpoint = load_checkpoint(teacher_run)
+    student_normalization = Normalization(0.6, 0.25)  # not the teacher's
+    teacher = Teacher(teacher_run, checkpoint.classes, 48, student_normalization, FP32)
+    pixels = torch.rand(3, 1, 48, 48)
+    student_input = (pixels - 0.6) / 0.25
+    own = checkpoint.normalization
+    resized = F.interpolate(pixels, size=(32, 32), mode="bilinear", antialias=True)
+    model = checkpoint.build_model()
+    expected = model((resized - own.mean) / own.std)
+    torch.testing.assert_close(teacher.logits(student_input), expected, atol=1e-4, rtol=1e-4)
+    assert not any(parameter.requires_grad for parameter in teacher.model.parameters())
+
+
+def test_a_teacher_with_other_classes_is_a_one_line_error(teacher_run):
+    with pytest.raises(OctlensError, match="teacher's classes") as error:
+        Teacher(teacher_run, ["A", "B"], 32, Normalization(0.5, 0.2), FP32)
+    assert "\n" not in str(error.value)
+
+
+def test_a_distilled_run_records_its_teacher_changes_the_loss_and_leaves_the_teacher_alone(
+    tiny_data, teacher_run, tmp_path
+):
+    teacher_file = teacher_run / "best.safetensors"
+    before = hashlib.sha256(teacher_file.read_bytes()).hexdigest()
+    vit = {
+        "model": "vit_tiny",
+        "patch_size": 8,
+        "model_kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 2},
+    }
+    plain = train(_config(tiny_data, tmp_path / "plain", **vit), verbose=False)
+    distilled = train(
+        _config(
+            tiny_data,
+            tmp_path / "student",
+            teacher=teacher_run,
+            distill_weight=0.7,
+            distill_temperature=3.0,
+            **vit,
+        ),
+        verbose=False,
+    )
+    record = json.loads((tmp_path / "student" / "best.json").read_text())["distillation"]
+    assert record == {
+        "teacher": str(teacher_file),
+        "teacher_model": "resnet18",
+        "teacher_epoch": 1,
+        "weight": 0.7,
+        "temperature": 3.0,
+    }
+    assert distilled.history[0]["train_loss"] != pytest.approx(plain.history[0]["train_loss"])
+    assert hashlib.sha256(teacher_file.read_bytes()).hexdigest() == before
