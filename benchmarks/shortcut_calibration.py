@@ -1,8 +1,9 @@
 """Calibrate the label-free shortcut verdict against planted marks, where the answer is known.
 
-    .venv/bin/python benchmarks/shortcut_calibration.py --out runs/calibration [--train-only]
+    .venv/bin/python benchmarks/shortcut_calibration.py --out runs/calibration [--seeds 0 1]
 
-Trains the demo's two recipes (ResNet18 and ViT-tiny at 128 px) with two seeds each on clean
+Trains the demo's two recipes (ResNet18, then the ViT-tiny distilled from the ResNet18 of the
+same data and seed; 128 px) with two seeds each on clean
 synthetic data and on data with a planted corner mark at rates 0.5 and 0.9, then per model:
 
 - **the manifest's answer**: on the test split, whose marks code a *wrong* class, accuracy on
@@ -31,13 +32,13 @@ from octlens.audit import AuditResult, audit_run
 from octlens.audit.shortcut import ACCURACY_GAP, FOLLOW_EXCESS
 from octlens.data.marks import MANIFEST
 from octlens.data.synth import read_record, synthesize
-from octlens.demo import DEMO_MODELS, IMG_SIZE
+from octlens.demo import DEMO_MODELS, demo_config
 from octlens.evaluate import evaluate_run
 from octlens.files import read_json
-from octlens.training import TrainConfig, train
+from octlens.training import train
 
 DATASETS = {"mark-0.9": 0.9, "mark-0.5": 0.5, "clean": None}
-SEEDS = (0, 1)
+SEEDS = [0, 1]
 
 
 def dataset(out: Path, name: str, rate: float | None) -> Path:
@@ -53,12 +54,12 @@ def finished(run: Path, recipe: str) -> bool:
     return last.exists() and read_json(last)["epoch"] >= DEMO_MODELS[recipe]["epochs"]
 
 
-def trained(data: Path, run: Path, recipe: str, seed: int) -> Path:
-    settings = DEMO_MODELS[recipe]
-    last = run / "last.json"
+def trained(data: Path, runs: dict[str, Path], recipe: str, seed: int) -> Path:
+    """``runs[recipe]`` trained to the end (a distilled recipe's teacher is ``runs``' too)."""
+    run = runs[recipe]
     if not finished(run, recipe):
-        config = TrainConfig(data=data, out=run, img_size=IMG_SIZE, seed=seed, **settings)
-        train(config, resume=last.exists(), verbose=False)
+        config = demo_config(recipe, data, run, seed, runs)
+        train(config, resume=(run / "last.json").exists(), verbose=False)
     return run
 
 
@@ -96,6 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/calibration"))
     parser.add_argument("--train-only", action="store_true")
+    parser.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
     parser.add_argument("--scans-per-class", type=int, default=16)
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     parser.add_argument(
@@ -110,12 +112,13 @@ def main() -> None:
     for name in args.datasets:
         data = dataset(args.out, name, DATASETS[name])
         for recipe in DEMO_MODELS:
-            for seed in SEEDS:
-                run = args.out / f"{name}-{recipe}-s{seed}"
+            for seed in args.seeds:
+                runs = {model: args.out / f"{name}-{model}-s{seed}" for model in DEMO_MODELS}
+                run = runs[recipe]
                 if args.audit_only and not finished(run, recipe):
                     print(f"| {name} | {recipe} | {seed} | not trained |", flush=True)
                     continue
-                trained(data, run, recipe, seed)
+                trained(data, runs, recipe, seed)
                 if args.train_only:
                     print(f"trained {run}", flush=True)
                     continue

@@ -333,3 +333,13 @@ def test_methods_are_found_by_the_papers_names_too():
     ]
     with pytest.raises(OctlensError, match=r"unknown method\(s\) \['vit-magic'\]"):
         check_methods(["vit-magic"])
+
+
+def test_vit_methods_read_a_conv_stem_vit_as_any_vit():
+    torch.manual_seed(0)
+    model = create_model("vit_tiny", 4, img_size=32, patch_size=8, stem="conv", **TINY_VIT).eval()
+    images = torch.randn(2, 1, 32, 32)
+    for explainer in [GradCAM(model), AttentionRollout(model), LeGrad(model), ViTReciproCAM(model)]:
+        explanation = explainer(images)
+        assert explanation.raw.shape == (2, 32, 32) and torch.isfinite(explanation.raw).all()
+        assert explanation.raw.flatten(1).std(dim=1).min() > 0  # not a constant map

@@ -152,3 +152,32 @@ def test_precision_auto_measures_in_fp32_on_every_cpu(monkeypatch):
     assert resolve_precision("bf16", cpu, measuring=True).name == "bf16"
     with pytest.raises(OctlensError, match="--precision 'fp64': choose one of"):
         resolve_precision("fp64", cpu)
+
+
+def test_a_conv_stem_vit_keeps_the_token_grid_and_its_tokens_shift_with_the_image():
+    torch.manual_seed(0)
+    model = create_model("vit_tiny", 4, img_size=64, patch_size=8, stem="conv", **TINY_VIT).eval()
+    assert is_vit(model) and model.patch_embed.grid_size == (8, 8)
+    strides = [m.stride for m in model.patch_embed.proj if isinstance(m, torch.nn.Conv2d)]
+    assert strides == [(2, 2)] * 3 + [(1, 1)]  # log2(8) stride-2 convolutions, then 1x1
+    assert model(torch.randn(2, 1, 64, 64)).shape == (2, 4)
+    # convolutions are translation-equivariant: shifting the scan by one patch shifts the
+    # tokens by one (away from the zero-padded borders); a patchify layer would give this too,
+    # but a shift of half a patch would not, where the stem still shifts its features
+    images = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        tokens = model.patch_embed(images).reshape(1, 8, 8, -1)
+        shifted = model.patch_embed(images.roll(8, dims=3)).reshape(1, 8, 8, -1)
+    torch.testing.assert_close(shifted[:, :, 3:7], tokens[:, :, 2:6], atol=1e-5, rtol=1e-4)
+
+
+def test_conv_stem_errors_are_one_line():
+    for model, settings, message in [
+        ("vit_tiny", {"patch_size": 12}, "power-of-two"),
+        ("resnet18", {}, "not a ViT"),
+        ("vit_tiny", {"patch_size": 16, "stem": "convnext"}, "choose patch or conv"),
+    ]:
+        settings = {"stem": "conv", **settings}
+        with pytest.raises(OctlensError, match=message) as error:
+            create_model(model, 4, img_size=48 if model == "vit_tiny" else None, **settings)
+        assert "\n" not in str(error.value)

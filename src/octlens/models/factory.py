@@ -3,7 +3,8 @@
 ``resnet18``, ``resnet50``, ``vit_tiny``, ``vit_small`` and ``vit_base`` are octlens names; any
 other timm model name passes through unchanged. ViTs take any ``img_size`` and ``patch_size``;
 ``model_kwargs`` reach the timm constructor (``depth``, ``embed_dim``, ``num_heads``, ...), so a
-ViT of any size can be built from scratch.
+ViT of any size can be built from scratch; ``stem=conv`` gives a ViT a convolutional stem
+(:mod:`octlens.models.stems`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 
 from octlens.errors import OctlensError
 from octlens.models.pretrained import load_pretrained_file
+from octlens.models.stems import STEMS, ConvStemEmbed
 
 MODEL_ALIASES: dict[str, str] = {
     "resnet18": "resnet18",
@@ -68,6 +70,13 @@ def create_model(
     """
     timm_name = resolve_name(name)
     kwargs = dict(model_kwargs)
+    stem = kwargs.pop("stem", "patch")
+    if stem not in STEMS:
+        raise OctlensError(f"stem={stem}: choose {' or '.join(STEMS)}")
+    if stem == "conv":
+        if not takes_img_size(timm_name):
+            raise OctlensError(f"model '{name}' is not a ViT: stem=conv is for ViTs")
+        kwargs["embed_layer"] = ConvStemEmbed
     if takes_img_size(timm_name):
         if img_size is not None:
             kwargs["img_size"] = img_size
@@ -85,7 +94,11 @@ def create_model(
         )
     except (TypeError, ValueError, AssertionError, RuntimeError, ZeroDivisionError) as error:
         # timm checks its arguments with asserts and arithmetic: say which setting is wrong
-        settings = ", ".join(f"{key}={value}" for key, value in kwargs.items())
+        settings = ", ".join(
+            f"{key}={value}"
+            for key, value in {**model_kwargs, **kwargs}.items()
+            if key != "embed_layer"
+        )
         raise OctlensError(
             f"model '{name}' cannot be built with {settings or 'these settings'} "
             f"({type(error).__name__}: {error or 'invalid value'})"
