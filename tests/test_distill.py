@@ -97,10 +97,16 @@ def test_the_teacher_sees_the_pixels_at_its_own_size_and_normalization(teacher_r
     assert not any(parameter.requires_grad for parameter in teacher.model.parameters())
 
 
-def test_a_teacher_with_other_classes_is_a_one_line_error(teacher_run):
+def test_a_teacher_that_cannot_teach_is_a_one_line_error_before_the_run_folder_exists(
+    tiny_data, teacher_run, tmp_path
+):
     with pytest.raises(OctlensError, match="teacher's classes") as error:
         Teacher(teacher_run, ["A", "B"], 32, Normalization(0.5, 0.2), FP32)
     assert "\n" not in str(error.value)
+    for missing in (tmp_path / "nowhere", tmp_path / "nowhere" / "best.safetensors"):
+        with pytest.raises(OctlensError, match="no such checkpoint"):
+            train(_config(tiny_data, tmp_path / "student", teacher=missing), verbose=False)
+        assert not (tmp_path / "student").exists()
 
 
 def test_a_distilled_run_records_its_teacher_changes_the_loss_and_leaves_the_teacher_alone(

@@ -108,6 +108,13 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
             index, train_samples, config.img_size, seed=config.seed
         )
 
+    # A teacher that cannot teach fails before the run folder is touched.
+    teacher = (
+        Teacher(config.teacher, index.classes, config.img_size, normalization, precision)
+        if config.teacher is not None
+        else None
+    )
+
     _seed_everything(config.seed)
     model = create_model(
         config.model,
@@ -174,11 +181,6 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
     )
     criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
     criterion.to(device)
-    teacher = (
-        Teacher(config.teacher, index.classes, config.img_size, normalization, precision)
-        if config.teacher is not None
-        else None
-    )
 
     history: list[dict[str, Any]] = []
     if resumed:
