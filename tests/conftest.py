@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from octlens.data.synth import synthesize
+from octlens.training import TrainConfig, train
 
 REAL_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "oct2017-real" / "dev"
 
@@ -27,3 +28,13 @@ def real_dev() -> Path:
     if not REAL_DEV.is_dir():
         pytest.skip(f"real OCT2017 sample not found at {REAL_DEV}")
     return REAL_DEV
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet_run(tiny_data, tmp_path_factory) -> Path:
+    """A ResNet18 trained for one epoch on ``tiny_data`` at 32 px: a run to start from
+    (fine-tuning) or to learn from (distillation). Tests only read it."""
+    out = tmp_path_factory.mktemp("runs") / "resnet"
+    settings = {"img_size": 32, "epochs": 1, "batch_size": 8, "num_workers": 0, "seed": 5}
+    train(TrainConfig(data=tiny_data, out=out, model="resnet18", **settings), verbose=False)
+    return out

@@ -25,13 +25,6 @@ def _config(data: Path, out: Path, **overrides) -> TrainConfig:
     return TrainConfig(data=data, out=out, **{**settings, **overrides})
 
 
-@pytest.fixture(scope="module")
-def teacher_run(tiny_data, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("distill") / "teacher"
-    train(_config(tiny_data, out, model="resnet18"), verbose=False)
-    return out
-
-
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
@@ -83,10 +76,10 @@ def test_renormalize_gives_what_the_other_normalization_gives_the_same_pixels():
     )
 
 
-def test_the_teacher_sees_the_pixels_at_its_own_size_and_normalization(teacher_run):
-    checkpoint = load_checkpoint(teacher_run)
+def test_the_teacher_sees_the_pixels_at_its_own_size_and_normalization(tiny_resnet_run):
+    checkpoint = load_checkpoint(tiny_resnet_run)
     student_normalization = Normalization(0.6, 0.25)  # not the teacher's
-    teacher = Teacher(teacher_run, checkpoint.classes, 48, student_normalization, FP32)
+    teacher = Teacher(tiny_resnet_run, checkpoint.classes, 48, student_normalization, FP32)
     pixels = torch.rand(3, 1, 48, 48)
     student_input = (pixels - 0.6) / 0.25
     own = checkpoint.normalization
@@ -98,10 +91,10 @@ def test_the_teacher_sees_the_pixels_at_its_own_size_and_normalization(teacher_r
 
 
 def test_a_teacher_that_cannot_teach_is_a_one_line_error_before_the_run_folder_exists(
-    tiny_data, teacher_run, tmp_path
+    tiny_data, tiny_resnet_run, tmp_path
 ):
     with pytest.raises(OctlensError, match="teacher's classes") as error:
-        Teacher(teacher_run, ["A", "B"], 32, Normalization(0.5, 0.2), FP32)
+        Teacher(tiny_resnet_run, ["A", "B"], 32, Normalization(0.5, 0.2), FP32)
     assert "\n" not in str(error.value)
     for missing in (tmp_path / "nowhere", tmp_path / "nowhere" / "best.safetensors"):
         with pytest.raises(OctlensError, match="no such checkpoint"):
@@ -110,9 +103,9 @@ def test_a_teacher_that_cannot_teach_is_a_one_line_error_before_the_run_folder_e
 
 
 def test_a_distilled_run_records_its_teacher_changes_the_loss_and_leaves_the_teacher_alone(
-    tiny_data, teacher_run, tmp_path
+    tiny_data, tiny_resnet_run, tmp_path
 ):
-    teacher_file = teacher_run / "best.safetensors"
+    teacher_file = tiny_resnet_run / "best.safetensors"
     before = hashlib.sha256(teacher_file.read_bytes()).hexdigest()
     vit = {
         "model": "vit_tiny",
@@ -124,7 +117,7 @@ def test_a_distilled_run_records_its_teacher_changes_the_loss_and_leaves_the_tea
         _config(
             tiny_data,
             tmp_path / "student",
-            teacher=teacher_run,
+            teacher=tiny_resnet_run,
             distill_weight=0.7,
             distill_temperature=3.0,
             **vit,

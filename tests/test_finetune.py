@@ -24,13 +24,6 @@ def _config(data: Path, out: Path, **overrides) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def resnet_run(tiny_data, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("init") / "resnet"
-    train(_config(tiny_data, out, model="resnet18"), verbose=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def vit_run(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("init") / "vit"
     config = _config(tiny_data, out, model="vit_tiny", patch_size=8, model_kwargs=TINY_VIT)
@@ -42,10 +35,12 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path).model_state()
 
 
-def test_init_loads_the_run_s_weights_so_outputs_are_equal_before_training(resnet_run, vit_run):
+def test_init_loads_the_run_s_weights_so_outputs_are_equal_before_training(
+    tiny_resnet_run, vit_run
+):
     torch.manual_seed(0)
     images = torch.randn(3, 1, 32, 32)
-    for run in (resnet_run, vit_run):
+    for run in (tiny_resnet_run, vit_run):
         checkpoint = load_checkpoint(run)
         recipe = InitRun(checkpoint).recipe()
         fresh = create_model(
@@ -84,10 +79,12 @@ def test_a_run_from_init_inherits_the_recipe_and_normalization_and_records_its_s
     assert not torch.equal(before["blocks.0.attn.qkv.weight"], after["blocks.0.attn.qkv.weight"])
 
 
-def test_freeze_backbone_trains_the_classifier_only(tiny_data, resnet_run, tmp_path):
-    config = _config(tiny_data, tmp_path / "probe", init=resnet_run, freeze="backbone", epochs=2)
+def test_freeze_backbone_trains_the_classifier_only(tiny_data, tiny_resnet_run, tmp_path):
+    config = _config(
+        tiny_data, tmp_path / "probe", init=tiny_resnet_run, freeze="backbone", epochs=2
+    )
     train(config, verbose=False)
-    before, after = _state(resnet_run), _state(tmp_path / "probe" / "last.safetensors")
+    before, after = _state(tiny_resnet_run), _state(tmp_path / "probe" / "last.safetensors")
     assert before.keys() == after.keys()
     changed = sorted(key for key in before if not torch.equal(before[key], after[key]))
     # BatchNorm statistics included: the backbone is kept in eval mode, not only without grads
@@ -126,13 +123,13 @@ def _image_folder(root: Path, classes: tuple[str, ...], per_class: int = 6) -> P
     return root
 
 
-def test_other_classes_get_a_new_head_and_keep_the_body(resnet_run, tmp_path):
+def test_other_classes_get_a_new_head_and_keep_the_body(tiny_resnet_run, tmp_path):
     data = _image_folder(tmp_path / "two", ("CNV", "NORMAL"))
     out = tmp_path / "two-class"
-    train(_config(data, out, init=resnet_run, lr=1e-12), verbose=False)
+    train(_config(data, out, init=tiny_resnet_run, lr=1e-12), verbose=False)
     meta = json.loads((out / "last.json").read_text())
     assert meta["fine_tuning"]["init"]["head"] == "new" and meta["classes"] == ["CNV", "NORMAL"]
-    before, after = _state(resnet_run), _state(out / "last.safetensors")
+    before, after = _state(tiny_resnet_run), _state(out / "last.safetensors")
     assert after["fc.weight"].shape == (2, 512)
     torch.testing.assert_close(before["layer1.0.conv1.weight"], after["layer1.0.conv1.weight"])
 
@@ -144,15 +141,18 @@ def test_a_vit_fine_tunes_at_another_image_size(tiny_data, vit_run, tmp_path):
     assert model(torch.randn(1, 1, 48, 48)).shape == (1, 4)
 
 
-def test_fine_tuning_mistakes_are_one_line_errors(tiny_data, resnet_run, vit_run, tmp_path):
+def test_fine_tuning_mistakes_are_one_line_errors(tiny_data, tiny_resnet_run, vit_run, tmp_path):
     with pytest.raises(OctlensError, match="no such checkpoint"):
         train(_config(tiny_data, tmp_path / "a", init=tmp_path / "nowhere"), verbose=False)
     with pytest.raises(OctlensError, match=r"best.safetensors.*another model size|belong"):
-        train(_config(tiny_data, tmp_path / "b", init=resnet_run, model="resnet50"), verbose=False)
+        train(
+            _config(tiny_data, tmp_path / "b", init=tiny_resnet_run, model="resnet50"),
+            verbose=False,
+        )
     with pytest.raises(OctlensError, match=r"best.safetensors.*(another model size|belong)"):
         # another model named: the ViT's patch size is not inherited, its weights do not fit
         train(_config(tiny_data, tmp_path / "v", init=vit_run, model="resnet18"), verbose=False)
     with pytest.raises(ValueError, match="not both"):
-        _config(tiny_data, tmp_path / "c", init=resnet_run, pretrained="hub")
+        _config(tiny_data, tmp_path / "c", init=tiny_resnet_run, pretrained="hub")
     with pytest.raises(ValueError, match="--freeze needs weights"):
         _config(tiny_data, tmp_path / "d", freeze="backbone")
