@@ -22,7 +22,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from octlens.data.transforms import Normalization, renormalize
@@ -86,18 +85,16 @@ class Teacher:
 def distillation_loss(
     student: torch.Tensor,
     teacher: torch.Tensor,
-    labels: torch.Tensor,
-    criterion: nn.Module,
+    label_loss: torch.Tensor,
     weight: float,
     temperature: float,
 ) -> torch.Tensor:
-    """The module docstring's :math:`L`; ``criterion`` is the label term (with its smoothing and
-    class weights)."""
-    hard = criterion(student, labels)
+    """The module docstring's :math:`L` from the label term ``label_loss`` (the criterion's, with
+    its smoothing and class weights) and the logits of student and teacher."""
     soft = F.kl_div(
         F.log_softmax(student / temperature, dim=1),
         F.log_softmax(teacher / temperature, dim=1),
         reduction="batchmean",
         log_target=True,
     )
-    return (1 - weight) * hard + weight * temperature**2 * soft
+    return (1 - weight) * label_loss + weight * temperature**2 * soft

@@ -330,7 +330,8 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
 @dataclass(frozen=True)
 class _Objective:
     """The training loss: the labels' cross-entropy, mixed with the teacher's answers when
-    distilling."""
+    distilling. Returns (loss to minimize, label loss); the history records the label loss, so
+    its train curve is comparable with a run's that has no teacher."""
 
     criterion: nn.Module
     teacher: Teacher | None
@@ -339,17 +340,13 @@ class _Objective:
 
     def __call__(
         self, logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        label_loss = self.criterion(logits, labels)
         if self.teacher is None:
-            return self.criterion(logits, labels)
-        return distillation_loss(
-            logits,
-            self.teacher.logits(inputs),
-            labels,
-            self.criterion,
-            self.weight,
-            self.temperature,
-        )
+            return label_loss, label_loss
+        teacher = self.teacher.logits(inputs)
+        loss = distillation_loss(logits, teacher, label_loss, self.weight, self.temperature)
+        return loss, label_loss
 
 
 def _train_one_epoch(
@@ -388,7 +385,7 @@ def _train_one_epoch(
             labels = labels.to(precision.device)
             with precision.autocast():
                 logits = model(inputs)
-            loss = objective(logits.float(), labels, inputs)
+            loss, label_loss = objective(logits.float(), labels, inputs)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"training loss {loss.item()} at image {seen:.0f}")
             optimizer.zero_grad(set_to_none=True)
@@ -398,7 +395,7 @@ def _train_one_epoch(
             scheduler.step()
 
             batch = len(labels)
-            total_loss += loss.item() * batch
+            total_loss += label_loss.item() * batch
             correct += (logits.argmax(1) == labels).sum().item()
             seen += batch
             progress.update(
