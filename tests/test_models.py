@@ -161,9 +161,8 @@ def test_a_conv_stem_vit_keeps_the_token_grid_and_its_tokens_shift_with_the_imag
     strides = [m.stride for m in model.patch_embed.proj if isinstance(m, torch.nn.Conv2d)]
     assert strides == [(2, 2)] * 3 + [(1, 1)]  # log2(8) stride-2 convolutions, then 1x1
     assert model(torch.randn(2, 1, 64, 64)).shape == (2, 4)
-    # convolutions are translation-equivariant: shifting the scan by one patch shifts the
-    # tokens by one (away from the zero-padded borders); a patchify layer would give this too,
-    # but a shift of half a patch would not, where the stem still shifts its features
+    # the stem's total stride is the patch size, so its tokens lie on the patch grid: shifting
+    # the scan by one patch shifts the tokens by one (away from the zero-padded borders)
     images = torch.randn(1, 1, 64, 64)
     with torch.no_grad():
         tokens = model.patch_embed(images).reshape(1, 8, 8, -1)
@@ -176,6 +175,7 @@ def test_conv_stem_errors_are_one_line():
         ("vit_tiny", {"patch_size": 12}, "power-of-two"),
         ("resnet18", {}, "not a ViT"),
         ("vit_tiny", {"patch_size": 16, "stem": "convnext"}, "choose patch or conv"),
+        ("vit_tiny", {"patch_size": 16, "pretrained": "vit.safetensors"}, "no pretrained weights"),
     ]:
         settings = {"stem": "conv", **settings}
         with pytest.raises(OctlensError, match=message) as error:

@@ -76,6 +76,11 @@ def create_model(
     if stem == "conv":
         if not takes_img_size(timm_name):
             raise OctlensError(f"model '{name}' is not a ViT: stem=conv is for ViTs")
+        if pretrained is not None:
+            raise OctlensError(
+                "stem=conv has no pretrained weights (theirs have a patchify layer): train it "
+                "from scratch, or start from an octlens run with --init"
+            )
         kwargs["embed_layer"] = ConvStemEmbed
     if takes_img_size(timm_name):
         if img_size is not None:
