@@ -38,3 +38,17 @@ def tiny_resnet_run(tiny_data, tmp_path_factory) -> Path:
     settings = {"img_size": 32, "epochs": 1, "batch_size": 8, "num_workers": 0, "seed": 5}
     train(TrainConfig(data=tiny_data, out=out, model="resnet18", **settings), verbose=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_run(tiny_data, tmp_path_factory) -> Path:
+    """A 2-block ViT (patch 8, width 32) trained for one epoch on ``tiny_data`` at 32 px.
+    Tests only read it."""
+    out = tmp_path_factory.mktemp("runs") / "vit"
+    settings = {"img_size": 32, "epochs": 1, "batch_size": 8, "num_workers": 0, "seed": 5}
+    kwargs = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+    config = TrainConfig(
+        data=tiny_data, out=out, model="vit_tiny", patch_size=8, model_kwargs=kwargs, **settings
+    )
+    train(config, verbose=False)
+    return out

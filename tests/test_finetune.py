@@ -23,24 +23,16 @@ def _config(data: Path, out: Path, **overrides) -> TrainConfig:
     return TrainConfig(data=data, out=out, **{**settings, **overrides})
 
 
-@pytest.fixture(scope="module")
-def vit_run(tiny_data, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("init") / "vit"
-    config = _config(tiny_data, out, model="vit_tiny", patch_size=8, model_kwargs=TINY_VIT)
-    train(config, verbose=False)
-    return out
-
-
 def _state(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path).model_state()
 
 
 def test_init_loads_the_run_s_weights_so_outputs_are_equal_before_training(
-    tiny_resnet_run, vit_run
+    tiny_resnet_run, tiny_vit_run
 ):
     torch.manual_seed(0)
     images = torch.randn(3, 1, 32, 32)
-    for run in (tiny_resnet_run, vit_run):
+    for run in (tiny_resnet_run, tiny_vit_run):
         checkpoint = load_checkpoint(run)
         recipe = InitRun(checkpoint).recipe()
         fresh = create_model(
@@ -57,25 +49,30 @@ def test_init_loads_the_run_s_weights_so_outputs_are_equal_before_training(
 
 
 def test_a_run_from_init_inherits_the_recipe_and_normalization_and_records_its_start(
-    tiny_data, vit_run, tmp_path
+    tiny_data, tiny_vit_run, tmp_path
 ):
     # --init alone: the model, patch size, its settings and the image size are the run's
     result = train(
         TrainConfig(
-            data=tiny_data, out=tmp_path / "ft", init=vit_run, epochs=1, batch_size=8, num_workers=0
+            data=tiny_data,
+            out=tmp_path / "ft",
+            init=tiny_vit_run,
+            epochs=1,
+            batch_size=8,
+            num_workers=0,
         ),
         verbose=False,
     )
     meta = json.loads((result.run_dir / "last.json").read_text())
-    initial = json.loads((vit_run / "best.json").read_text())
+    initial = json.loads((tiny_vit_run / "best.json").read_text())
     assert meta["model"] == initial["model"] and meta["img_size"] == 32
     assert meta["normalization"] == initial["normalization"]
     started = meta["fine_tuning"]
-    assert started["init"]["checkpoint"] == str(vit_run / "best.safetensors")
+    assert started["init"]["checkpoint"] == str(tiny_vit_run / "best.safetensors")
     assert started["init"]["head"] == "kept" and started["layer_decay"] == 0.75
     assert started["freeze"] == "none"
     # full fine-tuning moved the body
-    before, after = _state(vit_run), _state(result.run_dir / "last.safetensors")
+    before, after = _state(tiny_vit_run), _state(result.run_dir / "last.safetensors")
     assert not torch.equal(before["blocks.0.attn.qkv.weight"], after["blocks.0.attn.qkv.weight"])
 
 
@@ -134,14 +131,16 @@ def test_other_classes_get_a_new_head_and_keep_the_body(tiny_resnet_run, tmp_pat
     torch.testing.assert_close(before["layer1.0.conv1.weight"], after["layer1.0.conv1.weight"])
 
 
-def test_a_vit_fine_tunes_at_another_image_size(tiny_data, vit_run, tmp_path):
+def test_a_vit_fine_tunes_at_another_image_size(tiny_data, tiny_vit_run, tmp_path):
     out = tmp_path / "bigger"
-    train(_config(tiny_data, out, init=vit_run, img_size=48, lr=1e-12), verbose=False)
+    train(_config(tiny_data, out, init=tiny_vit_run, img_size=48, lr=1e-12), verbose=False)
     model = load_checkpoint(out / "last.safetensors").build_model()
     assert model(torch.randn(1, 1, 48, 48)).shape == (1, 4)
 
 
-def test_fine_tuning_mistakes_are_one_line_errors(tiny_data, tiny_resnet_run, vit_run, tmp_path):
+def test_fine_tuning_mistakes_are_one_line_errors(
+    tiny_data, tiny_resnet_run, tiny_vit_run, tmp_path
+):
     with pytest.raises(OctlensError, match="no such checkpoint"):
         train(_config(tiny_data, tmp_path / "a", init=tmp_path / "nowhere"), verbose=False)
     with pytest.raises(OctlensError, match=r"best.safetensors.*another model size|belong"):
@@ -151,7 +150,9 @@ def test_fine_tuning_mistakes_are_one_line_errors(tiny_data, tiny_resnet_run, vi
         )
     with pytest.raises(OctlensError, match=r"best.safetensors.*(another model size|belong)"):
         # another model named: the ViT's patch size is not inherited, its weights do not fit
-        train(_config(tiny_data, tmp_path / "v", init=vit_run, model="resnet18"), verbose=False)
+        train(
+            _config(tiny_data, tmp_path / "v", init=tiny_vit_run, model="resnet18"), verbose=False
+        )
     with pytest.raises(ValueError, match="not both"):
         _config(tiny_data, tmp_path / "c", init=tiny_resnet_run, pretrained="hub")
     with pytest.raises(ValueError, match="--freeze needs weights"):

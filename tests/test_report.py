@@ -9,31 +9,13 @@ from octlens.report import explain_images
 from octlens.training import TrainConfig, train
 
 
-@pytest.fixture(scope="module")
-def vit_run(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "vit"
-    config = TrainConfig(
-        data=tiny_data,
-        out=out,
-        model="vit_tiny",
-        img_size=32,
-        patch_size=8,
-        epochs=1,
-        batch_size=8,
-        num_workers=0,
-        model_kwargs={"embed_dim": 32, "depth": 2, "num_heads": 2},
-    )
-    train(config, verbose=False)
-    return out
-
-
-def test_explain_images_writes_maps_overlays_and_a_grid(tiny_data, vit_run, tmp_path):
+def test_explain_images_writes_maps_overlays_and_a_grid(tiny_data, tiny_vit_run, tmp_path):
     scans = sorted((tiny_data / "test").rglob("*.jpeg"))[:3]
     junk = tmp_path / "notes.txt"
     junk.write_text("not a scan")
     with pytest.warns(UserWarning, match=r"skipped 1 unreadable file\(s\): .*notes.txt"):
         maps = explain_images(
-            vit_run, [*scans, junk], ["gradcam", "rollout", "legrad"], tmp_path / "out"
+            tiny_vit_run, [*scans, junk], ["gradcam", "rollout", "legrad"], tmp_path / "out"
         )
     assert set(maps) == {"gradcam", "rollout", "legrad"}
     for method, method_maps in maps.items():
@@ -45,18 +27,18 @@ def test_explain_images_writes_maps_overlays_and_a_grid(tiny_data, vit_run, tmp_
     assert (tmp_path / "out" / "grid.png").stat().st_size > 10_000
 
 
-def test_explain_images_errors(tiny_data, vit_run, tmp_path):
+def test_explain_images_errors(tiny_data, tiny_vit_run, tmp_path):
     scan = next((tiny_data / "test").rglob("*.jpeg"))
     with pytest.raises(OctlensError, match="unknown method"):
-        explain_images(vit_run, [scan], ["magic"], tmp_path)
+        explain_images(tiny_vit_run, [scan], ["magic"], tmp_path)
     with (
         pytest.warns(DataWarning, match=r"missing\.png: not an image file"),
         pytest.raises(OctlensError, match="none of the given paths"),
     ):
-        explain_images(vit_run, [tmp_path / "missing.png"], ["gradcam"], tmp_path)
+        explain_images(tiny_vit_run, [tmp_path / "missing.png"], ["gradcam"], tmp_path)
 
 
-def test_html_report_is_self_contained_with_both_models(tiny_data, vit_run, tmp_path):
+def test_html_report_is_self_contained_with_both_models(tiny_data, tiny_vit_run, tmp_path):
     from octlens.report import write_report
 
     resnet = tmp_path / "resnet"
@@ -64,7 +46,7 @@ def test_html_report_is_self_contained_with_both_models(tiny_data, vit_run, tmp_
         TrainConfig(data=tiny_data, out=resnet, img_size=32, epochs=1, batch_size=8, num_workers=0),
         verbose=False,
     )
-    path = write_report([resnet, vit_run], tmp_path / "report.html", data=tiny_data)
+    path = write_report([resnet, tiny_vit_run], tmp_path / "report.html", data=tiny_data)
     text = path.read_text()
     assert text.count("data:image/png;base64,") >= 10  # curves, evaluation and explanations
     assert "resnet18" in text and "vit_tiny" in text and "Explanations" in text
@@ -95,7 +77,7 @@ def test_a_report_on_medmnist_data_evaluates_and_skips_file_explanations(tmp_pat
     assert "Explanations" not in text
 
 
-def test_report_without_data_uses_the_runs_own_data_and_says_so(tiny_data, vit_run, tmp_path):
+def test_report_without_data_uses_the_runs_own_data_and_says_so(tiny_data, tiny_vit_run, tmp_path):
     import os
     import subprocess
     import sys
@@ -103,7 +85,7 @@ def test_report_without_data_uses_the_runs_own_data_and_says_so(tiny_data, vit_r
     out = tmp_path / "report.html"
     command = [sys.executable, "-c", "from octlens.cli import main; main()", "report"]
     completed = subprocess.run(
-        [*command, str(vit_run), "--out", str(out)],
+        [*command, str(tiny_vit_run), "--out", str(out)],
         capture_output=True,
         text=True,
         check=False,
