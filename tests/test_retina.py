@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from octlens.data.retina import find_retina, retina_mask, scanner_fill
+from octlens.data.retina import _best_path, find_retina, retina_mask, scanner_fill
 from octlens.data.synth import plan_scans, render_job
 
 
@@ -63,3 +67,25 @@ def test_real_scans_get_a_plausible_retina(real_dev):
 def test_grayscale_input_is_required():
     with pytest.raises(ValueError, match="grayscale"):
         find_retina(np.zeros((4, 4, 3), dtype=np.uint8))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 5).flatmap(
+        lambda height: st.lists(
+            st.lists(st.integers(-3, 3), min_size=height, max_size=height), min_size=1, max_size=5
+        )
+    ),
+    st.integers(1, 2),
+)
+def test_best_path_scores_as_high_as_any_path_found_by_brute_force(columns, max_jump):
+    score = np.array(columns, dtype=np.float32).T  # (height, width)
+    height, width = score.shape
+    path = _best_path(score, max_jump).astype(int)
+    assert all(abs(a - b) <= max_jump for a, b in itertools.pairwise(path))
+    best = max(
+        sum(score[row, column] for column, row in enumerate(rows))
+        for rows in itertools.product(range(height), repeat=width)
+        if all(abs(a - b) <= max_jump for a, b in itertools.pairwise(rows))
+    )
+    assert sum(score[row, column] for column, row in enumerate(path)) == best

@@ -154,15 +154,15 @@ def _best_path(score: np.ndarray, max_jump: int) -> np.ndarray:
     total = score[:, 0].astype(np.float64).copy()
     came_from = np.zeros((height, width), dtype=np.int64)
     rows = np.arange(height)
+    # The previous column's totals with -inf beyond its ends: row r's candidates are the window
+    # padded[r : r + 2 * max_jump + 1], i.e. rows r - max_jump .. r + max_jump.
+    padded = np.full(height + 2 * max_jump, -np.inf)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * max_jump + 1)
     for column in range(1, width):
-        candidates = np.full((2 * max_jump + 1, height), -np.inf)
-        for k, shift in enumerate(range(-max_jump, max_jump + 1)):
-            source = rows + shift
-            valid = (source >= 0) & (source < height)
-            candidates[k, valid] = total[source[valid]]
-        best = candidates.argmax(axis=0)
+        padded[max_jump : max_jump + height] = total
+        best = windows.argmax(axis=1)
         came_from[:, column] = rows + best - max_jump
-        total = candidates[best, rows] + score[:, column]
+        total = windows[rows, best] + score[:, column]
     path = np.empty(width, dtype=np.int64)
     path[-1] = int(np.argmax(total))
     for column in range(width - 1, 0, -1):
