@@ -8,7 +8,18 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "octlens"
 # Shared by every stage: errors, atomic files, the precision plan, plotting helpers.
 SHARED = {"errors", "files", "runtime", "viz", "__init__"}
-ORDER = ["data", "models", "training", "explain", "audit", "evaluate", "report", "demo", "cli"]
+ORDER = [
+    "data",
+    "models",
+    "training",
+    "explain",
+    "audit",
+    "evaluate",
+    "report",
+    "app",
+    "demo",
+    "cli",
+]
 
 
 def _stage(module: str) -> str:

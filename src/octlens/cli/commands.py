@@ -360,6 +360,34 @@ def demo(
         for line in audit.verdict_lines():
             console.print(line)
     console.print(f"runs, metrics, audits and figures under {out}; report: {out / 'report.html'}")
+    runs = " ".join(str(out / name) for name in results)
+    console.print(f"drop your own scans on both models: octlens serve {runs}")
+
+
+@app.command()
+def serve(
+    runs: Annotated[list[Path], typer.Argument(help="run folders to serve side by side")],
+    host: Annotated[str, typer.Option(help="interface (127.0.0.1: this machine only)")] = (
+        "127.0.0.1"
+    ),
+    port: int = 8000,
+    methods: Annotated[
+        str | None, typer.Option(help="comma-separated (default: four suited to each model)")
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="largest file accepted")] = 20.0,
+    max_files: Annotated[int, typer.Option(help="most files in one request")] = 16,
+    device: str | None = None,
+    precision: str = "auto",
+) -> None:
+    """A local web app: drop a scan, see each run's answer and explanations side by side."""
+    from octlens.app import Limits
+    from octlens.app import serve as serve_app
+
+    if max_upload_mb <= 0 or max_files < 1:
+        raise OctlensError("--max-upload-mb must be above 0 and --max-files at least 1")
+    names = None if methods is None else parse_methods(methods)
+    limits = Limits(max_upload_mb, max_files)
+    serve_app(runs, host, port, names, limits, device, precision, announce=console.print)
 
 
 def parse_methods(text: str) -> list[str]:

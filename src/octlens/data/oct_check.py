@@ -47,14 +47,24 @@ def colour_spread(image: Image.Image) -> float:
     return float((rgb.max(axis=2) - rgb.min(axis=2)).mean())
 
 
-def oct_warnings(pixels: np.ndarray, spread: float = 0.0) -> list[str]:
+def shrunk(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` (H, W) uint8 at the check's size, :data:`CHECK_SIZE` square."""
+    image = Image.fromarray(pixels).resize((CHECK_SIZE, CHECK_SIZE), Image.Resampling.BILINEAR)
+    return np.asarray(image)
+
+
+def oct_warnings(
+    pixels: np.ndarray, spread: float = 0.0, band: np.ndarray | None = None
+) -> list[str]:
     """Why the grayscale uint8 ``pixels`` (H, W) do not look like an OCT B-scan (empty: they do).
 
-    ``spread`` is the image's :func:`colour_spread` before it was made grayscale.
+    ``spread`` is the image's :func:`colour_spread` before it was made grayscale; ``band`` the
+    retina found on :func:`shrunk` pixels (``find_retina(shrunk(pixels)).mask()``), when the
+    caller has it already.
     """
-    small = np.asarray(
-        Image.fromarray(pixels).resize((CHECK_SIZE, CHECK_SIZE), Image.Resampling.BILINEAR)
-    )
+    small = shrunk(pixels) if pixels.shape != (CHECK_SIZE, CHECK_SIZE) else pixels
+    if band is None:
+        band = find_retina(small).mask()
     reasons = []
     if spread > MAX_COLOUR_SPREAD:
         reasons.append(f"it is in colour (channel spread {spread:.2f}); OCT B-scans are grayscale")
@@ -64,7 +74,6 @@ def oct_warnings(pixels: np.ndarray, spread: float = 0.0) -> list[str]:
             f"only {dark:.0%} of it is dark background; B-scans have at least "
             f"{MIN_DARK_SHARE:.0%} (vitreous and below the choroid)"
         )
-    band = find_retina(small).mask()
     share = float(band.mean())
     if share > MAX_BAND_SHARE:
         reasons.append(

@@ -1,0 +1,343 @@
+"""The web app: a page and a small JSON API over :class:`~octlens.app.service.ScanService`.
+
+Routes (the schema is served at ``/openapi.json``; there is no docs page, which would load
+scripts from a CDN):
+
+- ``GET /``: the page; ``GET /static/app.js`` and ``/static/app.css``: its script and style,
+  served from the package (nothing is fetched from outside, so the app works offline);
+- ``GET /api/runs``: the runs, their classes, methods, test metrics and audit verdicts;
+- ``GET /api/examples/{n}``: example scan ``n`` of the runs' data (an index into a list made at
+  start: no route reads a path a request names);
+- ``POST /api/predict``: multipart, one or more ``files`` and an optional ``target`` class; per
+  file and run the class probabilities, the predicted class, and each map's region shares;
+- ``POST /api/explain``: the same, with each map as PNG images (overlay, colour map, the scan
+  and the retina outline) and, with ``raw=true``, the raw map as ``.npy`` bytes.
+
+Uploads are decoded in a small thread pool, then scored by the models in the batcher's worker
+thread, batched with the uploads of the requests that arrive with them. A bad file gets a 4xx
+with a one-line message naming it (or, among good files, an ``error`` in its entry); the server
+keeps serving. Every response carries a Content-Security-Policy that allows scripts from this
+server only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from matplotlib import colormaps
+from PIL import Image
+from scipy import ndimage
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from octlens.app.batching import Busy, MicroBatcher
+from octlens.app.service import Panel, RunAnswer, ScanService
+from octlens.app.uploads import UploadedScan, UploadError, display_name, read_upload
+from octlens.data.images import is_image_file
+from octlens.viz.overlays import CMAP, overlay_rgb
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+MEDIA_TYPES = {".jpeg": "image/jpeg", ".jpg": "image/jpeg", ".png": "image/png",
+               ".tif": "image/tiff", ".tiff": "image/tiff", ".bmp": "image/bmp"}  # fmt: skip
+_STATIC = {"app.js": "text/javascript", "app.css": "text/css"}
+DECODERS = 2  # threads decoding uploads (Pillow and numpy release the GIL)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may hold: ``max_upload_mb`` per file, ``max_files`` per request."""
+
+    max_upload_mb: float = 20.0
+    max_files: int = 16
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+def create_app(
+    service: ScanService,
+    limits: Limits | None = None,
+    examples: Sequence[Path] = (),
+    max_batch: int = 16,
+    max_wait: float = 0.01,
+    max_pending: int = 256,
+) -> FastAPI:
+    """The app serving ``service``; ``examples`` are scan files the page offers to try.
+    ``max_batch``, ``max_wait`` and ``max_pending`` set the :class:`MicroBatcher`."""
+    limits = limits or Limits()
+    examples = list(examples)
+
+    def work(items: list[tuple[UploadedScan, str | None]]) -> list[list[RunAnswer]]:
+        """Score a batch of decoded uploads (each with its target class or None)."""
+        return service.analyse([scan for scan, _ in items], [target for _, target in items])
+
+    def decode(data: bytes, name: str) -> UploadedScan | UploadError:
+        try:
+            return read_upload(data, name, service.sizes)
+        except UploadError as error:
+            return error
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Uploads are decoded in their own threads, so the next batch is decoded while the
+        # model works on this one.
+        with ThreadPoolExecutor(DECODERS, thread_name_prefix="octlens-decode") as decoders:
+            async with MicroBatcher(work, max_batch, max_wait, max_pending) as batcher:
+                app.state.batcher, app.state.decoders = batcher, decoders
+                yield
+
+    app = FastAPI(
+        title="octlens", lifespan=lifespan, docs_url=None, redoc_url=None, version="0.1.0"
+    )
+    app.state.service = service
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(_static_text("index.html"))
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        if name not in _STATIC:
+            raise HTTPException(404, "no such file")
+        return Response(_static_text(name), media_type=_STATIC[name])
+
+    @app.get("/api/runs")
+    def runs() -> dict[str, Any]:
+        """The runs being served: classes, methods, test metrics and audit verdicts."""
+        return {
+            "classes": service.classes,
+            "runs": [
+                {"name": r.name, "methods": list(r.explainers), **r.summary} for r in service.runs
+            ],
+            "examples": [
+                {"id": n, "name": path.name, "class": path.parent.name}
+                for n, path in enumerate(examples)
+            ],
+            "limits": {"max_upload_mb": limits.max_upload_mb, "max_files": limits.max_files},
+        }
+
+    @app.get("/api/examples/{number}")
+    def example(number: int) -> FileResponse:
+        """Example scan ``number`` (from ``/api/runs``)."""
+        if not 0 <= number < len(examples):
+            raise HTTPException(404, f"no example {number}")
+        path = examples[number]
+        return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix.lower()))
+
+    async def decoded_uploads(request: Request) -> tuple[Any, list[dict[str, Any]], list[Any]]:
+        """The form, an entry per file, and the (entry, scan) pairs that could be decoded."""
+        form_fields = await _form(request, limits)
+        target = form_fields.get("target") or None
+        if target is not None and target not in service.classes:
+            raise HTTPException(422, f"target '{target}': not one of {service.classes}")
+        uploads = [f for f in form_fields.getlist("files") if isinstance(f, UploadFile)]
+        if not uploads:
+            raise HTTPException(422, "no files: send one or more scans as 'files'")
+        entries: list[dict[str, Any]] = []
+        pending = []
+        loop = asyncio.get_running_loop()
+        for upload in uploads:
+            name = display_name(upload.filename)
+            data = await upload.read(limits.max_bytes + 1)
+            if len(data) > limits.max_bytes:
+                too_large = f"{name}: larger than the {limits.max_upload_mb:g} MB upload limit"
+                entries.append({"name": name, "status": 413, "error": too_large})
+                continue
+            entries.append({"name": name})
+            decoders = request.app.state.decoders
+            pending.append((entries[-1], loop.run_in_executor(decoders, decode, data, name)))
+        readable = []
+        decoded_all = await asyncio.gather(*(future for _, future in pending))
+        for (entry, _), decoded in zip(pending, decoded_all, strict=True):
+            if isinstance(decoded, UploadError):
+                entry.update(status=422, error=str(decoded))
+            else:
+                entry["not_oct"] = decoded.not_oct
+                readable.append((entry, decoded))
+        return form_fields, entries, readable
+
+    async def answers(request: Request) -> tuple[Any, list[dict[str, Any]]]:
+        """The request's form, and each file with its answers (or its error); a 4xx if no file
+        could be used."""
+        batcher = request.app.state.batcher
+        with batcher.coming(1):  # from arrival to queue, so a burst is batched whole
+            form_fields, entries, readable = await decoded_uploads(request)
+            target = form_fields.get("target") or None
+            futures = []
+            try:  # queued together, so a request's files share a batch
+                for _, scan in readable:
+                    futures.append(batcher.enqueue((scan, target)))
+            except Busy as error:
+                for future in futures:  # the batcher skips them
+                    future.cancel()
+                raise HTTPException(503, str(error)) from None
+        results = await asyncio.gather(*futures)
+        for (entry, _), result in zip(readable, results, strict=True):
+            entry["answers"] = result
+        if all("error" in entry for entry in entries):
+            status = max(entry["status"] for entry in entries)
+            raise HTTPException(status, "; ".join(entry["error"] for entry in entries))
+        return form_fields, entries
+
+    @app.post("/api/predict")
+    async def predict(request: Request) -> JSONResponse:
+        """Probabilities, predicted class and each map's region shares, per file and run."""
+        _, entries = await answers(request)
+        return JSONResponse({"files": [_entry_json(entry, pictures=False) for entry in entries]})
+
+    @app.post("/api/explain")
+    async def explain(request: Request) -> JSONResponse:
+        """As ``/api/predict``, with each map as PNG overlays (``raw=true``: also ``.npy``)."""
+        form_fields, entries = await answers(request)
+        raw = str(form_fields.get("raw", "")).lower() in ("1", "true", "yes")
+        opacity = _opacity(form_fields.get("opacity"))
+        return JSONResponse(
+            {
+                "files": [
+                    _entry_json(entry, pictures=True, raw=raw, opacity=opacity) for entry in entries
+                ]
+            }
+        )
+
+    return app
+
+
+async def _form(request: Request, limits: Limits) -> Any:
+    declared = request.headers.get("content-length")
+    ceiling = limits.max_files * limits.max_bytes + 1024 * 1024
+    if declared is not None and declared.isdigit() and int(declared) > ceiling:
+        raise HTTPException(
+            413,
+            f"request of {int(declared) / 2**20:.1f} MB is over the limit "
+            f"({limits.max_files} files of {limits.max_upload_mb:g} MB)",
+        )
+    try:
+        form_fields = await request.form(max_files=limits.max_files, max_fields=32)
+    except StarletteHTTPException as error:  # Starlette's multipart limits
+        if "Too many files" in str(error.detail):
+            raise HTTPException(
+                413, f"too many files: at most {limits.max_files} per request"
+            ) from None
+        raise HTTPException(400, f"not a multipart upload ({error.detail})") from None
+    return form_fields
+
+
+def _opacity(value: object) -> float:
+    if value in (None, ""):
+        return 0.6
+    try:
+        opacity = float(str(value))
+    except ValueError:
+        raise HTTPException(422, f"opacity '{value}': a number from 0 to 1") from None
+    if not 0.0 <= opacity <= 1.0:
+        raise HTTPException(422, f"opacity {opacity:g}: a number from 0 to 1")
+    return opacity
+
+
+def _entry_json(
+    entry: dict[str, Any], pictures: bool, raw: bool = False, opacity: float = 0.6
+) -> dict[str, Any]:
+    if "error" in entry:
+        return {"name": entry["name"], "error": entry["error"]}
+    out = {"name": entry["name"], "not_oct": entry["not_oct"], "runs": []}
+    for answer in entry["answers"]:
+        run: dict[str, Any] = {
+            "run": answer.run,
+            "probabilities": answer.probabilities,
+            "predicted": answer.predicted,
+            "target": answer.target,
+            "area_shares": answer.areas,
+            "maps": [_panel_json(answer, panel, pictures, raw, opacity) for panel in answer.panels],
+        }
+        if pictures:
+            run["scan_png"] = _png(answer.display)
+            run["retina_png"] = _png(_outline_rgba(answer.retina))
+        out["runs"].append(run)
+    return out
+
+
+def _panel_json(
+    answer: RunAnswer, panel: Panel, pictures: bool, raw: bool, opacity: float
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "method": panel.method,
+        "shares": panel.shares,
+        "warning": panel.warning,
+    }
+    if pictures:
+        scaled = _unit(panel.raw)
+        out["overlay_png"] = _png(np.clip(overlay_rgb(answer.display, scaled, opacity), 0, 1))
+        out["heatmap_png"] = _png(_heatmap_rgba(scaled))
+    if raw:
+        buffer = io.BytesIO()
+        np.save(buffer, panel.raw.astype(np.float32))
+        out["raw_npy"] = base64.b64encode(buffer.getvalue()).decode()
+    return out
+
+
+def _unit(raw: np.ndarray) -> np.ndarray:
+    low, high = float(raw.min()), float(raw.max())
+    return (raw - low) / max(high - low, 1e-12)
+
+
+def _heatmap_rgba(scaled: np.ndarray) -> np.ndarray:
+    """The map in the overlay's colours with alpha = value: the page multiplies it by its slider,
+    which gives exactly :func:`~octlens.viz.overlays.overlay_rgb`'s blend."""
+    rgba = colormaps[CMAP](scaled)
+    rgba[..., 3] = scaled
+    return rgba
+
+
+def _outline_rgba(mask: np.ndarray) -> np.ndarray:
+    edge = mask & ~ndimage.binary_erosion(mask, border_value=1)
+    rgba = np.zeros((*mask.shape, 4))
+    rgba[edge] = (0.2, 0.9, 1.0, 1.0)
+    return rgba
+
+
+def _png(pixels: np.ndarray) -> str:
+    """A data URL of ``pixels`` in [0, 1]: (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA."""
+    array = np.rint(np.clip(pixels, 0, 1) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _static_text(name: str) -> str:
+    return resources.files("octlens.app").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def example_scans(root: Path | None, per_class: int = 2) -> list[Path]:
+    """A few scans of each class of ``root``'s test (else val, else top-level) split."""
+    if root is None or not root.is_dir():
+        return []
+    split = next((root / s for s in ("test", "val") if (root / s).is_dir()), root)
+    found: list[Path] = []
+    for folder in sorted(p for p in split.iterdir() if p.is_dir()):
+        scans = sorted(p for p in folder.iterdir() if is_image_file(p))
+        found += scans[:per_class]
+    return found

@@ -1,0 +1,234 @@
+"""The models behind the web app: runs loaded once, scans scored and explained in batches.
+
+:class:`ScanService` holds each run's model and one explainer per method, built at start and
+reused for every request. :meth:`ScanService.analyse` takes a batch of decoded uploads (with an
+optional target class each) and returns, per scan and run, the class probabilities, each
+method's map and the share of that map on the regions the audit reads (off the retina, the
+corners), with a plain warning when this scan's attention sits off the retina by the audit's own
+enrichment thresholds (:mod:`octlens.audit.shortcut`) applied to one scan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from octlens.app.uploads import UploadedScan
+from octlens.audit.result import AuditResult
+from octlens.audit.shortcut import (
+    CORNER_ENRICHMENT,
+    OFF_RETINA_ENRICHMENT,
+    area_shares,
+    attention_shares,
+    edge_regions,
+)
+from octlens.errors import OctlensError
+from octlens.explain import EXPLAINERS, Explainer, check_methods, default_methods
+from octlens.files import read_json
+from octlens.models import is_vit
+from octlens.runtime import resolve_device, resolve_precision
+from octlens.training.inference import prepare_input
+from octlens.training.run import Run
+
+#: Regions whose attention share is reported for each map.
+REGIONS = ("off_retina", "corners")
+_ENRICHMENT = {"off_retina": OFF_RETINA_ENRICHMENT, "corners": CORNER_ENRICHMENT}
+
+
+@dataclass
+class Panel:
+    """One method's map of one scan: raw (S, S) fp32 and its share on each region."""
+
+    method: str
+    raw: np.ndarray
+    shares: dict[str, float]
+    warning: str | None
+
+
+@dataclass
+class RunAnswer:
+    """What one run says about one scan."""
+
+    run: str
+    probabilities: dict[str, float]
+    predicted: str
+    target: str
+    display: np.ndarray  # (S, S) [0, 1]: the scan as the model sees it, for overlays
+    retina: np.ndarray  # (S, S) bool, estimated by find_retina on the upload
+    areas: dict[str, float]  # what an even map would put on each region
+    panels: list[Panel] = field(default_factory=list)
+
+
+@dataclass
+class LoadedRun:
+    """A run ready to answer: model, explainers, and what its folder says about it."""
+
+    name: str
+    folder: Path
+    run: Run
+    model: torch.nn.Module
+    explainers: dict[str, Explainer]
+    summary: dict[str, object]
+
+
+class ScanService:
+    """Scores and explains scans with several runs; build once, call :meth:`analyse` per batch.
+
+    ``methods`` defaults to each model's :func:`~octlens.explain.default_methods`; a method that
+    does not apply to a model (rollout on a CNN) is left out for that run only.
+    """
+
+    def __init__(
+        self,
+        runs: Sequence[str | Path],
+        methods: Sequence[str] | None = None,
+        device: str | None = None,
+        precision: str = "auto",
+    ) -> None:
+        if not runs:
+            raise OctlensError("give at least one run folder")
+        names = None if methods is None else check_methods(methods)
+        self.plan = resolve_precision(precision, resolve_device(device), measuring=True)
+        self.runs: list[LoadedRun] = []
+        for path in runs:
+            run = Run.load(path)
+            model = run.model(self.plan)
+            wanted = names or list(default_methods(model))
+            usable = [m for m in wanted if is_vit(model) or not EXPLAINERS[m].vit_only]
+            if not usable:
+                raise OctlensError(f"{path}: none of the methods {wanted} applies to a CNN")
+            self.runs.append(
+                LoadedRun(
+                    name=_unique(run.folder.name, [r.name for r in self.runs]),
+                    folder=run.folder,
+                    run=run,
+                    model=model,
+                    explainers={m: EXPLAINERS[m](model, precision=self.plan) for m in usable},
+                    summary=run_summary(run),
+                )
+            )
+        classes = {tuple(r.run.classes) for r in self.runs}
+        if len(classes) > 1:
+            raise OctlensError(f"the runs were trained on different classes: {sorted(classes)}")
+        self.classes = self.runs[0].run.classes
+        self.sizes = {r.run.img_size for r in self.runs}
+
+    def analyse(
+        self, scans: Sequence[UploadedScan], targets: Sequence[str | None]
+    ) -> list[list[RunAnswer]]:
+        """Per scan, one :class:`RunAnswer` per run; ``targets`` are class names or None
+        (the run's predicted class)."""
+        for target in targets:
+            if target is not None and target not in self.classes:
+                raise OctlensError(f"target '{target}': not one of {self.classes}")
+        answers: list[list[RunAnswer]] = [[] for _ in scans]
+        for loaded in self.runs:
+            for position, answer in enumerate(self._answer(loaded, scans, targets)):
+                answers[position].append(answer)
+        return answers
+
+    def _answer(
+        self, loaded: LoadedRun, scans: Sequence[UploadedScan], targets: Sequence[str | None]
+    ) -> list[RunAnswer]:
+        size = loaded.run.img_size
+        transform = loaded.run.eval_transform()
+        images = torch.stack([transform(scan.at_size[size]) for scan in scans])
+        images = prepare_input(images, self.plan.device, channels_last=not is_vit(loaded.model))
+        with torch.no_grad(), self.plan.autocast():
+            probabilities = torch.softmax(loaded.model(images).float(), dim=1).cpu()
+        predicted = probabilities.argmax(dim=1)
+        chosen = torch.tensor(
+            [
+                self.classes.index(target) if target is not None else int(guess)
+                for target, guess in zip(targets, predicted, strict=True)
+            ]
+        )
+        retina = torch.from_numpy(np.stack([_resized(scan.retina, size) for scan in scans]))
+        edges = edge_regions(size, size)
+        regions = {"off_retina": ~retina, "corners": edges["corners"].expand_as(retina)}
+        areas = area_shares(regions)
+        maps = {
+            method: explainer(images, chosen.to(self.plan.device)).raw.cpu()
+            for method, explainer in loaded.explainers.items()
+        }
+        shares = {method: attention_shares(raw, regions) for method, raw in maps.items()}
+        answers = []
+        for i, scan in enumerate(scans):
+            area = {region: float(areas[region][i]) for region in REGIONS}
+            answer = RunAnswer(
+                run=loaded.name,
+                probabilities={
+                    label: float(p) for label, p in zip(self.classes, probabilities[i], strict=True)
+                },
+                predicted=self.classes[int(predicted[i])],
+                target=self.classes[int(chosen[i])],
+                display=np.asarray(scan.at_size[size].resize((size, size)), np.float32) / 255,
+                retina=retina[i].numpy(),
+                areas=area,
+            )
+            for method, raw in maps.items():
+                share = {region: float(shares[method][region][i]) for region in REGIONS}
+                answer.panels.append(
+                    Panel(method, raw[i].numpy(), share, attention_warning(share, area))
+                )
+            answers.append(answer)
+        return answers
+
+
+def attention_warning(shares: dict[str, float], areas: dict[str, float]) -> str | None:
+    """A plain sentence when a map's attention sits off the retina or in the corners, by the
+    audit's enrichment thresholds (share >= threshold x the region's share of the area)."""
+    for region in REGIONS:
+        limit = _ENRICHMENT[region] * areas[region]
+        if areas[region] > 0 and shares[region] >= min(limit, 0.95):
+            where = "off the retina" if region == "off_retina" else "in the corners"
+            return (
+                f"{shares[region]:.0%} of this map's attention is {where} "
+                f"({areas[region]:.0%} of the image; warned at {min(limit, 0.95):.0%})"
+            )
+    return None
+
+
+def run_summary(run: Run) -> dict[str, object]:
+    """Headline numbers from the run's folder: test metrics and the audit verdict, if present."""
+    summary: dict[str, object] = {"model": run.name, "img_size": run.img_size}
+    metrics = run.folder / "eval" / "test" / "metrics.json"
+    if metrics.exists():
+        values = read_json(metrics)
+        summary["test"] = {
+            "n": values.get("n"),
+            "accuracy": values.get("accuracy"),
+            "macro_auc": values.get("macro_auc"),
+        }
+    for audit_json in sorted((run.folder / "audit").glob("*/audit.json")):
+        try:
+            result = AuditResult.load(audit_json)
+        except OctlensError as error:
+            summary["audit_error"] = str(error)
+            break
+        summary["audit"] = {
+            "split": result.split,
+            "flagged": result.flagged,
+            "verdict": result.verdict_lines(),
+            "best_method": result.best_method,
+            "n_scans": result.n_scans,
+        }
+        break
+    return summary
+
+
+def _resized(mask: np.ndarray, size: int) -> np.ndarray:
+    image = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(image.resize((size, size), Image.Resampling.NEAREST)) > 0
+
+
+def _unique(name: str, taken: list[str]) -> str:
+    candidate, number = name, 2
+    while candidate in taken:
+        candidate, number = f"{name}-{number}", number + 1
+    return candidate

@@ -1,0 +1,285 @@
+"""The web app's JSON API: answers equal to the library's, and every bad input a clear 4xx."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from octlens.app import Limits, ScanService, background_server, create_app
+from octlens.app.server import example_scans
+from octlens.app.uploads import display_name
+from octlens.data.images import load_grayscale
+from octlens.errors import OctlensError
+from octlens.explain import GradCAM
+from octlens.training.run import Run
+
+
+@pytest.fixture(scope="module")
+def service(tiny_resnet_run, tiny_vit_run) -> ScanService:
+    return ScanService([tiny_resnet_run, tiny_vit_run], precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def scans(tiny_data) -> list[Path]:
+    return sorted((tiny_data / "test").glob("*/*.jpeg"))
+
+
+@pytest.fixture
+def client(service, tiny_data):
+    app = create_app(service, Limits(max_upload_mb=1, max_files=8), example_scans(tiny_data))
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def _files(*items: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (name, data, "application/octet-stream")) for name, data in items]
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_predict_gives_each_run_s_probabilities_as_the_library_computes_them(
+    client, scans, tiny_resnet_run, tiny_vit_run
+):
+    response = client.post("/api/predict", files=_files((scans[0].name, scans[0].read_bytes())))
+    assert response.status_code == 200
+    (entry,) = response.json()["files"]
+    assert entry["name"] == scans[0].name and entry["not_oct"] == []
+    assert [r["run"] for r in entry["runs"]] == ["resnet", "vit"]
+    for answer, folder in zip(entry["runs"], (tiny_resnet_run, tiny_vit_run), strict=True):
+        run = Run.load(folder)
+        image = run.eval_transform()(load_grayscale(scans[0], run.img_size))[None]
+        with torch.no_grad():
+            expected = torch.softmax(run.model()(image), dim=1)[0]
+        got = torch.tensor([answer["probabilities"][c] for c in run.classes])
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+        assert answer["predicted"] == run.classes[int(expected.argmax())]
+        assert answer["target"] == answer["predicted"]
+        for panel in answer["maps"]:
+            assert 0 <= panel["shares"]["off_retina"] <= 1 and 0 <= panel["shares"]["corners"] <= 1
+    # CNN methods for the CNN, ViT methods for the ViT
+    assert [m["method"] for m in entry["runs"][0]["maps"]] == [
+        "gradcam",
+        "gradcam++",
+        "hirescam",
+        "layercam",
+    ]
+    assert {"rollout", "legrad"} <= {m["method"] for m in entry["runs"][1]["maps"]}
+
+
+def test_explain_returns_the_explainer_s_raw_map_and_pngs_for_the_chosen_class(
+    client, scans, tiny_resnet_run
+):
+    response = client.post(
+        "/api/explain",
+        files=_files(("scan.jpeg", scans[1].read_bytes())),
+        data={"target": "DME", "raw": "true", "opacity": "0.3"},
+    )
+    assert response.status_code == 200
+    answer = response.json()["files"][0]["runs"][0]
+    assert answer["target"] == "DME"
+    panel = next(m for m in answer["maps"] if m["method"] == "gradcam")
+    raw = np.load(io.BytesIO(base64.b64decode(panel["raw_npy"])))
+    run = Run.load(tiny_resnet_run)
+    image = run.eval_transform()(load_grayscale(scans[1], run.img_size))[None]
+    expected = GradCAM(run.model(), precision="fp32")(image, [run.classes.index("DME")]).raw[0]
+    np.testing.assert_allclose(raw, expected.numpy(), atol=1e-5)
+    for key in ("overlay_png", "heatmap_png"):
+        data = base64.b64decode(panel[key].removeprefix("data:image/png;base64,"))
+        assert Image.open(io.BytesIO(data)).size == (run.img_size, run.img_size)
+    outline = base64.b64decode(answer["retina_png"].split(",", 1)[1])
+    assert np.asarray(Image.open(io.BytesIO(outline)))[..., 3].any()  # the retina was found
+
+
+def test_files_sent_together_share_one_batch(client, scans):
+    files = _files(*((scan.name, scan.read_bytes()) for scan in scans[:6]))
+    response = client.post("/api/predict", files=files)
+    assert response.status_code == 200 and len(response.json()["files"]) == 6
+    assert max(client.app.state.batcher.batch_sizes) > 1
+
+
+def _bomb_png(side: int = 100_000) -> bytes:
+    """A PNG whose header declares side x side pixels (10 gigapixels) and holds almost nothing."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        body = kind + payload
+        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    data = zlib.compress(b"\x00" * 64)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    )
+
+
+def test_bad_uploads_are_4xx_with_a_message_naming_the_file_and_the_server_keeps_serving(
+    client, scans
+):
+    jpeg = scans[0].read_bytes()
+    png = _png(np.asarray(Image.open(scans[0]).convert("L")))
+    cases = {
+        "notes.jpeg": (b"these are not pixels", 422, "not a readable image"),
+        "cut.jpeg": (jpeg[: len(jpeg) // 2], 422, "truncated"),
+        "cut.png": (png[: len(png) // 2], 422, "cut.png"),
+        "bomb.png": (_bomb_png(), 422, "decompression bomb"),
+        "huge.jpeg": (jpeg + b"\0" * (1024 * 1024), 413, "1 MB upload limit"),
+        "empty.png": (b"", 422, "empty file"),
+    }
+    for name, (data, status, words) in cases.items():
+        response = client.post("/api/predict", files=_files((name, data)))
+        assert response.status_code == status, (name, response.text)
+        detail = response.json()["detail"]
+        assert detail.startswith(f"{name}: ") and words in detail, detail
+        assert "\n" not in detail and "/tmp" not in detail
+    too_many = _files(*((f"{n}.jpeg", jpeg) for n in range(9)))
+    response = client.post("/api/predict", files=too_many)
+    assert response.status_code == 413 and "at most 8" in response.json()["detail"]
+    assert client.post("/api/predict", data={"x": "1"}).status_code == 422  # no files
+    response = client.post("/api/predict", files=_files(("a.jpeg", jpeg)), data={"target": "X"})
+    assert response.status_code == 422 and "not one of" in response.json()["detail"]
+    response = client.post("/api/explain", files=_files(("a.jpeg", jpeg)), data={"opacity": "2"})
+    assert response.status_code == 422
+    # still serving
+    assert client.post("/api/predict", files=_files(("ok.jpeg", jpeg))).status_code == 200
+
+
+def test_a_bad_file_among_good_ones_gets_its_own_error(client, scans):
+    files = _files(("good.jpeg", scans[0].read_bytes()), ("bad.jpeg", b"junk"))
+    response = client.post("/api/predict", files=files)
+    assert response.status_code == 200
+    good, bad = response.json()["files"]
+    assert good["runs"] and bad["error"].startswith("bad.jpeg: not a readable image")
+
+
+def test_16_bit_rgba_and_cmyk_are_converted_like_the_loader_does(client, scans):
+    gray = np.asarray(Image.open(scans[0]).convert("L"))
+
+    def probabilities(name: str, data: bytes) -> dict:
+        response = client.post("/api/predict", files=_files((name, data)))
+        assert response.status_code == 200, response.text
+        return response.json()["files"][0]["runs"][0]["probabilities"]
+
+    eight_bit = probabilities("gray.png", _png(gray))
+    deep = _png(gray.astype(np.uint16) * 257)
+    assert Image.open(io.BytesIO(deep)).mode.startswith("I")
+    sixteen = probabilities("deep.png", deep)
+    rgba = np.dstack([gray, gray, gray, np.full_like(gray, 255)])
+    assert sixteen == pytest.approx(eight_bit, abs=1e-6)
+    assert probabilities("rgba.png", _png(rgba)) == pytest.approx(eight_bit, abs=1e-6)
+    buffer = io.BytesIO()
+    Image.fromarray(gray).convert("CMYK").save(buffer, format="JPEG", quality=95)
+    assert set(probabilities("cmyk.jpg", buffer.getvalue())) == set(eight_bit)
+
+
+def test_hostile_file_names_are_cleaned_and_never_used_as_paths(client, scans, tmp_path):
+    hostile = "../../<img src=x onerror=alert(1)>\\..\\evil<script>.jpeg"
+    response = client.post("/api/predict", files=_files((hostile, scans[0].read_bytes())))
+    name = response.json()["files"][0]["name"]
+    assert response.status_code == 200
+    assert not set("/\\<>") & set(name) and name.endswith(".jpeg")
+    assert display_name("....") == "upload" and len(display_name("a" * 500)) == 80
+
+
+def test_every_response_carries_the_content_security_policy(client):
+    for path in ("/", "/static/app.js", "/api/runs", "/missing"):
+        policy = client.get(path).headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+    page = client.get("/").text
+    assert "<script>" not in page and "http" not in page.lower().replace("http-equiv", "")
+
+
+def test_runs_examples_and_schema(client, tiny_data):
+    info = client.get("/api/runs").json()
+    assert info["classes"] == ["CNV", "DME", "DRUSEN", "NORMAL"]
+    folders = sorted((tiny_data / "test").iterdir())
+    shown = sum(min(2, len(list(folder.glob("*.jpeg")))) for folder in folders)
+    assert len(info["examples"]) == shown  # up to two per class of the test split
+    assert {e["class"] for e in info["examples"]} == set(info["classes"])
+    first = client.get("/api/examples/0")
+    assert first.status_code == 200 and first.content == example_scans(tiny_data)[0].read_bytes()
+    assert client.get(f"/api/examples/{shown}").status_code == 404
+    assert client.get("/api/examples/..%2F..%2Fetc%2Fpasswd").status_code in (404, 422)
+    assert client.get("/static/..%2F__init__.py").status_code == 404
+    schema = client.get("/openapi.json").json()
+    assert {"/api/predict", "/api/explain", "/api/runs"} <= set(schema["paths"])
+    assert client.get("/docs").status_code == 404
+
+
+def test_a_photo_gets_an_out_of_distribution_warning(client):
+    from skimage import data
+
+    response = client.post("/api/predict", files=_files(("cat.png", _png(data.chelsea()))))
+    warnings = response.json()["files"][0]["not_oct"]
+    assert any("colour" in reason for reason in warnings)
+
+
+def test_a_folder_that_is_not_a_run_is_an_error_before_serving(tmp_path, tiny_resnet_run):
+    with pytest.raises(OctlensError, match=str(tmp_path)):
+        ScanService([tmp_path])
+    with pytest.raises(OctlensError, match="none of the methods"):
+        ScanService([tiny_resnet_run], methods=["rollout"])
+
+
+def test_fifty_concurrent_uploads_are_all_answered_correctly_in_batches(service, scans):
+    """Load: 50 uploads at once against a real server on a loopback port."""
+    app = create_app(service, Limits(max_files=4))
+    with TestClient(app) as single:
+        expected = {
+            scan.name: single.post(
+                "/api/predict", files=_files((scan.name, scan.read_bytes()))
+            ).json()["files"][0]["runs"][0]["probabilities"]
+            for scan in scans[:5]
+        }
+
+    async def hammer(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+            uploads = [scans[n % 5] for n in range(50)]
+            return await asyncio.gather(
+                *(
+                    http.post("/api/predict", files=_files((s.name, s.read_bytes())))
+                    for s in uploads
+                )
+            )
+
+    with background_server(app) as url:
+        responses = asyncio.run(hammer(url))
+    assert [r.status_code for r in responses] == [200] * 50
+    for response in responses:
+        entry = response.json()["files"][0]
+        assert entry["runs"][0]["probabilities"] == pytest.approx(expected[entry["name"]], abs=1e-5)
+    assert max(app.state.batcher.batch_sizes) > 1
+
+
+def test_a_full_queue_answers_503_and_recovers(service, scans):
+    """Memory stays bounded: past ``max_pending`` waiting uploads, the server says to retry."""
+    app = create_app(service, max_batch=1, max_wait=0.0, max_pending=2)
+    jpeg = scans[0].read_bytes()
+
+    async def burst(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+            return await asyncio.gather(
+                *(http.post("/api/predict", files=_files(("a.jpeg", jpeg))) for _ in range(12))
+            )
+
+    with background_server(app) as url:
+        responses = asyncio.run(burst(url))
+        after = httpx.post(f"{url}/api/predict", files=_files(("a.jpeg", jpeg)), timeout=60)
+    codes = [r.status_code for r in responses]
+    assert 503 in codes and 200 in codes and set(codes) <= {200, 503}
+    busy = next(r for r in responses if r.status_code == 503)
+    assert "try again" in busy.json()["detail"]
+    assert after.status_code == 200

@@ -1,0 +1,102 @@
+"""The web app end to end in a real browser: Playwright driving Debian's chromium-headless-shell.
+
+``playwright install`` cannot download browsers here, so the test points Playwright at the
+system's binary (``OCTLENS_CHROMIUM``, else the usual places). Without one the test is skipped
+with the reason, except in CI (``CI`` set), where ``.ci/run`` installs it and a missing browser
+fails. ``OCTLENS_APP_RUNS`` (run folders, space-separated) serves other runs than the tiny test
+ones and ``OCTLENS_APP_SCREENSHOT`` copies the page's screenshot there: the README's picture is
+made this way, from the demo's runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from octlens.app import background_server, build_app
+from octlens.app.server import example_scans
+from octlens.training.run import Run
+
+CANDIDATES = (
+    "/usr/bin/chromium-headless-shell",
+    "/usr/lib/chromium/chromium-headless-shell",
+    "/usr/bin/chromium",
+)
+
+
+def chromium() -> str:
+    found = [os.environ.get("OCTLENS_CHROMIUM"), *CANDIDATES, shutil.which("chromium")]
+    for path in found:
+        if path and Path(path).is_file():
+            return path
+    reason = "no chromium-headless-shell here (apt-get install chromium-headless-shell)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must run the browser tests")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def browser_page():
+    pytest.importorskip("playwright", reason="the test extra's playwright is not installed")
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        yield page
+        browser.close()
+
+
+def test_drop_a_scan_see_both_runs_move_the_slider_and_read_an_error(
+    browser_page, tiny_resnet_run, tiny_vit_run, tiny_data, tmp_path
+):
+    page = browser_page
+    chosen = os.environ.get("OCTLENS_APP_RUNS", "").split()
+    runs = [Path(run) for run in chosen] or [tiny_resnet_run, tiny_vit_run]
+    data = Path(str(Run.load(runs[0]).checkpoint.meta["config"]["data"]))
+    scan = next(path for path in example_scans(data) if path.parent.name == "DME")
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+
+    with background_server(build_app(runs)) as url:
+        page.goto(url)
+        page.wait_for_selector(f".run-card >> nth={len(runs) - 1}")
+        # the keyboard reaches the file picker
+        page.focus("#drop")
+        with page.expect_file_chooser() as chooser:
+            page.keyboard.press("Enter")
+        chooser.value.set_files(str(scan))
+        panels = page.locator("canvas")
+        expected = 4 * len(runs)  # four methods for each run
+        page.wait_for_function(  # a function, not a string: the page's CSP forbids eval
+            "n => document.querySelectorAll('canvas[data-drawn]').length >= n",
+            arg=expected,
+            timeout=120_000,
+        )
+        assert panels.count() == expected
+        answers = page.locator(".run-answer h3").all_inner_texts()
+        assert len(answers) == len(runs) and all(": " in text for text in answers)
+        page.screenshot(path=tmp_path / "app.png", full_page=True)
+        if target := os.environ.get("OCTLENS_APP_SCREENSHOT"):
+            shutil.copy(tmp_path / "app.png", target)
+        first = "() => document.querySelector('canvas').toDataURL()"
+        before = page.evaluate(first)
+        page.locator("#opacity").fill("0.05")
+        after = page.evaluate(first)
+        assert after != before  # the overlay was redrawn with the new opacity
+
+        page.set_input_files(
+            "#files", {"name": "broken.jpeg", "mimeType": "image/jpeg", "buffer": b"not a scan"}
+        )
+        page.wait_for_function("() => document.getElementById('error').textContent.length > 0")
+        error = page.inner_text("#error")
+        assert error.startswith("broken.jpeg: not a readable image"), error
+        page.screenshot(path=tmp_path / "error.png")
+    assert (tmp_path / "app.png").stat().st_size > 10_000
+    blocked = [p for p in problems if "Content Security Policy" in p]
+    assert not blocked, blocked
