@@ -4,8 +4,9 @@
 
 Three recipes, all the demo's ResNet18 at 128 px, all resumable (finished runs are kept):
 
-1. **synthetic only**: trained on the demo's synthetic data (200 scans per class), tested on
-   every real ``dev`` scan. This is where the synthesis is tuned: only ``dev`` is looked at.
+1. **synthetic only**: trained on synthetic data (``--n-per-class``, default 1000; the demo's
+   data has 200), tested on every real ``dev`` scan. This is where the synthesis and its amount
+   are chosen: only ``dev`` is looked at.
 2. **synthetic, then fine-tuned on dev**: ``--init`` the synthetic run (full fine-tuning, layer
    decay 0.75), trained on ``dev`` with a patient-disjoint validation carve.
 3. **dev from scratch**: the same recipe and carve with no initial weights.
@@ -70,12 +71,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, help="a synthetic dataset (default: OUT/data)")
     parser.add_argument(
+        "--n-per-class", type=int, default=1000, help="synthetic scans per class to make"
+    )
+    parser.add_argument(
         "--synthetic-only", action="store_true", help="only recipe 1 (to tune the synthesis)"
     )
     args = parser.parse_args()
     data = args.data or args.out / "data"
     if read_record(data) is None:
-        synthesize(data, 200, seed=args.seed)
+        synthesize(data, args.n_per_class, seed=args.seed)
     synthetic = trained(
         TrainConfig(
             data=data,
