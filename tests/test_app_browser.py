@@ -14,7 +14,9 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from octlens.app import background_server, build_app
 from octlens.app.server import example_scans
@@ -89,6 +91,16 @@ def test_drop_a_scan_see_both_runs_move_the_slider_and_read_an_error(
         page.locator("#opacity").fill("0.05")
         after = page.evaluate(first)
         assert after != before  # the overlay was redrawn with the new opacity
+        for button, suffix in (("overlay PNG", ".png"), ("raw map .npy", ".npy")):
+            with page.expect_download() as download:
+                page.get_by_role("button", name=button).first.click()
+            saved = tmp_path / download.value.suggested_filename
+            download.value.save_as(saved)
+            assert saved.name == f"{scan.stem}_{runs[0].name}_gradcam{suffix}"
+        assert Image.open(tmp_path / f"{scan.stem}_{runs[0].name}_gradcam.png").size[0] > 0
+        raw = np.load(tmp_path / f"{scan.stem}_{runs[0].name}_gradcam.npy")
+        size = Run.load(runs[0]).img_size
+        assert raw.shape == (size, size) and raw.dtype == np.float32
 
         page.set_input_files(
             "#files", {"name": "broken.jpeg", "mimeType": "image/jpeg", "buffer": b"not a scan"}

@@ -151,18 +151,14 @@ def create_app(
     async def decoded_uploads(request: Request) -> tuple[Any, list[dict[str, Any]], list[Any]]:
         """The form, an entry per file, and the (entry, scan) pairs that could be decoded."""
         form_fields = await _form(request, limits)
-        target = form_fields.get("target") or None
-        if target is not None and target not in service.classes:
-            raise HTTPException(422, f"target '{target}': not one of {service.classes}")
-        uploads = [f for f in form_fields.getlist("files") if isinstance(f, UploadFile)]
-        if not uploads:
-            raise HTTPException(422, "no files: send one or more scans as 'files'")
+        try:  # the bytes are read at once; the form's spooled files are closed on every path
+            uploads = await _read_uploads(form_fields, limits, service.classes)
+        finally:
+            await form_fields.close()
         entries: list[dict[str, Any]] = []
         pending = []
         loop = asyncio.get_running_loop()
-        for upload in uploads:
-            name = display_name(upload.filename)
-            data = await upload.read(limits.max_bytes + 1)
+        for name, data in uploads:
             if len(data) > limits.max_bytes:
                 too_large = f"{name}: larger than the {limits.max_upload_mb:g} MB upload limit"
                 entries.append({"name": name, "status": 413, "error": too_large})
@@ -244,6 +240,20 @@ async def _form(request: Request, limits: Limits) -> Any:
             ) from None
         raise HTTPException(400, f"not a multipart upload ({error.detail})") from None
     return form_fields
+
+
+async def _read_uploads(
+    form_fields: Any, limits: Limits, classes: list[str]
+) -> list[tuple[str, bytes]]:
+    """(clean name, bytes) of each uploaded file, reading at most one byte past the limit;
+    422 for an unknown target or no files."""
+    target = form_fields.get("target") or None
+    if target is not None and target not in classes:
+        raise HTTPException(422, f"target '{target}': not one of {classes}")
+    files = [f for f in form_fields.getlist("files") if isinstance(f, UploadFile)]
+    if not files:
+        raise HTTPException(422, "no files: send one or more scans as 'files'")
+    return [(display_name(f.filename), await f.read(limits.max_bytes + 1)) for f in files]
 
 
 def _opacity(value: object) -> float:
