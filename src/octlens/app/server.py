@@ -146,6 +146,8 @@ def create_app(
         if not 0 <= number < len(examples):
             raise HTTPException(404, f"no example {number}")
         path = examples[number]
+        if not path.is_file():
+            raise HTTPException(404, f"example {number} ({path.name}) is no longer on disk")
         return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix.lower()))
 
     async def decoded_uploads(request: Request) -> tuple[Any, list[dict[str, Any]], list[Any]]:
