@@ -359,9 +359,12 @@ def demo(
         wide.print(counterfactual_table(audit))
         for line in audit.verdict_lines():
             console.print(line)
-    console.print(f"runs, metrics, audits and figures under {out}; report: {out / 'report.html'}")
+    console.print(
+        f"runs, metrics, audits and figures under {out}; report: {out / 'report.html'}",
+        soft_wrap=True,  # paths stay whole, to copy
+    )
     runs = " ".join(str(out / name) for name in results)
-    console.print(f"drop your own scans on both models: octlens serve {runs}")
+    console.print(f"drop your own scans on both models: octlens serve {runs}", soft_wrap=True)
 
 
 @app.command()
