@@ -165,7 +165,7 @@ def test_a_bad_file_among_good_ones_gets_its_own_error(client, scans):
     assert good["runs"] and bad["error"].startswith("bad.jpeg: not a readable image")
 
 
-def test_16_bit_rgba_and_cmyk_are_converted_like_the_loader_does(client, scans):
+def test_16_bit_rgba_cmyk_tiff_and_bmp_are_read_like_the_loader_reads_them(client, scans):
     gray = np.asarray(Image.open(scans[0]).convert("L"))
 
     def probabilities(name: str, data: bytes) -> dict:
@@ -183,6 +183,11 @@ def test_16_bit_rgba_and_cmyk_are_converted_like_the_loader_does(client, scans):
     buffer = io.BytesIO()
     Image.fromarray(gray).convert("CMYK").save(buffer, format="JPEG", quality=95)
     assert set(probabilities("cmyk.jpg", buffer.getvalue())) == set(eight_bit)
+    for image_format in ("TIFF", "BMP"):  # lossless: the PNG's answer exactly
+        buffer = io.BytesIO()
+        Image.fromarray(gray).save(buffer, format=image_format)
+        answer = probabilities(f"scan.{image_format.lower()}", buffer.getvalue())
+        assert answer == pytest.approx(eight_bit, abs=1e-6)
 
 
 def test_hostile_file_names_are_cleaned_and_never_used_as_paths(client, scans, tmp_path):

@@ -10,6 +10,7 @@ made this way, from the demo's runs.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 from pathlib import Path
@@ -22,6 +23,17 @@ from octlens.app import background_server, build_app
 from octlens.app.server import example_scans
 from octlens.training.run import Run
 
+# Drag and drop as a browser does it: a DataTransfer holding the files, dropped on the zone.
+DROP = """files => {
+    const transfer = new DataTransfer();
+    for (const [name, data] of files) {
+        const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+        transfer.items.add(new File([bytes], name, {type: "image/jpeg"}));
+    }
+    const zone = document.getElementById("drop");
+    zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: transfer, bubbles: true}));
+    zone.dispatchEvent(new DragEvent("drop", {dataTransfer: transfer, bubbles: true}));
+}"""
 CANDIDATES = (
     "/usr/bin/chromium-headless-shell",
     "/usr/lib/chromium/chromium-headless-shell",
@@ -101,6 +113,20 @@ def test_drop_a_scan_see_both_runs_move_the_slider_and_read_an_error(
         raw = np.load(tmp_path / f"{scan.stem}_{runs[0].name}_gradcam.npy")
         size = Run.load(runs[0]).img_size
         assert raw.shape == (size, size) and raw.dtype == np.float32
+
+        # two scans dropped at once: a table; Enter on the second row shows its maps
+        second = next(path for path in example_scans(data) if path.parent.name == "NORMAL")
+        files = [[p.name, base64.b64encode(p.read_bytes()).decode()] for p in (scan, second)]
+        page.evaluate(DROP, files)
+        page.wait_for_function(
+            "() => document.querySelectorAll('#table-body tr').length === 2", timeout=120_000
+        )
+        page.locator("#table-body tr").nth(1).focus()
+        page.keyboard.press("Enter")
+        page.wait_for_function(
+            "name => document.querySelector('#result h2').textContent === name", arg=second.name
+        )
+        assert "selected" in (page.locator("#table-body tr").nth(1).get_attribute("class") or "")
 
         page.set_input_files(
             "#files", {"name": "broken.jpeg", "mimeType": "image/jpeg", "buffer": b"not a scan"}
