@@ -4,6 +4,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from octlens.data.transforms import Normalization, eval_transform, train_transform
 
@@ -39,3 +40,16 @@ def test_masks_follow_the_image_through_random_geometry():
         bright = (tensor * NORM.std + NORM.mean) > 0.5
         overlap = (bright & moved.bool()).sum() / (bright | moved.bool()).sum()
         assert overlap > 0.8, f"seed {seed}: image and mask moved apart (IoU {overlap:.2f})"
+
+
+def test_augmentation_strength_zero_leaves_flips_only_and_strength_widens_the_ranges():
+    image, _ = _scan_with_lesion()
+    plain = eval_transform(64, NORM)(image)
+    for seed in range(6):
+        torch.manual_seed(seed)
+        out = train_transform(64, NORM, strength=0.0)(image)
+        assert torch.equal(out, plain) or torch.equal(out, plain.flip(-1))
+    steps = train_transform(64, NORM, strength=2.0).transforms
+    affine = next(step for step in steps if isinstance(step, v2.RandomAffine))
+    assert affine.degrees == [-16.0, 16.0] and affine.translate == (0.1, 0.1)
+    assert affine.scale == (0.8, 1.2)

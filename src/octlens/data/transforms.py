@@ -31,13 +31,21 @@ def eval_transform(img_size: int, normalization: Normalization) -> v2.Compose:
     return v2.Compose([*_resize(img_size), *_to_normalized(normalization)])
 
 
-def train_transform(img_size: int, normalization: Normalization) -> v2.Compose:
+def train_transform(
+    img_size: int, normalization: Normalization, strength: float = 1.0
+) -> v2.Compose:
+    """Flips, then rotation (8 degrees), shift (5%), zoom (10%) and brightness and contrast
+    jitter (20%), each range multiplied by ``strength`` (0: flips only; 2: twice as wide)."""
     return v2.Compose(
         [
             *_resize(img_size),
             v2.RandomHorizontalFlip(),
-            v2.RandomAffine(degrees=8, translate=(0.05, 0.05), scale=(0.9, 1.1)),
-            v2.ColorJitter(brightness=0.2, contrast=0.2),
+            v2.RandomAffine(
+                degrees=8 * strength,
+                translate=(0.05 * strength, 0.05 * strength),
+                scale=(1 - 0.1 * strength, 1 + 0.1 * strength),
+            ),
+            v2.ColorJitter(brightness=0.2 * strength, contrast=0.2 * strength),
             *_to_normalized(normalization),
         ]
     )

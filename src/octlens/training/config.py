@@ -70,6 +70,9 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (not on norms/biases)")
     warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up before cosine decay")
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="cross-entropy label smoothing")
+    augment: float = Field(
+        1.0, ge=0, le=5, description="augmentation strength: 0 flips only, 1 the default ranges"
+    )
     balance: Balance = Field("none", description="none, loss (weights) or sampler")
     patience: int | None = Field(
         None, ge=1, description="early stopping: epochs without a better val loss"

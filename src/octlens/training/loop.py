@@ -13,6 +13,7 @@ import random
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,11 +75,18 @@ class TrainResult:
         return self.history[self.best_epoch - 1]
 
 
-def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> TrainResult:
+def train(
+    config: TrainConfig,
+    resume: bool = False,
+    verbose: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
     """Train a classifier as ``config`` says; write checkpoints, history and curves to ``out``.
 
     Ctrl-C raises :class:`~octlens.errors.Interrupted` saying which epochs are saved; a loss that
     turns NaN or infinite stops the run with an error, and ``last`` keeps the last good epoch.
+    ``on_epoch`` gets each epoch's history row once its checkpoints are written; an exception it
+    raises (a tuner pruning the run) ends training there, with every finished epoch saved.
     """
     console = Console(quiet=not verbose, markup=False, highlight=False)
     config, init = read_init(config)
@@ -159,7 +167,7 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
     train_set = OCTDataset(
         index,
         train_samples,
-        train_transform(config.img_size, normalization),
+        train_transform(config.img_size, normalization, config.augment),
         config.img_size,
         config.strict,
     )
@@ -279,6 +287,8 @@ def train(config: TrainConfig, resume: bool = False, verbose: bool = True) -> Tr
                 raise OctlensError(
                     f"{error}; {_saved(history[:-1])}; make room, then add --resume"
                 ) from None
+            if on_epoch is not None:
+                on_epoch(row)
         else:
             stopped_early = (
                 _patience_exhausted(history, config.patience) and len(history) < config.epochs
