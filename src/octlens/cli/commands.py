@@ -14,6 +14,9 @@ from rich.console import Console
 
 from octlens.errors import OctlensError
 
+if typing.TYPE_CHECKING:
+    from octlens.training import TrainConfig
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -121,22 +124,31 @@ def _train(config: Path | None = None, resume: bool = False, **options: object) 
     Each option is a TrainConfig field (its default and help live there); --config reads a
     JSON file of settings, and options given here override it.
     """
-    from pydantic import ValidationError
-
-    from octlens.files import read_json
-    from octlens.training import TrainConfig
     from octlens.training import train as train_run
 
-    settings = read_json(config) if config is not None else {}
-    if not isinstance(settings, dict):
-        raise OctlensError(f"{config}: --config must hold a JSON object of settings")
+    settings = _settings(config)
     for option, value in options.items():
         if value is not None and value != []:
             settings[_TRAIN_FIELDS.get(option, option)] = value
     if "model_kwargs" in settings and isinstance(settings["model_kwargs"], list):
         settings["model_kwargs"] = parse_kwargs(settings["model_kwargs"])
+    train_config = _train_config(settings)
+    result = train_run(train_config, resume=resume)
+    best = result.best
+    console.print(
+        f"best epoch {result.best_epoch}: val loss {best['val_loss']:.4f}, "
+        f"val accuracy {best['val_acc']:.3f} -> {train_config.out / 'best.safetensors'}"
+    )
+
+
+def _train_config(settings: dict[str, object]) -> TrainConfig:
+    """``settings`` as a TrainConfig; the first invalid one is a one-line error naming it."""
+    from pydantic import ValidationError
+
+    from octlens.training import TrainConfig
+
     try:
-        train_config = TrainConfig.model_validate(settings)
+        return TrainConfig.model_validate(settings)
     except ValidationError as error:
         first = error.errors()[0]
         if not first["loc"]:  # a rule across options, which names them itself
@@ -144,12 +156,16 @@ def _train(config: Path | None = None, resume: bool = False, **options: object) 
         field = str(first["loc"][0])
         option = _TRAIN_OPTIONS.get(field, field).replace("_", "-")
         raise OctlensError(f"--{option}: {first['msg']}") from None
-    result = train_run(train_config, resume=resume)
-    best = result.best
-    console.print(
-        f"best epoch {result.best_epoch}: val loss {best['val_loss']:.4f}, "
-        f"val accuracy {best['val_acc']:.3f} -> {train_config.out / 'best.safetensors'}"
-    )
+
+
+def _settings(config: Path | None) -> dict[str, object]:
+    """The JSON object of settings in ``config`` (none: empty)."""
+    from octlens.files import read_json
+
+    settings = read_json(config) if config is not None else {}
+    if not isinstance(settings, dict):
+        raise OctlensError(f"{config}: --config must hold a JSON object of settings")
+    return settings
 
 
 # TrainConfig fields whose option has another name, and back.
@@ -315,6 +331,7 @@ def report(
     confounds: Annotated[
         Path | None, typer.Option(help="folder of an 'octlens inspect --confounds' scan to show")
     ] = None,
+    tune: Annotated[Path | None, typer.Option(help="folder of an 'octlens tune' study")] = None,
 ) -> None:
     """One self-contained HTML report: metrics, curves and explanations of each run."""
     from octlens.report import training_data, write_report
@@ -326,7 +343,13 @@ def report(
         else:
             console.print("report: no --data given; showing stored results without explanations")
     path = write_report(
-        runs, out, data=data, split=split, scans_per_class=scans_per_class, confounds=confounds
+        runs,
+        out,
+        data=data,
+        split=split,
+        scans_per_class=scans_per_class,
+        confounds=confounds,
+        tune=tune,
     )
     console.print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")
 
@@ -365,6 +388,53 @@ def demo(
     )
     runs = " ".join(str(out / name) for name in results)
     console.print(f"drop your own scans on both models: octlens serve {runs}", soft_wrap=True)
+
+
+@app.command()
+def tune(
+    data: Annotated[Path, typer.Option(help="dataset folder (its val split, or one carved)")],
+    out: Annotated[Path, typer.Option(help="study folder: trial-NNN runs, journal, results")],
+    trials: Annotated[int, typer.Option(help="trials in the study, all workers together")] = 20,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="database URL for workers on many machines (default: OUT's journal)"),
+    ] = None,
+    pruner: Annotated[str, typer.Option(help="median or hyperband")] = "median",
+    models: Annotated[
+        str | None, typer.Option(help="comma-separated models to choose among (default: --model)")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="JSON of the settings not searched (a run's config)")
+    ] = None,
+    model: str | None = None,
+    img_size: int | None = None,
+    patch_size: int | None = None,
+    epochs: Annotated[int | None, typer.Option(help="epochs per trial (default 10)")] = None,
+    seed: int | None = None,
+    precision: str | None = None,
+    device: str | None = None,
+    workers: int | None = None,
+) -> None:
+    """Search learning rate, weight decay, batch size, smoothing, augmentation and warm-up."""
+    from octlens.training.tune import tune as tune_study
+
+    settings = _settings(config)
+    given = {
+        "data": data, "model": model, "img_size": img_size, "patch_size": patch_size,
+        "epochs": epochs, "seed": seed, "precision": precision, "device": device,
+        "num_workers": workers,
+    }  # fmt: skip
+    settings.update({key: value for key, value in given.items() if value is not None})
+    settings["out"] = out / "best"
+    base = _train_config(settings)
+    names = [] if models is None else parse_methods(models)
+    study = tune_study(base, out, trials, storage, pruner, names)
+    best = study.best_trial
+    console.print(
+        f"best of {len(study.trials)} trial(s): #{best.number} val loss {best.value:.4f} "
+        f"{best.params}; train it: octlens train --config {out / 'best_config.json'}",
+        soft_wrap=True,
+    )
 
 
 @app.command()

@@ -24,6 +24,7 @@ from octlens.report.audit_section import audit_figures, audit_table
 from octlens.report.confounds_section import confounds_html
 from octlens.report.embed import figure_html, number, text
 from octlens.report.explanations import explain_images
+from octlens.report.tuning_section import tuning_html
 from octlens.training.run import Run
 from octlens.viz import plot_patchified, plot_sample_batch
 
@@ -48,6 +49,7 @@ def write_report(
     split: str = "test",
     scans_per_class: int = 1,
     confounds: str | Path | None = None,
+    tune: str | Path | None = None,
 ) -> Path:
     """Write ``out`` (HTML) for ``runs``: metrics, curves, confusion matrices and explanations,
     and the shortcut audit of each run that has one (``RUN/audit/<split>/audit.json``, written by
@@ -57,7 +59,8 @@ def write_report(
     other data: then afresh, for this report only), and explained on the first
     ``scans_per_class`` scans of each class (the same scans for every run); an audit of other
     data is an error. Without ``data``, stored results are shown with the data they came from.
-    ``confounds`` is a folder written by ``octlens inspect --confounds``, shown before the runs.
+    ``confounds`` is a folder written by ``octlens inspect --confounds``, shown before the runs;
+    ``tune`` a folder written by ``octlens tune``, shown after them.
     """
     require_positive(scans_per_class=scans_per_class)
     out = Path(out)
@@ -95,7 +98,8 @@ def write_report(
     audit = audit_table(audits) if audits else ""
     dataset = confounds_html(Path(confounds)) if confounds is not None else ""
     runs_html = f"<div class='runs'>{''.join(sections)}</div>"
-    body = f"<h1>octlens report</h1>{header}{dataset}{audit}{runs_html}"
+    study = tuning_html(Path(tune)) if tune is not None else ""
+    body = f"<h1>octlens report</h1>{header}{dataset}{audit}{runs_html}{study}"
     write_text(
         out,
         f"<!doctype html><html><head><meta charset='utf-8'>"
