@@ -77,6 +77,8 @@ def test_tune_runs_trials_as_run_folders_and_the_report_shows_the_study(
     assert (out / "param_importances.png").stat().st_size > 1000
     lines = (out / "trials.csv").read_text().splitlines()
     assert lines[0].startswith("trial,state,val_loss,epochs,") and len(lines) == 4
+    # the same command again joins the study, which is complete: no new trial
+    assert len(tune(_base(tiny_data, tmp_path / "unused"), out, trials=3).trials) == 3
 
     page = write_report([tiny_resnet_run], tmp_path / "report.html", tune=out).read_text()
     assert "Hyper-parameter search" in page and "3 trials" in page
@@ -92,6 +94,13 @@ def test_tune_errors_are_one_line(tiny_data, tmp_path):
         tune(_base(tiny_data, tmp_path / "b"), tmp_path / "s", trials=1, pruner="fast")
     with pytest.raises(OctlensError, match="database URL"):
         tune(_base(tiny_data, tmp_path / "b"), tmp_path / "s", trials=1, storage="study.db")
+
+
+def test_a_database_url_holds_the_study(tiny_data, tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    tune(_base(tiny_data, tmp_path / "b", epochs=1), tmp_path / "s", trials=1, storage=url)
+    assert len(optuna.load_study(study_name="octlens", storage=url).trials) == 1
+    assert not (tmp_path / "s" / JOURNAL).exists()
 
 
 def test_two_workers_share_one_journal_without_losing_or_duplicating_trials(tiny_data, tmp_path):

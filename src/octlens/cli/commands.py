@@ -416,6 +416,7 @@ def tune(
     workers: int | None = None,
 ) -> None:
     """Search learning rate, weight decay, batch size, smoothing, augmentation and warm-up."""
+    from octlens.training.tune import described
     from octlens.training.tune import tune as tune_study
 
     settings = _settings(config)
@@ -431,8 +432,8 @@ def tune(
     study = tune_study(base, out, trials, storage, pruner, names)
     best = study.best_trial
     console.print(
-        f"best of {len(study.trials)} trial(s): #{best.number} val loss {best.value:.4f} "
-        f"{best.params}; train it: octlens train --config {out / 'best_config.json'}",
+        f"best of {len(study.trials)} trial(s): #{best.number}, val loss {best.value:.4f}, "
+        f"{described(best.params)}; train it: octlens train --config {out / 'best_config.json'}",
         soft_wrap=True,
     )
 

@@ -38,6 +38,7 @@ from matplotlib.figure import Figure
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
+from rich.console import Console
 
 from octlens.data.index import scan
 from octlens.errors import Interrupted, OctlensError
@@ -69,6 +70,14 @@ def suggest(trial: optuna.Trial, base: TrainConfig, models: Sequence[str] = ()) 
     if len(models) > 1:
         settings["model"] = trial.suggest_categorical("model", list(models))
     return base.model_copy(update=settings)
+
+
+def described(params: dict[str, Any]) -> str:
+    """``lr 0.000135, batch_size 64, ...``: a trial's settings on one line."""
+    return ", ".join(
+        f"{name} {value:.3g}" if isinstance(value, float) else f"{name} {value}"
+        for name, value in params.items()
+    )
 
 
 def open_study(out: Path, storage: str | None, pruner: str, name: str = "octlens") -> optuna.Study:
@@ -108,13 +117,16 @@ def tune(
     storage: str | None = None,
     pruner: str = "median",
     models: Sequence[str] = (),
+    verbose: bool = True,
 ) -> optuna.Study:
     """Run (or join) the study in ``out`` until it holds ``trials`` finished trials; write the
-    best config and the figures. ``base`` gives every setting the search does not draw."""
+    best config and the figures. ``base`` gives every setting the search does not draw. Each
+    trial prints one line (Optuna's own log is kept to errors)."""
     if trials < 1:
         raise OctlensError(f"--trials {trials}: at least 1")
     scan(base.data)  # unreadable data fails here, not once per trial
     out = require_writable_folder(Path(out))
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = open_study(out, storage, pruner)
 
     def objective(trial: optuna.Trial) -> float:
@@ -135,16 +147,29 @@ def tune(
             raise KeyboardInterrupt from stop
         return float(result.best["val_loss"])
 
+    console = Console(quiet=not verbose, markup=False, highlight=False)
+
+    def said(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        value = "" if trial.value is None else f" val loss {trial.value:.4f}"
+        epochs = max(trial.intermediate_values, default=0)
+        console.print(
+            f"trial {trial.number} {trial.state.name.lower()}{value} after {epochs} epoch(s): "
+            f"{described(trial.params)}",
+            soft_wrap=True,
+        )
+
     done = (TrialState.COMPLETE, TrialState.PRUNED)
+    remaining = trials - sum(t.state in done for t in study.trials)  # a second call goes on
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.optimize(
-                objective,
-                n_trials=trials,
-                callbacks=[MaxTrialsCallback(trials, states=done)],
-                catch=(OctlensError,),  # a diverged trial fails alone
-            )
+            if remaining > 0:
+                study.optimize(
+                    objective,
+                    n_trials=remaining,
+                    callbacks=[MaxTrialsCallback(trials, states=done), said],
+                    catch=(OctlensError,),  # a diverged trial fails alone
+                )
     except KeyboardInterrupt:
         kept = sum(t.state in done for t in study.trials)
         raise Interrupted(
