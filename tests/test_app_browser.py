@@ -78,13 +78,21 @@ def test_drop_a_scan_see_both_runs_move_the_slider_and_read_an_error(
     page.on("pageerror", lambda error: problems.append(str(error)))
 
     with background_server(build_app(runs)) as url:
+        # Listening for file choosers before the page loads: Playwright intercepts them only
+        # once its listener is registered in the browser, and a chooser opened earlier is lost.
+        choosers: list = []
+        page.on("filechooser", lambda chooser: choosers.append(chooser))
         page.goto(url)
         page.wait_for_selector(f".run-card >> nth={len(runs) - 1}")
         # the keyboard reaches the file picker
         page.focus("#drop")
-        with page.expect_file_chooser() as chooser:
-            page.keyboard.press("Enter")
-        chooser.value.set_files(str(scan))
+        page.keyboard.press("Enter")
+        for _ in range(300):
+            if choosers:
+                break
+            page.wait_for_timeout(100)
+        assert choosers, "Enter on the drop zone opened no file chooser in 30 s"
+        choosers[0].set_files(str(scan))
         panels = page.locator("canvas")
         expected = 4 * len(runs)  # four methods for each run
         page.wait_for_function(  # a function, not a string: the page's CSP forbids eval
