@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -288,3 +289,19 @@ def test_a_full_queue_answers_503_and_recovers(service, scans):
     busy = next(r for r in responses if r.status_code == 503)
     assert "try again" in busy.json()["detail"]
     assert after.status_code == 200
+
+
+def test_edited_or_broken_run_files_are_notes_on_the_card_not_a_crash(tiny_resnet_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_resnet_run, run)
+    metrics = run / "eval" / "test" / "metrics.json"
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_text('{"n": 8, "accuracy": "<b>all of them</b>", "macro_auc": NaN}')
+    (test,) = [r.summary["test"] for r in ScanService([run]).runs]
+    assert test == {"n": 8.0, "accuracy": None, "macro_auc": None}  # never shown as numbers
+    metrics.write_text("[1, 2]")
+    (summary,) = [r.summary for r in ScanService([run]).runs]
+    assert "test" not in summary and "not a JSON object" in summary["test_error"]
+    metrics.write_text('{"n": ')
+    (summary,) = [r.summary for r in ScanService([run]).runs]
+    assert "test" not in summary and str(metrics) in summary["test_error"]

@@ -10,6 +10,7 @@ enrichment thresholds (:mod:`octlens.audit.shortcut`) applied to one scan.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,13 +199,18 @@ def run_summary(run: Run) -> dict[str, object]:
     """Headline numbers from the run's folder: test metrics and the audit verdict, if present."""
     summary: dict[str, object] = {"model": run.name, "img_size": run.img_size}
     metrics = run.folder / "eval" / "test" / "metrics.json"
-    if metrics.exists():
-        values = read_json(metrics)
-        summary["test"] = {
-            "n": values.get("n"),
-            "accuracy": values.get("accuracy"),
-            "macro_auc": values.get("macro_auc"),
-        }
+    if metrics.exists():  # an edited or broken file is a note on the card, never a crash
+        try:
+            values = read_json(metrics)
+        except OctlensError as error:
+            values = {}
+            summary["test_error"] = str(error)
+        if not isinstance(values, dict):
+            values, summary["test_error"] = {}, f"{metrics}: not a JSON object"
+        if "test_error" not in summary:
+            summary["test"] = {
+                key: _number(values.get(key)) for key in ("n", "accuracy", "macro_auc")
+            }
     for audit_json in sorted((run.folder / "audit").glob("*/audit.json")):
         try:
             result = AuditResult.load(audit_json)
@@ -220,6 +226,13 @@ def run_summary(run: Run) -> dict[str, object]:
         }
         break
     return summary
+
+
+def _number(value: object) -> float | None:
+    """``value`` if it is a finite number, else None (what the page shows as missing)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def _resized(mask: np.ndarray, size: int) -> np.ndarray:

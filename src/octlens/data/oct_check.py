@@ -38,9 +38,11 @@ MIN_BAND_CONTRAST = 0.5
 
 
 def colour_spread(image: Image.Image) -> float:
-    """Mean difference between the brightest and darkest RGB channel, in [0, 1]."""
+    """Mean difference between the brightest and darkest RGB channel, in [0, 1]. An image not
+    yet loaded is decoded at reduced scale (JPEG), so a huge upload costs little here."""
     if image.mode in ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "F"):
         return 0.0
+    image.draft("RGB", (64, 64))  # a JPEG decodes at 1/8 scale; no effect once loaded
     thumbnail = image.convert("RGB")
     thumbnail.thumbnail((64, 64))
     rgb = np.asarray(thumbnail, dtype=np.float32) / 255

@@ -28,9 +28,11 @@ async function loadRuns() {
 function runCard(run) {
   const card = element("article", null, "run-card");
   card.append(element("h2", `${run.name} (${run.model}, ${run.img_size} px)`));
-  if (run.test) {
+  if (run.test && run.test.accuracy !== null) {
     const auc = run.test.macro_auc === null ? "" : `, macro AUC ${run.test.macro_auc.toFixed(3)}`;
     card.append(element("p", `test accuracy ${run.test.accuracy.toFixed(3)} on ${run.test.n} scans${auc}`));
+  } else if (run.test_error) {
+    card.append(element("p", run.test_error));
   }
   if (run.audit) {
     const verdict = run.audit.flagged ? "audit: FLAGGED" : "audit: not flagged";
