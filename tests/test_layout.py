@@ -19,6 +19,7 @@ ORDER = [
     "app",
     "demo",
     "cli",
+    "__main__",
 ]
 
 

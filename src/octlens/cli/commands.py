@@ -122,7 +122,9 @@ def _train(config: Path | None = None, resume: bool = False, **options: object) 
     """Train a classifier; RUN gets best/last checkpoints, history.csv and learning curves.
 
     Each option is a TrainConfig field (its default and help live there); --config reads a
-    JSON file of settings, and options given here override it.
+    JSON file of settings, and options given here override it. Under torchrun
+    (``torchrun --nproc_per_node=N -m octlens train ...``) the N processes train one run with
+    DistributedDataParallel, --batch-size being the global batch.
     """
     from octlens.training import train as train_run
 
@@ -134,6 +136,8 @@ def _train(config: Path | None = None, resume: bool = False, **options: object) 
         settings["model_kwargs"] = parse_kwargs(settings["model_kwargs"])
     train_config = _train_config(settings)
     result = train_run(train_config, resume=resume)
+    if not result.main_process:  # rank 0 of a torchrun job reports
+        return
     best = result.best
     console.print(
         f"best epoch {result.best_epoch}: val loss {best['val_loss']:.4f}, "

@@ -65,7 +65,9 @@ class TrainConfig(BaseModel):
     )
 
     epochs: int = Field(10, ge=1, description="epochs to train")
-    batch_size: int = Field(32, ge=1, description="images per step")
+    batch_size: int = Field(
+        32, ge=1, description="images per step (under torchrun: over all processes)"
+    )
     lr: float = Field(1e-3, gt=0, description="peak learning rate (AdamW)")
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (not on norms/biases)")
     warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up before cosine decay")

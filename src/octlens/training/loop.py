@@ -22,9 +22,11 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import distributed as dist
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from octlens.data.dataset import (
     OCTDataset,
@@ -43,6 +45,15 @@ from octlens.runtime import PrecisionPlan, resolve_device, resolve_precision
 from octlens.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from octlens.training.config import TrainConfig
 from octlens.training.distill import Teacher, distillation_loss
+from octlens.training.distributed import (
+    ProcessGroup,
+    Stopped,
+    check_batch,
+    from_environment,
+    joined,
+    lost_peer,
+    shard_order,
+)
 from octlens.training.finetune import (
     freeze_backbone,
     layer_decay,
@@ -69,6 +80,7 @@ class TrainResult:
     best_epoch: int
     stopped_early: bool
     precision: str  # what training ran in: "fp32", "bf16" or "fp16"
+    main_process: bool = True  # False on the ranks of a torchrun job other than 0
 
     @property
     def best(self) -> dict[str, Any]:
@@ -88,7 +100,21 @@ def train(
     ``on_epoch`` gets each epoch's history row once its checkpoints are written; an exception it
     raises (a tuner pruning the run) ends training there, with every finished epoch saved.
     """
-    console = Console(quiet=not verbose, markup=False, highlight=False)
+    group = from_environment()
+    device = group.device(resolve_device(config.device))
+    with joined(group, device):
+        return _train(config, resume, verbose, on_epoch, group, device)
+
+
+def _train(
+    config: TrainConfig,
+    resume: bool,
+    verbose: bool,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    group: ProcessGroup,
+    device: torch.device,
+) -> TrainResult:
+    console = Console(quiet=not (verbose and group.is_main), markup=False, highlight=False)
     config, init = read_init(config)
     out = config.out
     last_path = out / "last.safetensors"
@@ -98,15 +124,18 @@ def train(
     if resumed is None and last_path.exists():
         raise OctlensError(f"{out}: holds a run already; add --resume, or choose another --out")
 
-    device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
-    index = scan(config.data, strict=config.strict)
-    train_split = _train_split_name(index, config.train_split)
-    train_samples, val_samples, carved = _train_val_samples(index, config, train_split)
+    with warnings.catch_warnings():
+        if not group.is_main:  # the data's warnings once, from rank 0
+            warnings.simplefilter("ignore", DataWarning)
+        index = scan(config.data, strict=config.strict)
+        train_split = _train_split_name(index, config.train_split)
+        train_samples, val_samples, carved = _train_val_samples(index, config, train_split)
+        _warn_leakage(index, train_split)
+    check_batch(config.batch_size, len(train_samples), group)
     fingerprint = index.fingerprint(index.split(train_split))
     if resumed:
         _check_same_data(resumed, config, fingerprint)
-    _warn_leakage(index, train_split)
     if resumed:
         normalization = Normalization(**resumed.meta["normalization"])
     elif init:  # the weights expect the inputs they were trained on
@@ -145,21 +174,30 @@ def train(
     if channels_last:
         model.to(memory_format=torch.channels_last)
 
+    # DDP averages the gradients; running statistics are averaged per epoch (see distributed).
+    trained = _distributed(model, device) if group.active else model
+
     # Prove the run folder takes files before spending an epoch, and clear a killed write's debris.
-    require_writable_folder(out)
-    for stale in remove_stale_temps(out):
-        console.print(f"removed {stale.name}, left by an interrupted checkpoint write")
-    write_text(out / "config.json", config.model_dump_json(indent=2))
-    if carved:
-        write_carved(out, index, carved)
+    if group.is_main:
+        require_writable_folder(out)
+        for stale in remove_stale_temps(out):
+            console.print(f"removed {stale.name}, left by an interrupted checkpoint write")
+        write_text(out / "config.json", config.model_dump_json(indent=2))
+        if carved:
+            write_carved(out, index, carved)
 
     workers = config.num_workers if config.num_workers is not None else _default_workers(device)
     # Validation is a measurement: a scan that fails to decode is left out, never replaced.
+    # Each rank scores every N-th scan; the logits are gathered back into the scans' order.
+    val_shard = torch.arange(group.rank, len(val_samples), group.world_size)
     val_loader = DataLoader(
         ScansForEvaluation(
-            index, val_samples, eval_transform(config.img_size, normalization), config.img_size
+            index,
+            [val_samples[i] for i in val_shard.tolist()],
+            eval_transform(config.img_size, normalization),
+            config.img_size,
         ),
-        batch_size=config.batch_size,
+        batch_size=max(1, config.batch_size // group.world_size),
         num_workers=workers,
         collate_fn=collate_readable,
     )
@@ -171,7 +209,7 @@ def train(
         config.img_size,
         config.strict,
     )
-    steps_per_epoch = len(_train_loader(train_set, config, workers, epoch=0))
+    steps_per_epoch = len(_train_loader(train_set, config, workers, 0, group))
 
     decay = layer_decay(config)
     optimizer = torch.optim.AdamW(
@@ -202,6 +240,11 @@ def train(
         f"{config.model} @ {config.img_size}px on {device.type} ({precision.name}): "
         f"{len(train_samples)} train / {len(val_samples)} val images, classes {index.classes}"
     )
+    if group.active:
+        console.print(
+            f"{group.world_size} processes ({dist.get_backend()}): global batch "
+            f"{config.batch_size}, {config.batch_size // group.world_size} per process"
+        )
     if started_from and not resumed:
         console.print(
             f"starting from {started_from['checkpoint']} (epoch {started_from['epoch']}, "
@@ -229,11 +272,11 @@ def train(
                 console.print(f"early stop: no val-loss improvement in {config.patience} epochs")
                 break
             _seed_everything(epoch_seed(config.seed, epoch))
-            loader = _train_loader(train_set, config, workers, epoch)
+            loader = _train_loader(train_set, config, workers, epoch, group)
             lr = scheduler.get_last_lr()[0]
             started = time.perf_counter()
-            train_loss, train_acc = _train_one_epoch(
-                model,
+            sums = _train_one_epoch(
+                trained,
                 loader,
                 _Objective(criterion, teacher, config.distill_weight, config.distill_temperature),
                 optimizer,
@@ -245,8 +288,13 @@ def train(
                 description=f"epoch {epoch}/{config.epochs}",
                 console=console,
             )
+            loss_sum, correct, seen = group.all_sum(sums)
+            train_loss, train_acc = loss_sum / seen, correct / seen
             seconds = time.perf_counter() - started
-            logits, positions = predict_logits(model, val_loader, precision, channels_last)
+            group.average_buffers(model)
+            logits, positions = _validation_logits(
+                model, val_loader, val_shard, precision, channels_last, group
+            )
             if len(positions) < len(val_samples) and not val_left_out_named:
                 left_out(index, val_samples, set(positions.tolist()))  # warns, or raises if all
                 val_left_out_named = True
@@ -262,7 +310,7 @@ def train(
                 "val_loss": val_loss,
                 "val_acc": (logits.argmax(1) == labels).float().mean().item(),
                 "seconds": round(seconds, 2),
-                "images_per_s": round(len(train_set) / seconds, 1),
+                "images_per_s": round(seen / seconds, 1),
             }
             history.append(row)
             console.print(
@@ -270,32 +318,30 @@ def train(
                 f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | "
                 f"{row['images_per_s']:.0f} img/s"
             )
-            meta = {**meta_base, "epoch": epoch, "metrics": row, "history": history}
-            try:
-                if row["val_loss"] <= min(r["val_loss"] for r in history):
-                    save_checkpoint(out / "best.safetensors", model, meta)
-                save_checkpoint(
-                    last_path,
-                    model,
-                    meta,
-                    optimizer,
-                    {"scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()},
-                )
-                write_history(history, out / "history.csv")
-                plot_learning_curves(history, out / "learning_curves.png", title=config.model)
-            except OctlensError as error:  # a full disk: the previous files are intact
-                raise OctlensError(
-                    f"{error}; {_saved(history[:-1])}; make room, then add --resume"
-                ) from None
+            if group.is_main:
+                meta = {**meta_base, "epoch": epoch, "metrics": row, "history": history}
+                _save_epoch(out, model, meta, optimizer, scheduler, scaler, config.model)
             if on_epoch is not None:
                 on_epoch(row)
         else:
             stopped_early = (
                 _patience_exhausted(history, config.patience) and len(history) < config.epochs
             )
+    except Stopped:
+        raise Interrupted(
+            f"{out}: stopped {_when(history, epoch)} by torchrun (another process of the job "
+            f"failed, or the job was cancelled); {_saved(history)}" + _relaunch(history)
+        ) from None
+    except RuntimeError as error:
+        if not (group.active and lost_peer(error)):
+            raise
+        raise OctlensError(
+            f"{out}: lost another process of the job {_when(history, epoch)} "
+            f"({str(error).splitlines()[0]}); {_saved(history)}" + _relaunch(history)
+        ) from None
     except KeyboardInterrupt:
         raise Interrupted(
-            f"{out}: interrupted in epoch {epoch}; {_saved(history)}"
+            f"{out}: interrupted {_when(history, epoch)}; {_saved(history)}"
             + ("; add --resume to continue" if history else "")
         ) from None
     except NonFiniteLoss as error:
@@ -310,7 +356,77 @@ def train(
         best_epoch=best_epoch,
         stopped_early=stopped_early,
         precision=precision.name,
+        main_process=group.is_main,
     )
+
+
+def _distributed(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in DDP, without copying rank 0's buffers to the others at every forward: each
+    rank's BatchNorm statistics are its own until they are averaged at the end of the epoch."""
+    with warnings.catch_warnings():
+        # torch 2.14 renames the option; the old name keeps working, and newer only exists there
+        warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated")
+        return DistributedDataParallel(
+            model,
+            device_ids=[device] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+        )
+
+
+def _save_epoch(
+    out: Path,
+    model: nn.Module,
+    meta: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    title: str,
+) -> None:
+    """``best`` (when this epoch's validation loss is the lowest), ``last``, history, curves."""
+    history = meta["history"]
+    try:
+        if history[-1]["val_loss"] <= min(r["val_loss"] for r in history):
+            save_checkpoint(out / "best.safetensors", model, meta)
+        save_checkpoint(
+            out / "last.safetensors",
+            model,
+            meta,
+            optimizer,
+            {"scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()},
+        )
+        write_history(history, out / "history.csv")
+        plot_learning_curves(history, out / "learning_curves.png", title=title)
+    except OctlensError as error:  # a full disk: the previous files are intact
+        raise OctlensError(
+            f"{error}; {_saved(history[:-1])}; make room, then add --resume"
+        ) from None
+
+
+def _validation_logits(
+    model: nn.Module,
+    loader: DataLoader,
+    shard: torch.Tensor,
+    precision: PrecisionPlan,
+    channels_last: bool,
+    group: ProcessGroup,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of the readable validation scans and their positions, in order, from all ranks."""
+    logits, positions = predict_logits(model, loader, precision, channels_last)
+    logits = group.gather_rows(logits)
+    positions = group.gather_rows(shard[positions])
+    order = positions.argsort()
+    return logits[order], positions[order]
+
+
+def _when(history: list[dict[str, Any]], epoch: int) -> str:
+    """"in epoch N", or "after epoch N" once its row is in the history (saving, or between)."""
+    if history and history[-1]["epoch"] == epoch:
+        return f"after epoch {epoch}"
+    return f"in epoch {epoch}"
+
+
+def _relaunch(history: list[dict[str, Any]]) -> str:
+    return "; relaunch the same command with --resume" if history else ""
 
 
 def _saved(history: list[dict[str, Any]]) -> str:
@@ -371,7 +487,8 @@ def _train_one_epoch(
     frozen: list[nn.Module],
     description: str,
     console: Console,
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
+    """One pass over ``loader``: (sum of label losses, correct answers, images) on this rank."""
     train_mode(model, frozen)
     total_loss = correct = seen = 0.0
     started = time.perf_counter()
@@ -388,7 +505,7 @@ def _train_one_epoch(
         transient=True,
     )
     with progress:
-        total = len(loader.dataset)  # type: ignore[arg-type]  # an OCTDataset has a length
+        total = len(loader.sampler)  # type: ignore[arg-type]  # this rank's positions
         task = progress.add_task(description, total=total, loss=0.0, acc=0.0, ips=0.0)
         for images, labels in loader:
             inputs = prepare_input(images, precision.device, channels_last)
@@ -415,7 +532,7 @@ def _train_one_epoch(
                 acc=correct / seen,
                 ips=seen / (time.perf_counter() - started),
             )
-    return total_loss / seen, correct / seen
+    return total_loss, correct, seen
 
 
 def _train_split_name(index: DatasetIndex, requested: str) -> str:
@@ -482,23 +599,28 @@ def _warn_leakage(index: DatasetIndex, train_split: str) -> None:
     )
 
 
-def _train_loader(dataset: OCTDataset, config: TrainConfig, workers: int, epoch: int) -> DataLoader:
+def _train_loader(
+    dataset: OCTDataset, config: TrainConfig, workers: int, epoch: int, group: ProcessGroup
+) -> DataLoader:
+    """This rank's batches of the epoch: the seeded order of all ranks, cut as
+    :func:`~octlens.training.distributed.shard_order` says."""
     generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
-    sampler = None
-    if config.balance == "sampler":
+    if config.balance == "sampler":  # draws with replacement, rarer classes more often
         counts = Counter(dataset.labels)
-        weights = [1.0 / counts[label] for label in dataset.labels]
-        sampler = WeightedRandomSampler(
-            weights, len(weights), replacement=True, generator=generator
-        )
+        weights = torch.tensor([1.0 / counts[label] for label in dataset.labels])
+        order = torch.multinomial(weights, len(weights), replacement=True, generator=generator)
+    else:
+        order = torch.randperm(len(dataset), generator=generator)
+    dataset.epoch_seed = epoch_seed(config.seed, epoch)
+    positions = shard_order(
+        order.tolist(), config.batch_size, group, drop_last=len(dataset) > config.batch_size
+    )
     return DataLoader(
         dataset,
-        batch_size=config.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
+        batch_size=config.batch_size // group.world_size,
+        sampler=positions,
         num_workers=workers,
         generator=generator,
-        drop_last=len(dataset) > config.batch_size,
         persistent_workers=False,
     )
 
