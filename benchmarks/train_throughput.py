@@ -1,13 +1,14 @@
 """Training throughput: the real loop from image files vs the bare model step, same process.
 
-    .venv/bin/python benchmarks/train_throughput.py [--n-per-class 100] [--workers 0 1 2]
+    .venv/bin/python benchmarks/train_throughput.py [--n-per-class 100] [--workers auto 1 2]
+        [--models resnet18@128 vit_tiny@128 resnet50@224 vit_small@224] [--epochs 4]
 
 For each model it times (1) the bare step: forward, backward and AdamW update on one in-memory
 batch, in the precision and memory layout octlens picks, and (2) the real loop: a training epoch
 of ``octlens.training.train`` reading, decoding, resizing and augmenting JPEG scans through the
-DataLoader (the median of epochs 2-4, so start-up is not counted). Bare steps are timed the
-same way: the median of three rounds. The ratio loop / bare is the share of
-compute speed that the data pipeline keeps; the goal is >= 0.9.
+DataLoader (the median of epochs 2 to ``--epochs``, so start-up is not counted). Bare steps are
+timed the same way: the median of three rounds. The ratio loop / bare is the share of compute
+speed that the data pipeline keeps; the goal is >= 0.9.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from octlens.training import TrainConfig, train
 MODELS = {
     "resnet18@128": {"model": "resnet18", "img_size": 128},
     "vit_tiny@128": {"model": "vit_tiny", "img_size": 128, "patch_size": 16},
+    "resnet50@224": {"model": "resnet50", "img_size": 224},
+    "vit_small@224": {"model": "vit_small", "img_size": 224, "patch_size": 16},
 }
 
 
@@ -69,11 +72,13 @@ def bare_step_rate(settings: dict, batch_size: int, steps: int = 8) -> tuple[flo
     return statistics.median(rates), plan.name
 
 
-def loop_rate(data: Path, out: Path, settings: dict, batch_size: int, workers: int) -> float:
+def loop_rate(
+    data: Path, out: Path, settings: dict, batch_size: int, workers: int | None, epochs: int
+) -> float:
     config = TrainConfig(
         data=data,
         out=out,
-        epochs=2,
+        epochs=epochs,
         batch_size=batch_size,
         num_workers=workers,
         warmup_epochs=0,
@@ -83,11 +88,29 @@ def loop_rate(data: Path, out: Path, settings: dict, batch_size: int, workers: i
     return statistics.median(row["images_per_s"] for row in history[1:])
 
 
+def _workers(text: str) -> int | None:
+    return None if text == "auto" else int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-per-class", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0])
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        nargs="+",
+        default=[None],
+        help="data-loading processes; auto (the default) is what octlens picks",
+    )
+    parser.add_argument("--epochs", type=int, default=4, help="epochs 2 to this one are timed")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=MODELS,
+        default=["resnet18@128", "vit_tiny@128"],
+        help="the 224 px models take about 10 minutes each on 2 cores",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,13 +120,15 @@ def main() -> None:
             f"{'model':<14}{'precision':>10}{'workers':>9}{'bare img/s':>12}"
             f"{'loop img/s':>12}{'loop/bare':>11}"
         )
-        for name, settings in MODELS.items():
+        for name in args.models:
+            settings = MODELS[name]
             bare, precision = bare_step_rate(settings, args.batch_size)
             for workers in args.workers:
                 out = Path(tmp) / f"{name}-{workers}"
-                loop = loop_rate(data, out, settings, args.batch_size, workers)
+                loop = loop_rate(data, out, settings, args.batch_size, workers, args.epochs)
+                shown = "auto" if workers is None else workers
                 print(
-                    f"{name:<14}{precision:>10}{workers:>9}{bare:>12.1f}{loop:>12.1f}"
+                    f"{name:<14}{precision:>10}{shown:>9}{bare:>12.1f}{loop:>12.1f}"
                     f"{loop / bare:>11.2f}",
                     flush=True,
                 )

@@ -27,8 +27,14 @@ from octlens.data.index import scan
 from octlens.data.transforms import Normalization, train_transform
 from octlens.errors import OctlensError
 from octlens.training import TrainConfig, load_checkpoint, train
-from octlens.training.distributed import ProcessGroup, check_batch, shard_order
+from octlens.training.distributed import (
+    ProcessGroup,
+    check_batch,
+    from_environment,
+    shard_order,
+)
 from octlens.training.run import Run
+from octlens.training.tune import tune
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 # A 2-block ViT (no BatchNorm: a step of 2 processes is then one process's step up to rounding).
@@ -71,11 +77,47 @@ def test_one_process_keeps_a_partial_batch_only_when_asked():
 
 
 def test_a_global_batch_that_does_not_divide_is_refused():
-    check_batch(7, 3, ProcessGroup())  # one process: anything goes
+    check_batch(7, 3, 1, ProcessGroup())  # one process: anything goes
+    check_batch(8, 8, 2, ProcessGroup(0, 2))
     with pytest.raises(OctlensError, match=r"--batch-size 6 .* among 4 processes"):
-        check_batch(6, 100, ProcessGroup(0, 4))
+        check_batch(6, 100, 10, ProcessGroup(0, 4))
     with pytest.raises(OctlensError, match="5 training images are fewer than one global batch"):
-        check_batch(8, 5, ProcessGroup(0, 2))
+        check_batch(8, 5, 10, ProcessGroup(0, 2))
+    with pytest.raises(OctlensError, match="1 validation images cannot be shared by 2 processes"):
+        check_batch(8, 8, 1, ProcessGroup(0, 2))
+
+
+def test_each_rank_takes_the_gpu_of_its_local_rank():
+    group = ProcessGroup(rank=3, world_size=4, local_rank=1)
+    assert group.device(torch.device("cuda")) == torch.device("cuda", 1)
+    assert group.device(torch.device("cpu")) == torch.device("cpu")
+    assert ProcessGroup().device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    with pytest.raises(OctlensError, match="--device cuda:1: under torchrun each process"):
+        group.device(torch.device("cuda", 1))
+
+
+@pytest.mark.parametrize(
+    ("environment", "problem"),
+    [
+        ({"WORLD_SIZE": "two"}, "must be whole numbers"),
+        ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK 2 is not a rank of a job of WORLD_SIZE 2"),
+        ({"WORLD_SIZE": "0"}, "RANK 0 is not a rank of a job of WORLD_SIZE 0"),
+    ],
+)
+def test_a_malformed_torchrun_environment_is_one_line(monkeypatch, environment, problem):
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(OctlensError, match=problem):
+        from_environment()
+
+
+def test_tuning_refuses_torchrun_and_says_how_to_share_a_study(monkeypatch, tiny_data, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    base = TrainConfig(data=tiny_data, out=tmp_path / "unused", img_size=32, epochs=1)
+    with pytest.raises(OctlensError, match="does not run under torchrun"):
+        tune(base, tmp_path / "study", trials=1)
+    assert not (tmp_path / "study").exists()
 
 
 def test_a_scan_is_augmented_alike_whoever_loads_it(tiny_data):

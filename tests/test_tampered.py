@@ -63,6 +63,16 @@ def test_evaluation_leaves_out_a_scan_that_cannot_be_decoded(run, data_with_a_br
     assert len({row["path"] for row in rows}) == len(rows)  # no scan counted twice
 
 
+def test_evaluation_with_no_decodable_scan_is_one_line(run, tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    for scan_file in list((data / "test").rglob("*.*")):
+        scan_file.unlink()
+        broken_png(scan_file.with_suffix(".png"), (128, 124))
+    with pytest.raises(OctlensError, match=r"none of the \d+ scans could be read \(.*\.png"):
+        evaluate_run(run, data, "test", out=tmp_path / "eval")
+
+
 def test_the_audit_leaves_out_a_scan_that_cannot_be_decoded(run, data_with_a_broken_scan):
     data, broken = data_with_a_broken_scan
     with pytest.warns(DataWarning, match="left out 1 unreadable scan"):

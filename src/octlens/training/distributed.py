@@ -57,9 +57,14 @@ class ProcessGroup:
 
     def device(self, device: torch.device) -> torch.device:
         """One GPU per local rank: ``cuda`` becomes ``cuda:LOCAL_RANK``."""
-        if self.active and device.type == "cuda" and device.index is None:
-            return torch.device("cuda", self.local_rank)
-        return device
+        if not (self.active and device.type == "cuda"):
+            return device
+        if device.index is not None:
+            raise OctlensError(
+                f"--device {device}: under torchrun each process takes the GPU of its local rank; "
+                "give --device cuda (choose GPUs with CUDA_VISIBLE_DEVICES)"
+            )
+        return torch.device("cuda", self.local_rank)
 
     def all_sum(self, values: Sequence[float]) -> list[float]:
         """``values`` summed element-wise over the ranks."""
@@ -185,8 +190,9 @@ def shard_order(
     return mine
 
 
-def check_batch(batch_size: int, train_images: int, group: ProcessGroup) -> None:
-    """A global batch that N ranks can share evenly, and data for at least one such batch."""
+def check_batch(batch_size: int, train_images: int, val_images: int, group: ProcessGroup) -> None:
+    """A global batch that N ranks can share evenly, data for at least one such batch, and a
+    validation scan for every rank."""
     if not group.active:
         return
     if batch_size % group.world_size:
@@ -198,4 +204,9 @@ def check_batch(batch_size: int, train_images: int, group: ProcessGroup) -> None
         raise OctlensError(
             f"{train_images} training images are fewer than one global batch of {batch_size} "
             f"for {group.world_size} processes; lower --batch-size"
+        )
+    if val_images < group.world_size:
+        raise OctlensError(
+            f"{val_images} validation images cannot be shared by {group.world_size} processes; "
+            "give more, or use fewer processes"
         )

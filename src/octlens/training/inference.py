@@ -23,7 +23,7 @@ def predict_logits(
     channels_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All logits (N, C) in fp32 and the second element of each batch (labels, or positions of
-    the scans), in order, model in eval mode."""
+    the scans), in order, model in eval mode; (0, 0) and (0,) when no batch had a scan."""
     was_training = model.training
     model.eval()
     logits, labels = [], []
@@ -37,4 +37,6 @@ def predict_logits(
             labels.append(torch.as_tensor(targets))
     finally:
         model.train(was_training)
+    if not logits:  # not one scan could be decoded: the caller names them (data.left_out)
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
     return torch.cat(logits), torch.cat(labels)

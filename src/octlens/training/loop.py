@@ -132,7 +132,7 @@ def _train(
         train_split = _train_split_name(index, config.train_split)
         train_samples, val_samples, carved = _train_val_samples(index, config, train_split)
         _warn_leakage(index, train_split)
-    check_batch(config.batch_size, len(train_samples), group)
+    check_batch(config.batch_size, len(train_samples), len(val_samples), group)
     fingerprint = index.fingerprint(index.split(train_split))
     if resumed:
         _check_same_data(resumed, config, fingerprint)
@@ -293,10 +293,13 @@ def _train(
             seconds = time.perf_counter() - started
             group.average_buffers(model)
             logits, positions = _validation_logits(
-                model, val_loader, val_shard, precision, channels_last, group
+                model, val_loader, val_shard, precision, channels_last, group, len(index.classes)
             )
             if len(positions) < len(val_samples) and not val_left_out_named:
-                left_out(index, val_samples, set(positions.tolist()))  # warns, or raises if all
+                with warnings.catch_warnings():
+                    if not group.is_main:  # every rank has the gathered list: rank 0 names them
+                        warnings.simplefilter("ignore", DataWarning)
+                    left_out(index, val_samples, set(positions.tolist()))  # or raises if all
                 val_left_out_named = True
             labels = val_labels[positions]
             val_loss = F.cross_entropy(logits, labels).item()
@@ -409,9 +412,12 @@ def _validation_logits(
     precision: PrecisionPlan,
     channels_last: bool,
     group: ProcessGroup,
+    num_classes: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of the readable validation scans and their positions, in order, from all ranks."""
     logits, positions = predict_logits(model, loader, precision, channels_last)
+    if not len(logits):  # this rank could decode none of its scans; others may have
+        logits = logits.new_zeros((0, num_classes))
     logits = group.gather_rows(logits)
     positions = group.gather_rows(shard[positions])
     order = positions.argsort()
@@ -419,7 +425,7 @@ def _validation_logits(
 
 
 def _when(history: list[dict[str, Any]], epoch: int) -> str:
-    """"in epoch N", or "after epoch N" once its row is in the history (saving, or between)."""
+    """ "in epoch N", or "after epoch N" once its row is in the history (saving, or between)."""
     if history and history[-1]["epoch"] == epoch:
         return f"after epoch {epoch}"
     return f"in epoch {epoch}"

@@ -44,6 +44,7 @@ from octlens.data.index import scan
 from octlens.errors import Interrupted, OctlensError
 from octlens.files import require_writable_folder, write_text
 from octlens.training.config import TrainConfig
+from octlens.training.distributed import from_environment
 from octlens.training.loop import train
 from octlens.viz.pyplot import pyplot as plt
 
@@ -124,6 +125,11 @@ def tune(
     trial prints one line (Optuna's own log is kept to errors)."""
     if trials < 1:
         raise OctlensError(f"--trials {trials}: at least 1")
+    if from_environment().active:  # each rank would draw its own trial and wait for the others
+        raise OctlensError(
+            "octlens tune does not run under torchrun: start one `octlens tune` per GPU "
+            "(CUDA_VISIBLE_DEVICES=K) on the same --out or --storage, and they share the study"
+        )
     scan(base.data)  # unreadable data fails here, not once per trial
     out = require_writable_folder(Path(out))
     optuna.logging.set_verbosity(optuna.logging.ERROR)
