@@ -611,10 +611,15 @@ def _train_loader(
     """This rank's batches of the epoch: the seeded order of all ranks, cut as
     :func:`~octlens.training.distributed.shard_order` says."""
     generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
+    # One draw first, as a shuffling DataLoader takes its workers' base seed before its sampler
+    # draws: one process keeps the epoch orders of octlens's earlier DataLoader shuffling.
+    torch.empty((), dtype=torch.int64).random_(generator=generator)
     if config.balance == "sampler":  # draws with replacement, rarer classes more often
         counts = Counter(dataset.labels)
-        weights = torch.tensor([1.0 / counts[label] for label in dataset.labels])
-        order = torch.multinomial(weights, len(weights), replacement=True, generator=generator)
+        weights = [1.0 / counts[label] for label in dataset.labels]
+        order = torch.multinomial(
+            torch.tensor(weights, dtype=torch.double), len(weights), True, generator=generator
+        )
     else:
         order = torch.randperm(len(dataset), generator=generator)
     dataset.epoch_seed = epoch_seed(config.seed, epoch)
