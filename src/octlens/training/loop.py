@@ -1,8 +1,9 @@
 """The training run: data, model, optimizer, epochs, checkpoints, resume, early stopping.
 
-Determinism: the model is initialized from ``seed`` and every epoch re-seeds all random streams
-(shuffling, augmentation in every worker, dropout) from ``(seed, epoch)``. A resumed run therefore
-continues exactly as an uninterrupted one would, with no generator state to save.
+Determinism: the model is initialized from ``seed``; every epoch re-seeds shuffling and dropout
+from ``(seed, epoch)`` and each scan's augmentation from ``(seed, epoch, scan)``. A resumed run
+therefore continues exactly as an uninterrupted one would, with no generator state to save, and
+the same under torchrun (see :mod:`octlens.training.distributed`) as in one process.
 """
 
 from __future__ import annotations
