@@ -111,6 +111,17 @@ def test_a_malformed_torchrun_environment_is_one_line(monkeypatch, environment, 
         from_environment()
 
 
+def test_a_stray_world_size_without_torchrun_is_one_line(monkeypatch, tiny_data, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    config = TrainConfig(data=tiny_data, out=tmp_path / "run", img_size=32, epochs=1, device="cpu")
+    with pytest.raises(OctlensError, match="WORLD_SIZE=2 is set but MASTER_ADDR and MASTER_PORT"):
+        train(config, verbose=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_tuning_refuses_torchrun_and_says_how_to_share_a_study(monkeypatch, tiny_data, tmp_path):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")

@@ -135,6 +135,12 @@ def joined(group: ProcessGroup, device: torch.device) -> Iterator[None]:
     if not group.active or dist.is_initialized():
         yield
         return
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if missing:  # e.g. a scheduler's WORLD_SIZE left in the shell of a plain `octlens train`
+        raise OctlensError(
+            f"WORLD_SIZE={group.world_size} is set but {' and '.join(missing)} not: start the "
+            "job with torchrun, or unset WORLD_SIZE to train in one process"
+        )
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
