@@ -200,3 +200,46 @@ def test_damaged_files_are_read_or_refused_by_name_never_crash(tmp_path, kind, c
                 assert "\n" not in str(error)
         for warning in caught:  # what Pillow says of damage it can live with names the file
             assert str(warning.message).startswith(str(path))
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n0 0 moveto 16 16 lineto stroke\n%%EOF\n"
+
+
+def _frames(path: Path, image_format: str, count: int = 2) -> None:
+    frames = [Image.fromarray(_speckle(seed, shape=(24, 24))) for seed in range(count)]
+    frames[0].save(path, format=image_format, save_all=True, append_images=frames[1:])
+
+
+def test_only_the_documented_formats_are_decoded_whatever_the_name(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    opened: list[str] = []  # Pillow's EPS decoder runs Ghostscript: it must never be reached
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append("eps"))
+    eps = tmp_path / "scan.jpeg"
+    eps.write_bytes(EPS)
+    gif = tmp_path / "scan.png"
+    Image.fromarray(_speckle()).save(gif, format="GIF")
+    for path in (eps, gif):
+        for read in (check_image, load_grayscale):
+            with pytest.raises(UnreadableImageError) as caught:
+                read(path)
+            assert str(caught.value) == (
+                f"{path}: not a readable image (octlens reads JPEG, PNG, TIFF, BMP)"
+            )
+    assert opened == []
+
+
+@pytest.mark.parametrize(("image_format", "suffix"), [("TIFF", ".tif"), ("PNG", ".png")])
+def test_a_multi_frame_file_is_refused_not_scored_on_its_first_frame(
+    tmp_path, image_format, suffix
+):
+    path = tmp_path / f"volume{suffix}"
+    _frames(path, image_format, count=3)
+    assert Image.open(path).n_frames == 3
+    for read in (check_image, load_grayscale):
+        with pytest.raises(UnreadableImageError, match=r"volume\.\w+: 3 frames \(an OCT volume"):
+            read(path)
+    single = tmp_path / f"one{suffix}"
+    _frames(single, image_format, count=1)
+    check_image(single)
+    assert load_grayscale(single).size == (24, 24)

@@ -15,7 +15,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from octlens.data.images import MAX_PIXELS, UnreadableImageError, check_image, load_grayscale
+from octlens.data.images import (
+    MAX_PIXELS,
+    UnreadableImageError,
+    check_image,
+    load_grayscale,
+    opened_image,
+)
 from octlens.data.oct_check import CHECK_SIZE, colour_spread, oct_warnings, shrunk
 from octlens.data.retina import find_retina
 
@@ -61,7 +67,7 @@ def read_upload(data: bytes, name: str | None, sizes: set[int]) -> UploadedScan:
             check_image(path, max_pixels=MAX_PIXELS)
             small = shrunk(np.asarray(load_grayscale(path, target_size=CHECK_SIZE)))
             at_size = {size: load_grayscale(path, target_size=size) for size in sorted(sizes)}
-            with Image.open(path) as original:
+            with opened_image(path) as original:
                 spread = colour_spread(original)
         except UnreadableImageError as error:
             raise UploadError(str(error).replace(str(path), shown)) from None

@@ -26,6 +26,9 @@ from PIL import Image, UnidentifiedImageError
 from octlens.errors import OctlensError
 
 IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp"})
+# The only decoders Pillow may use, whatever a file is named: other plugins stay unreachable (an
+# EPS named scan.jpeg would otherwise reach Ghostscript, a GIF be scored on its first frame).
+FORMATS = ("JPEG", "PNG", "TIFF", "BMP")
 
 # Real OCT2017 scans are at most 1536 x 496 (0.8 MP). Anything past 40 MP is not a B-scan and may be
 # a decompression bomb, so it is refused before a single pixel is decoded.
@@ -39,6 +42,7 @@ _JPEG_FILL = 128
 _PIL_ERRORS = (
     UnidentifiedImageError,
     OSError,
+    EOFError,  # a TIFF whose page chain breaks while its frames are counted
     SyntaxError,
     ValueError,
     Image.DecompressionBombError,
@@ -73,7 +77,7 @@ def check_image(path: Path, max_pixels: int = MAX_PIXELS, decode: bool = False) 
     scale where the format allows, which finds broken compressed data and JPEGs cut short.
     """
     try:
-        with _opened(path) as image:
+        with opened_image(path) as image:
             _refuse_oversized(path, image, max_pixels)
             image_format = image.format
             image.verify()
@@ -99,7 +103,7 @@ def load_grayscale(path: Path, target_size: int | None = None) -> Image.Image:
     closes the gap.
     """
     try:
-        with _opened(path) as image:
+        with opened_image(path) as image:
             _refuse_oversized(path, image, MAX_PIXELS)
             full_height = image.height
             if image.format == "JPEG":
@@ -164,16 +168,34 @@ def pixel_scale(array: np.ndarray, source: object) -> float:
 
 
 @contextlib.contextmanager
-def _opened(path: Path) -> Iterator[Image.Image]:
-    """``Image.open`` with Pillow's bomb warning turned into an error, and its other warnings
-    (corrupt EXIF in a TIFF that decodes fine) re-issued with the file's name."""
+def opened_image(path: Path) -> Iterator[Image.Image]:
+    """``Image.open`` restricted to :data:`FORMATS` and to one frame, with Pillow's bomb warning
+    turned into an error, and its other warnings (corrupt EXIF in a TIFF that decodes fine)
+    re-issued with the file's name. Every read of a scan goes through here."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as image:
+        try:
+            image = Image.open(path, formats=FORMATS)
+        except UnidentifiedImageError:
+            raise UnreadableImageError(
+                f"{path}: not a readable image (octlens reads {', '.join(FORMATS)})"
+            ) from None
+        with image:
+            _refuse_frames(path, image)
             yield image
     for warning in caught:
         warnings.warn(f"{path}: {warning.message}", UserWarning, stacklevel=4)
+
+
+def _refuse_frames(path: Path, image: Image.Image) -> None:
+    """A multi-page TIFF or an animated PNG is likely an OCT volume: scoring its first frame
+    would answer for a B-scan nobody chose."""
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise UnreadableImageError(
+            f"{path}: {frames} frames (an OCT volume?); give one B-scan per file"
+        )
 
 
 def _to_gray(image: Image.Image, path: Path) -> Image.Image:
