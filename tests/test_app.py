@@ -5,10 +5,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import select
 import shutil
+import socket
 import struct
+import sys
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -25,6 +31,8 @@ from octlens.errors import OctlensError
 from octlens.explain import GradCAM
 from octlens.training.run import Run
 
+LOCAL = "http://127.0.0.1"  # the test client's default Host, "testserver", is refused
+
 
 @pytest.fixture(scope="module")
 def service(tiny_resnet_run, tiny_vit_run) -> ScanService:
@@ -39,7 +47,7 @@ def scans(tiny_data) -> list[Path]:
 @pytest.fixture
 def client(service, tiny_data):
     app = create_app(service, Limits(max_upload_mb=1, max_files=8), example_scans(tiny_data))
-    with TestClient(app) as test_client:
+    with TestClient(app, base_url=LOCAL) as test_client:
         yield test_client
 
 
@@ -243,7 +251,7 @@ def test_a_folder_that_is_not_a_run_is_an_error_before_serving(tmp_path, tiny_re
 def test_fifty_concurrent_uploads_are_all_answered_correctly_in_batches(service, scans):
     """Load: 50 uploads at once against a real server on a loopback port."""
     app = create_app(service, Limits(max_files=4))
-    with TestClient(app) as single:
+    with TestClient(app, base_url=LOCAL) as single:
         expected = {
             scan.name: single.post(
                 "/api/predict", files=_files((scan.name, scan.read_bytes()))
@@ -305,3 +313,182 @@ def test_edited_or_broken_run_files_are_notes_on_the_card_not_a_crash(tiny_resne
     metrics.write_text('{"n": ')
     (summary,) = [r.summary for r in ScanService([run]).runs]
     assert "test" not in summary and str(metrics) in summary["test_error"]
+
+
+def test_an_eps_named_jpeg_never_reaches_ghostscript_and_a_volume_is_refused(client, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    opened: list[str] = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append("eps"))
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EOF\n"
+    frames = [Image.fromarray(np.full((24, 24), n * 60, np.uint8)) for n in range(2)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="TIFF", save_all=True, append_images=frames[1:])
+    cases = {
+        "scan.jpeg": (eps, "scan.jpeg: not a readable image (octlens reads JPEG, PNG, TIFF, BMP)"),
+        "volume.tif": (buffer.getvalue(), "volume.tif: 2 frames (an OCT volume?)"),
+    }
+    for name, (data, message) in cases.items():
+        response = client.post("/api/predict", files=_files((name, data)))
+        assert response.status_code == 422 and response.json()["detail"].startswith(message)
+    assert opened == []
+
+
+def test_an_empty_map_says_so_instead_of_0_percent_off_the_retina(
+    client, scans, service, monkeypatch
+):
+    size = service.runs[0].run.img_size
+
+    def nothing(images: torch.Tensor, targets: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(raw=torch.zeros(len(images), size, size))
+
+    monkeypatch.setitem(service.runs[0].explainers, "gradcam", nothing)
+    response = client.post("/api/explain", files=_files(("a.jpeg", scans[0].read_bytes())))
+    assert response.status_code == 200, response.text
+    maps = {m["method"]: m for m in response.json()["files"][0]["runs"][0]["maps"]}
+    assert maps["gradcam"]["shares"] is None
+    assert maps["gradcam"]["warning"].startswith("no attention (empty map)")
+    assert maps["hirescam"]["shares"] is not None  # the other maps are untouched
+
+
+def test_an_example_swapped_for_a_link_or_another_file_is_not_served(service, scans, tmp_path):
+    folder = tmp_path / "data" / "test" / "DME"
+    folder.mkdir(parents=True)
+    first, second = folder / "a.jpeg", folder / "b.jpeg"
+    shutil.copy(scans[0], first)
+    shutil.copy(scans[1], second)
+    (folder / "c.jpeg").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n")  # not a scan: left out
+    secret = tmp_path / "secret.jpeg"
+    shutil.copy(scans[2], secret)
+    with pytest.warns(UserWarning, match=r"example left out: .*c\.jpeg: not a readable image"):
+        app = create_app(service, examples=example_scans(tmp_path / "data", per_class=3))
+    with TestClient(app, base_url=LOCAL) as client:
+        assert [e["name"] for e in client.get("/api/runs").json()["examples"]] == [
+            "a.jpeg",
+            "b.jpeg",
+        ]
+        assert client.get("/api/examples/0").content == scans[0].read_bytes()
+        first.unlink()
+        first.symlink_to(secret)
+        linked = client.get("/api/examples/0")
+        assert linked.status_code == 404 and "a link (not followed)" in linked.json()["detail"]
+        second.unlink()
+        shutil.copy(secret, second)
+        other = client.get("/api/examples/1")
+        assert other.status_code == 404 and "another file" in other.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--port", "70000"], "--port 70000: a port number from 1 to 65535"),
+        (["--port", "0"], "--port 0: a port number"),
+        (["--max-upload-mb", "nan"], "--max-upload-mb nan: a number of MB above 0"),
+        (["--max-upload-mb", "inf"], "--max-upload-mb inf: a number of MB above 0"),
+        (
+            ["--max-upload-mb", "1e12"],
+            "--max-upload-mb 1000000000000.0: a number of MB above 0 and at most 1024",
+        ),
+        (["--max-files", "0"], "--max-files 0: a whole number, at least 1"),
+    ],
+)
+def test_bad_serve_settings_are_one_line_errors_before_the_runs_load(
+    monkeypatch, capsys, tmp_path, option, message
+):
+    import uvicorn
+
+    from octlens.cli import main
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the server started"))
+    monkeypatch.setattr(sys, "argv", ["octlens", "serve", str(tmp_path), *option])
+    with pytest.raises(SystemExit) as exit_:
+        main()  # tmp_path is no run: the setting must be refused before the runs load
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1
+
+
+def test_a_500_carries_the_security_headers(service, scans, monkeypatch):
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(service, "analyse", broken)
+    app = create_app(service)
+    with TestClient(app, base_url=LOCAL, raise_server_exceptions=False) as client:
+        response = client.post("/api/predict", files=_files(("a.jpeg", scans[0].read_bytes())))
+    assert response.status_code == 500
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "a bug" not in response.text
+
+
+def test_writes_from_other_origins_and_other_host_names_are_refused(client, scans):
+    """A page on another site can POST a form here without a preflight, and a rebinding name
+    reaches 127.0.0.1 with its own Host: neither gets anything, and nothing is scored."""
+    jpeg = _files(("a.jpeg", scans[0].read_bytes()))
+    scored = len(client.app.state.batcher.batch_sizes)
+    refused = [
+        ({"Origin": "http://evil.example"}, 403),
+        ({"Origin": "null"}, 403),
+        ({"Origin": "http://127.0.0.1:8001"}, 403),  # another port: another origin
+        ({"Sec-Fetch-Site": "cross-site"}, 403),
+        ({"Sec-Fetch-Site": "same-site"}, 403),
+        ({"Host": "rebind.example:8000", "Origin": "http://rebind.example:8000"}, 400),
+        ({"Host": "testserver"}, 400),
+    ]
+    for headers, status in refused:
+        response = client.post("/api/predict", files=jpeg, headers=headers)
+        assert response.status_code == status, (headers, response.text)
+        assert "\n" not in response.json()["detail"]
+        assert "script-src 'self'" in response.headers["content-security-policy"]
+    assert len(client.app.state.batcher.batch_sizes) == scored
+    rebound = client.get("/api/runs", headers={"Host": "rebind.example:8000"})
+    assert rebound.status_code == 400 and "resnet" not in rebound.text
+    assert "rebind.example" in rebound.json()["detail"]
+    embedded = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"}  # an <img>
+    assert client.get("/api/examples/0", headers=embedded).status_code == 403
+    link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}  # a link to the app
+    assert client.get("/", headers=link).status_code == 200
+    own = {"Origin": "http://127.0.0.1", "Sec-Fetch-Site": "same-origin"}  # the page itself
+    assert client.post("/api/predict", files=jpeg, headers=own).status_code == 200
+    for host in ("localhost:8000", "[::1]:8000", "127.0.0.1"):
+        assert client.get("/api/runs", headers={"Host": host}).status_code == 200, host
+
+
+def _chunked_post(url: str, chunks: Iterator[bytes], wait: float) -> tuple[int, int]:
+    """POST ``chunks`` with no Content-Length on a raw socket, stopping once the server answers
+    (or a send fails); the status and how many body bytes were sent."""
+    parts = urlsplit(url)
+    head = (
+        f"POST /api/predict HTTP/1.1\r\nHost: {parts.netloc}\r\nTransfer-Encoding: chunked\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+    )
+    sent = 0
+    with socket.create_connection((parts.hostname, parts.port), timeout=wait) as sock:
+        sock.sendall(head.encode())
+        for chunk in chunks:
+            if select.select([sock], [], [], 0)[0]:
+                break
+            try:
+                sock.sendall(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            except OSError:
+                break
+            sent += len(chunk)
+        answer = sock.recv(4096)
+    return int(answer.split()[1]), sent
+
+
+def _upload_chunks(megabytes: int, stall: bool = False) -> Iterator[bytes]:
+    yield b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.jpeg"\r\n\r\n'
+    for _ in range(0 if stall else megabytes):
+        yield b"\0" * 2**20
+
+
+def test_a_chunked_upload_is_cut_off_at_the_limit_and_a_stalled_one_at_the_deadline(service):
+    """With no Content-Length, a 1 GB body was spooled to disk in full before the 413; a body
+    that stops coming held its connection forever."""
+    app = create_app(service, Limits(max_upload_mb=1, max_files=1, body_seconds=0.5))
+    with background_server(app) as url:
+        status, sent = _chunked_post(url, _upload_chunks(1024), wait=60)
+        assert status == 413 and sent < 200 * 2**20
+        status, _ = _chunked_post(url, _upload_chunks(1, stall=True), wait=10)
+        assert status == 408

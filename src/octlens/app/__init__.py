@@ -16,8 +16,10 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from octlens.app.guard import LOOPBACK, served_names
 from octlens.app.server import Limits, create_app, example_scans
 from octlens.app.service import ScanService
+from octlens.errors import OctlensError
 
 
 def build_app(
@@ -26,11 +28,13 @@ def build_app(
     limits: Limits | None = None,
     device: str | None = None,
     precision: str = "auto",
+    hosts: Sequence[str] = LOOPBACK,
 ) -> FastAPI:
-    """The app for ``runs``, offering example scans from the first run's training data."""
+    """The app for ``runs``, offering example scans from the first run's training data, and
+    answering to the names ``hosts`` (:func:`~octlens.app.guard.served_names`)."""
     service = ScanService(runs, methods, device=device, precision=precision)
     data = Path(str(service.runs[0].run.checkpoint.meta["config"]["data"]))
-    return create_app(service, limits, example_scans(data))
+    return create_app(service, limits, example_scans(data), hosts=hosts)
 
 
 def serve(
@@ -42,11 +46,19 @@ def serve(
     device: str | None = None,
     precision: str = "auto",
     announce: Callable[[str], None] = print,
+    allow_hosts: Sequence[str] = (),
 ) -> None:
-    """Load the runs, then serve the app until interrupted; ``announce`` gets the address."""
+    """Load the runs, then serve the app until interrupted; ``announce`` gets the address.
+
+    The app answers to the loopback names, ``host`` and ``allow_hosts`` only (a page on another
+    site cannot reach it under a name of its own). A bad port is refused before the runs load.
+    """
     import uvicorn
 
-    app = build_app(runs, methods, limits, device, precision)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise OctlensError(f"--port {port}: a port number from 1 to 65535")
+    hosts = served_names(host, allow_hosts)
+    app = build_app(runs, methods, limits, device, precision, hosts)
     announce(f"octlens: serving {len(runs)} run(s) at http://{host}:{port}/ (Ctrl-C stops)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 

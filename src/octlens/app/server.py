@@ -25,7 +25,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import io
+import math
+import os
+import warnings
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,7 +39,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request, Response
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from matplotlib import colormaps
 from PIL import Image
 from scipy import ndimage
@@ -43,31 +47,61 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from octlens.app.batching import Busy, MicroBatcher
+from octlens.app.guard import LOOPBACK, Guard, served_names
 from octlens.app.service import Panel, RunAnswer, ScanService
 from octlens.app.uploads import UploadedScan, UploadError, display_name, read_upload
-from octlens.data.images import is_image_file
+from octlens.data.images import UnreadableImageError, check_image, is_image_file
+from octlens.errors import OctlensError
 from octlens.viz.overlays import CMAP, overlay_rgb
 
-CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
 MEDIA_TYPES = {".jpeg": "image/jpeg", ".jpg": "image/jpeg", ".png": "image/png",
                ".tif": "image/tiff", ".tiff": "image/tiff", ".bmp": "image/bmp"}  # fmt: skip
 _STATIC = {"app.js": "text/javascript", "app.css": "text/css"}
 DECODERS = 2  # threads decoding uploads (Pillow and numpy release the GIL)
+# Past this, reading one upload would ask Python for the whole size at once (a MemoryError).
+MAX_UPLOAD_MB = 1024
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may hold: ``max_upload_mb`` per file, ``max_files`` per request."""
+    """What one request may hold: ``max_upload_mb`` per file, ``max_files`` per request, and
+    ``body_seconds`` for its body to arrive. Checked when made, so a bad setting is a one-line
+    error before the server starts."""
 
     max_upload_mb: float = 20.0
     max_files: int = 16
+    body_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not _number_in(self.max_upload_mb, 0, MAX_UPLOAD_MB):
+            raise OctlensError(
+                f"--max-upload-mb {self.max_upload_mb}: a number of MB above 0 and at most "
+                f"{MAX_UPLOAD_MB}"
+            )
+        whole = isinstance(self.max_files, int) and not isinstance(self.max_files, bool)
+        if not whole or self.max_files < 1:
+            raise OctlensError(f"--max-files {self.max_files}: a whole number, at least 1")
+        if not _number_in(self.body_seconds, 0, math.inf):
+            raise OctlensError(f"body_seconds {self.body_seconds}: a number of seconds above 0")
 
     @property
     def max_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_body(self) -> int:
+        """The most bytes a request's body may hold: every file at its limit, and 1 MB of form."""
+        return self.max_files * self.max_bytes + 1024 * 1024
+
+    def __str__(self) -> str:
+        return f"{self.max_files} files of {self.max_upload_mb:g} MB"
+
+
+def _number_in(value: object, low: float, high: float) -> bool:
+    """``value`` is a real number with ``low < value <= high`` (never NaN)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return low < value <= high and math.isfinite(value)
 
 
 def create_app(
@@ -77,11 +111,14 @@ def create_app(
     max_batch: int = 16,
     max_wait: float = 0.01,
     max_pending: int = 256,
+    hosts: Sequence[str] = LOOPBACK,
 ) -> FastAPI:
-    """The app serving ``service``; ``examples`` are scan files the page offers to try.
-    ``max_batch``, ``max_wait`` and ``max_pending`` set the :class:`MicroBatcher`."""
+    """The app serving ``service``; ``examples`` are scan files the page offers to try (those
+    that cannot be read are left out with a warning). ``max_batch``, ``max_wait`` and
+    ``max_pending`` set the :class:`MicroBatcher`; ``hosts`` are the names it answers to
+    (:func:`~octlens.app.guard.served_names`)."""
     limits = limits or Limits()
-    examples = list(examples)
+    shown = [found for path in examples if (found := Example.found(path, limits.max_bytes))]
 
     def work(items: list[tuple[UploadedScan, str | None]]) -> list[list[RunAnswer]]:
         """Score a batch of decoded uploads (each with its target class or None)."""
@@ -106,14 +143,13 @@ def create_app(
         title="octlens", lifespan=lifespan, docs_url=None, redoc_url=None, version="0.1.0"
     )
     app.state.service = service
-
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
-        response.headers["Content-Security-Policy"] = CSP
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        return response
+    app.add_middleware(
+        Guard,
+        hosts=served_names("", hosts),
+        max_body=limits.max_body,
+        body_seconds=limits.body_seconds,
+        limit_text=str(limits),
+    )
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
@@ -134,21 +170,22 @@ def create_app(
                 {"name": r.name, "methods": list(r.explainers), **r.summary} for r in service.runs
             ],
             "examples": [
-                {"id": n, "name": path.name, "class": path.parent.name}
-                for n, path in enumerate(examples)
+                {"id": n, "name": example.path.name, "class": example.path.parent.name}
+                for n, example in enumerate(shown)
             ],
             "limits": {"max_upload_mb": limits.max_upload_mb, "max_files": limits.max_files},
         }
 
     @app.get("/api/examples/{number}")
-    def example(number: int) -> FileResponse:
+    def example(number: int) -> Response:
         """Example scan ``number`` (from ``/api/runs``)."""
-        if not 0 <= number < len(examples):
+        if not 0 <= number < len(shown):
             raise HTTPException(404, f"no example {number}")
-        path = examples[number]
-        if not path.is_file():
-            raise HTTPException(404, f"example {number} ({path.name}) is no longer on disk")
-        return FileResponse(path, media_type=MEDIA_TYPES.get(path.suffix.lower()))
+        try:
+            data = shown[number].read()
+        except OSError as error:
+            raise HTTPException(404, f"example {number}: {error.strerror}") from None
+        return Response(data, media_type=MEDIA_TYPES.get(shown[number].path.suffix.lower()))
 
     async def decoded_uploads(request: Request) -> tuple[Any, list[dict[str, Any]], list[Any]]:
         """The form, an entry per file, and the (entry, scan) pairs that could be decoded."""
@@ -225,14 +262,7 @@ def create_app(
 
 
 async def _form(request: Request, limits: Limits) -> Any:
-    declared = request.headers.get("content-length")
-    ceiling = limits.max_files * limits.max_bytes + 1024 * 1024
-    if declared is not None and declared.isdigit() and int(declared) > ceiling:
-        raise HTTPException(
-            413,
-            f"request of {int(declared) / 2**20:.1f} MB is over the limit "
-            f"({limits.max_files} files of {limits.max_upload_mb:g} MB)",
-        )
+    """The multipart form (the body's size and deadline are the :class:`Guard`'s)."""
     try:
         form_fields = await request.form(max_files=limits.max_files, max_fields=32)
     except StarletteHTTPException as error:  # Starlette's multipart limits
@@ -341,6 +371,53 @@ def _png(pixels: np.ndarray) -> str:
 
 def _static_text(name: str) -> str:
     return resources.files("octlens.app").joinpath("static", name).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class Example:
+    """An example scan pinned at start: its resolved path and the file found there. The route
+    reads only that file: a symlink swapped in later is not followed, and another file put in
+    its place is not served."""
+
+    path: Path
+    identity: tuple[int, int, int]  # (device, inode, change time): a new file has another
+
+    @classmethod
+    def found(cls, path: Path, max_bytes: int) -> Example | None:
+        """``path`` resolved and checked as a scan an upload could be; None, with a warning
+        naming it, if it cannot be one."""
+        try:
+            resolved = path.resolve(strict=True)
+            check_image(resolved)
+            stat = resolved.stat()
+        except (OSError, UnreadableImageError) as error:
+            warnings.warn(f"example left out: {error}", UserWarning, stacklevel=2)
+            return None
+        if stat.st_size > max_bytes:
+            warnings.warn(f"example left out: {path}: over the upload limit", stacklevel=2)
+            return None
+        return cls(resolved, _identity(stat))
+
+    def read(self) -> bytes:
+        """The file's bytes if it is still the one found at start; OSError (with a reason in
+        ``strerror``) if not."""
+        try:
+            descriptor = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                reason = f"{self.path.name} is now a link (not followed)"
+                raise OSError(error.errno, reason) from None
+            raise OSError(error.errno, f"{self.path.name} is no longer on disk") from None
+        with os.fdopen(descriptor, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            if _identity(stat) != self.identity:
+                raise OSError(errno.ESTALE, f"{self.path.name} is another file than at start")
+            return handle.read()
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int]:
+    """What tells one file from another put in its place (whose inode number may be reused)."""
+    return stat.st_dev, stat.st_ino, stat.st_ctime_ns
 
 
 def example_scans(root: Path | None, per_class: int = 2) -> list[Path]:

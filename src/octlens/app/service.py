@@ -43,11 +43,12 @@ _ENRICHMENT = {"off_retina": OFF_RETINA_ENRICHMENT, "corners": CORNER_ENRICHMENT
 
 @dataclass
 class Panel:
-    """One method's map of one scan: raw (S, S) fp32 and its share on each region."""
+    """One method's map of one scan: raw (S, S) fp32 and its share on each region (None when
+    the map has no attention to share out: see :func:`panel`)."""
 
     method: str
     raw: np.ndarray
-    shares: dict[str, float]
+    shares: dict[str, float] | None
     warning: str | None
 
 
@@ -174,11 +175,20 @@ class ScanService:
             )
             for method, raw in maps.items():
                 share = {region: float(shares[method][region][i]) for region in REGIONS}
-                answer.panels.append(
-                    Panel(method, raw[i].numpy(), share, attention_warning(share, area))
-                )
+                answer.panels.append(panel(method, raw[i].numpy(), share, area))
             answers.append(answer)
         return answers
+
+
+def panel(method: str, raw: np.ndarray, shares: dict[str, float], areas: dict[str, float]) -> Panel:
+    """The panel of one map. A map with no positive value (or a NaN) has no attention to share:
+    its shares would read "0% off the retina", the best score a map can get, so it has none and
+    says so instead."""
+    if not np.isfinite(raw).all():
+        return Panel(method, raw, None, "no usable map (it holds NaN or infinite values)")
+    if not (raw > 0).any():
+        return Panel(method, raw, None, "no attention (empty map): nothing to place on the scan")
+    return Panel(method, raw, shares, attention_warning(shares, areas))
 
 
 def attention_warning(shares: dict[str, float], areas: dict[str, float]) -> str | None:

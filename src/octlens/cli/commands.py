@@ -454,6 +454,10 @@ def serve(
     ] = None,
     max_upload_mb: Annotated[float, typer.Option(help="largest file accepted")] = 20.0,
     max_files: Annotated[int, typer.Option(help="most files in one request")] = 16,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(help="another name the page is opened by (the loopback names and --host are)"),
+    ] = None,
     device: str | None = None,
     precision: str = "auto",
 ) -> None:
@@ -461,11 +465,12 @@ def serve(
     from octlens.app import Limits
     from octlens.app import serve as serve_app
 
-    if max_upload_mb <= 0 or max_files < 1:
-        raise OctlensError("--max-upload-mb must be above 0 and --max-files at least 1")
     names = None if methods is None else parse_methods(methods)
     limits = Limits(max_upload_mb, max_files)
-    serve_app(runs, host, port, names, limits, device, precision, announce=console.print)
+    serve_app(
+        runs, host, port, names, limits, device, precision,
+        announce=console.print, allow_hosts=allow_host or (),
+    )  # fmt: skip
 
 
 def parse_methods(text: str) -> list[str]:

@@ -168,9 +168,11 @@ function panel(entry, run, map) {
   figure.append(canvas);
   const caption = element("figcaption");
   caption.append(element("strong", map.method));
-  caption.append(element("div",
-    `off the retina ${percent(map.shares.off_retina)} (area ${percent(run.area_shares.off_retina)}), ` +
-    `corners ${percent(map.shares.corners)} (area ${percent(run.area_shares.corners)})`));
+  if (map.shares) {  // null for an empty map, whose warning says so
+    caption.append(element("div",
+      `off the retina ${percent(map.shares.off_retina)} (area ${percent(run.area_shares.off_retina)}), ` +
+      `corners ${percent(map.shares.corners)} (area ${percent(run.area_shares.corners)})`));
+  }
   if (map.warning) caption.append(element("div", map.warning, "warning"));
   const stem = `${entry.name.replace(/\.[^.]*$/, "")}_${run.run}_${map.method}`;
   const overlay = element("button", "overlay PNG");
