@@ -454,9 +454,12 @@ def test_writes_from_other_origins_and_other_host_names_are_refused(client, scan
         assert client.get("/api/runs", headers={"Host": host}).status_code == 200, host
 
 
-def _chunked_post(url: str, chunks: Iterator[bytes], wait: float) -> tuple[int, int]:
+def _chunked_post(
+    url: str, chunks: Iterator[bytes], wait: float, end: bool = True
+) -> tuple[int, int]:
     """POST ``chunks`` with no Content-Length on a raw socket, stopping once the server answers
-    (or a send fails); the status and how many body bytes were sent."""
+    (or a send fails), and ending the body if ``end`` and all were sent; the status and how many
+    body bytes were sent."""
     parts = urlsplit(url)
     head = (
         f"POST /api/predict HTTP/1.1\r\nHost: {parts.netloc}\r\nTransfer-Encoding: chunked\r\n"
@@ -473,13 +476,19 @@ def _chunked_post(url: str, chunks: Iterator[bytes], wait: float) -> tuple[int, 
             except OSError:
                 break
             sent += len(chunk)
+        else:
+            if end:
+                sock.sendall(b"%x\r\n%b\r\n0\r\n\r\n" % (len(_CLOSE), _CLOSE))
         answer = sock.recv(4096)
     return int(answer.split()[1]), sent
 
 
-def _upload_chunks(megabytes: int, stall: bool = False) -> Iterator[bytes]:
+_CLOSE = b"\r\n--b--\r\n"
+
+
+def _upload_chunks(megabytes: int) -> Iterator[bytes]:
     yield b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.jpeg"\r\n\r\n'
-    for _ in range(0 if stall else megabytes):
+    for _ in range(megabytes):
         yield b"\0" * 2**20
 
 
@@ -488,7 +497,7 @@ def test_a_chunked_upload_is_cut_off_at_the_limit_and_a_stalled_one_at_the_deadl
     that stops coming held its connection forever."""
     app = create_app(service, Limits(max_upload_mb=1, max_files=1, body_seconds=0.5))
     with background_server(app) as url:
-        status, sent = _chunked_post(url, _upload_chunks(1024), wait=60)
-        assert status == 413 and sent < 200 * 2**20
-        status, _ = _chunked_post(url, _upload_chunks(1, stall=True), wait=10)
+        status, sent = _chunked_post(url, _upload_chunks(512), wait=60)
+        assert status == 413 and sent < 128 * 2**20
+        status, _ = _chunked_post(url, _upload_chunks(1), wait=10, end=False)  # then stalls
         assert status == 408
