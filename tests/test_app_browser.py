@@ -14,10 +14,14 @@ import base64
 import os
 import shutil
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
 from PIL import Image
+from starlette.applications import Starlette
+from starlette.responses import HTMLResponse
+from starlette.routing import Route
 
 from octlens.app import background_server, build_app
 from octlens.app.server import example_scans
@@ -52,17 +56,25 @@ def chromium() -> str:
     pytest.skip(reason)
 
 
+# Names a hostile page may use: its own site, and a name its DNS re-points at 127.0.0.1.
+RESOLVER = "--host-resolver-rules=MAP attacker.test 127.0.0.1, MAP rebind.test 127.0.0.1"
+
+
 @pytest.fixture
-def browser_page():
+def browser():
     pytest.importorskip("playwright", reason="the test extra's playwright is not installed")
     from playwright.sync_api import sync_playwright
 
     executable = chromium()
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        yield page
+        browser = playwright.chromium.launch(executable_path=executable, args=[RESOLVER])
+        yield browser
         browser.close()
+
+
+@pytest.fixture
+def browser_page(browser):
+    return browser.new_page(viewport={"width": 1400, "height": 1000})
 
 
 def test_drop_a_scan_see_both_runs_move_the_slider_and_read_an_error(
@@ -146,3 +158,50 @@ def test_drop_a_scan_see_both_runs_move_the_slider_and_read_an_error(
     assert (tmp_path / "app.png").stat().st_size > 10_000
     blocked = [p for p in problems if "Content Security Policy" in p]
     assert not blocked, blocked
+
+
+# What a page on another site can do without any permission: POST a form (no preflight for
+# multipart) and try to read the API.
+ATTACK = """async ([target, data]) => {
+    const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+    const form = new FormData();
+    form.append("files", new File([bytes], "scan.jpeg", {type: "image/jpeg"}));
+    try {  // an opaque answer at best: the point is whether the server scores it
+        await fetch(target + "/api/predict", {method: "POST", body: form, mode: "no-cors"});
+    } catch (error) {}
+    try {
+        return await (await fetch(target + "/api/runs")).text();
+    } catch (error) {
+        return "blocked";
+    }
+}"""
+
+
+def _attacker_site() -> Starlette:
+    return Starlette(routes=[Route("/", lambda request: HTMLResponse("<p>cute cats</p>"))])
+
+
+def test_a_page_on_another_site_and_a_rebinding_name_get_nothing(
+    browser, tiny_resnet_run, tiny_data
+):
+    app = build_app([tiny_resnet_run])
+    scan = example_scans(tiny_data)[0]
+    page = browser.new_page()
+    with background_server(app) as url, background_server(_attacker_site()) as evil:
+        page.goto(f"http://attacker.test:{urlsplit(evil).port}/")
+        read = page.evaluate(ATTACK, [url, base64.b64encode(scan.read_bytes()).decode()])
+        assert read == "blocked"  # the browser's CORS rule; the server's own refusal:
+        assert app.state.batcher.batch_sizes == []  # the upload reached it and was not scored
+
+        # DNS rebinding: the attacker's name now points at 127.0.0.1, so the page is same-origin
+        # with the server, and only the Host header tells them apart
+        rebound = f"http://rebind.test:{urlsplit(url).port}"
+        response = page.goto(f"{rebound}/")
+        assert response is not None and response.status == 400
+        assert "not a name this server answers to" in page.content()
+        runs = page.evaluate(
+            "async () => { const r = await fetch('/api/runs'); return [r.status, await r.text()]; }"
+        )
+        assert runs[0] == 400 and "resnet" not in runs[1]
+        example = page.evaluate("async () => (await fetch('/api/examples/0')).status")
+        assert example == 400
