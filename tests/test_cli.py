@@ -203,7 +203,7 @@ def test_files_where_folders_belong_are_one_line_errors(
         (["explain", str(cli_run), str(a_file), "--out", str(a_file)], "--out is a file"),
         (["demo", "--out", str(tmp_path / "d"), "--n-per-class", "0"], "--n-per-class 0"),
         (["serve", str(tmp_path)], f"{tmp_path / 'best.safetensors'}: no such checkpoint"),
-        (["serve", str(cli_run), "--max-files", "0"], "--max-files at least 1"),
+        (["serve", str(cli_run), "--max-files", "0"], "--max-files 0: a whole number, at least 1"),
     ):
         status, _, err = _in_process(monkeypatch, capsys, *args)
         assert status == 2 and message in err and err.count("\n") == 1, err
