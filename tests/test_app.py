@@ -434,6 +434,8 @@ def test_writes_from_other_origins_and_other_host_names_are_refused(client, scan
         ({"Sec-Fetch-Site": "same-site"}, 403),
         ({"Host": "rebind.example:8000", "Origin": "http://rebind.example:8000"}, 400),
         ({"Host": "testserver"}, 400),
+        ([("Host", "127.0.0.1"), ("Host", "rebind.example")], 400),
+        ({"Host": "127.0.0.1@rebind.example"}, 400),
     ]
     for headers, status in refused:
         response = client.post("/api/predict", files=jpeg, headers=headers)

@@ -128,6 +128,8 @@ class Guard:
             raise
 
     def _check_host(self, headers: Headers) -> None:
+        if len(headers.getlist("host")) > 1:  # which one a proxy or the route reads is unclear
+            raise Refused(400, "more than one Host header")
         header = headers.get("host")
         if host_name(header) not in self.hosts:
             raise Refused(
@@ -139,10 +141,10 @@ class Guard:
     def _check_declared_length(self, headers: Headers) -> None:
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            raise Refused(413, self._too_large(int(declared)))
-
-    def _too_large(self, size: int) -> str:
-        return f"request of {size / 2**20:.1f} MB is over the limit ({self.limit_text})"
+            raise Refused(
+                413, f"request of {int(declared) / 2**20:.1f} MB is over the limit "
+                f"({self.limit_text})",
+            )  # fmt: skip
 
     def _bounded(self, receive: Receive) -> Receive:
         """``receive`` counting the body's bytes and bounded by the body's deadline."""
@@ -164,7 +166,10 @@ class Guard:
                 received += len(message.get("body", b""))
                 complete = not message.get("more_body", False)
                 if received > self.max_body:
-                    raise Refused(413, self._too_large(received) + " (stopped reading)")
+                    raise Refused(
+                        413, f"request over the limit ({self.limit_text}): stopped reading at "
+                        f"{received / 2**20:.1f} MB",
+                    )  # fmt: skip
             return message
 
         return bounded

@@ -16,8 +16,9 @@ scripts from a CDN):
 Uploads are decoded in a small thread pool, then scored by the models in the batcher's worker
 thread, batched with the uploads of the requests that arrive with them. A bad file gets a 4xx
 with a one-line message naming it (or, among good files, an ``error`` in its entry); the server
-keeps serving. Every response carries a Content-Security-Policy that allows scripts from this
-server only.
+keeps serving. Every request first passes :class:`~octlens.app.guard.Guard`: only this server's
+names and page, a body bounded in size and time, and the security headers (a
+Content-Security-Policy that allows scripts from this server only) on every response.
 """
 
 from __future__ import annotations
@@ -115,8 +116,8 @@ def create_app(
 ) -> FastAPI:
     """The app serving ``service``; ``examples`` are scan files the page offers to try (those
     that cannot be read are left out with a warning). ``max_batch``, ``max_wait`` and
-    ``max_pending`` set the :class:`MicroBatcher`; ``hosts`` are the names it answers to
-    (:func:`~octlens.app.guard.served_names`)."""
+    ``max_pending`` set the :class:`MicroBatcher`; ``hosts`` are the names it answers to besides
+    the loopback names (see :mod:`octlens.app.guard` for the other checks of every request)."""
     limits = limits or Limits()
     shown = [found for path in examples if (found := Example.found(path, limits.max_bytes))]
 
