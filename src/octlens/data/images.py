@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import struct
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +43,6 @@ _JPEG_FILL = 128
 _PIL_ERRORS = (
     UnidentifiedImageError,
     OSError,
-    EOFError,  # a TIFF whose page chain breaks while its frames are counted
     SyntaxError,
     ValueError,
     Image.DecompressionBombError,
@@ -191,7 +191,12 @@ def opened_image(path: Path) -> Iterator[Image.Image]:
 def _refuse_frames(path: Path, image: Image.Image) -> None:
     """A multi-page TIFF or an animated PNG is likely an OCT volume: scoring its first frame
     would answer for a B-scan nobody chose."""
-    frames = getattr(image, "n_frames", 1)
+    try:  # a TIFF counts its pages by reading each page's header, which may be damaged
+        frames = getattr(image, "n_frames", 1)
+    except (*_PIL_ERRORS, EOFError, KeyError, IndexError, TypeError, struct.error) as error:
+        raise UnreadableImageError(
+            f"{path}: not a readable image (its frames cannot be counted: {error})"
+        ) from None
     if frames > 1:
         raise UnreadableImageError(
             f"{path}: {frames} frames (an OCT volume?); give one B-scan per file"
