@@ -10,6 +10,7 @@ import shutil
 import socket
 import struct
 import sys
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -458,10 +459,10 @@ def test_writes_from_other_origins_and_other_host_names_are_refused(client, scan
 
 def _chunked_post(
     url: str, chunks: Iterator[bytes], wait: float, end: bool = True
-) -> tuple[int, int]:
+) -> tuple[str, int]:
     """POST ``chunks`` with no Content-Length on a raw socket, stopping once the server answers
-    (or a send fails), and ending the body if ``end`` and all were sent; the status and how many
-    body bytes were sent."""
+    (or a send fails), and ending the body if ``end`` and all were sent; the answer's status
+    line and body, and how many body bytes were sent."""
     parts = urlsplit(url)
     head = (
         f"POST /api/predict HTTP/1.1\r\nHost: {parts.netloc}\r\nTransfer-Encoding: chunked\r\n"
@@ -481,25 +482,32 @@ def _chunked_post(
         else:
             if end:
                 sock.sendall(b"%x\r\n%b\r\n0\r\n\r\n" % (len(_CLOSE), _CLOSE))
-        answer = sock.recv(4096)
-    return int(answer.split()[1]), sent
+        answer = sock.recv(4096).decode()
+    return answer.split("\r\n")[0] + " " + answer.split("\r\n\r\n")[-1], sent
 
 
 _CLOSE = b"\r\n--b--\r\n"
 
 
-def _upload_chunks(megabytes: int) -> Iterator[bytes]:
+def _upload_chunks(count: int, size: int = 2**20, pause: float = 0.0) -> Iterator[bytes]:
     yield b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.jpeg"\r\n\r\n'
-    for _ in range(megabytes):
-        yield b"\0" * 2**20
+    for _ in range(count):
+        time.sleep(pause)
+        yield b"\0" * size
 
 
 def test_a_chunked_upload_is_cut_off_at_the_limit_and_a_stalled_one_at_the_deadline(service):
     """With no Content-Length, a 1 GB body was spooled to disk in full before the 413; a body
-    that stops coming held its connection forever."""
-    app = create_app(service, Limits(max_upload_mb=1, max_files=1, body_seconds=0.5))
+    that stops coming, or trickles in, held its connection for as long as it liked."""
+    limits = Limits(max_upload_mb=1, max_files=1, body_seconds=2, idle_seconds=0.5)
+    app = create_app(service, limits)
     with background_server(app) as url:
-        status, sent = _chunked_post(url, _upload_chunks(512), wait=60)
-        assert status == 413 and sent < 128 * 2**20
-        status, _ = _chunked_post(url, _upload_chunks(1), wait=10, end=False)  # then stalls
-        assert status == 408
+        answer, sent = _chunked_post(url, _upload_chunks(512), wait=60)
+        assert answer.startswith("HTTP/1.1 413") and sent < 128 * 2**20
+        assert "stopped reading at" in answer
+        answer, _ = _chunked_post(url, _upload_chunks(1), wait=10, end=False)  # then stalls
+        assert answer.startswith("HTTP/1.1 408") and "no data for 0.5 s" in answer
+        trickle = _upload_chunks(100, size=16, pause=0.25)  # 16 bytes every 0.25 s
+        answer, sent = _chunked_post(url, trickle, wait=10)
+        assert answer.startswith("HTTP/1.1 408") and "not all there after 2 s" in answer
+        assert sent < 100 * 16

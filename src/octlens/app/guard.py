@@ -13,8 +13,9 @@ So :class:`Guard`, a plain ASGI middleware outside every route:
 - refuses reads that another site embeds (an ``<img>`` of an example scan): a cross-site or
   same-site GET passes only as a top-level navigation (a link to the app);
 - counts the body's bytes as they arrive and answers 413 once past the ceiling (a chunked upload
-  declares no length), and 408 when the whole body has not arrived by the deadline (stalled
-  uploads would otherwise hold their connections);
+  declares no length), and 408 when no byte came for ``idle_seconds`` or the whole body has not
+  arrived within ``body_seconds`` (stalled or trickling uploads would otherwise hold their
+  connections);
 - puts the security headers on every response, refusals and 500s included.
 """
 
@@ -79,8 +80,8 @@ class Guard:
     """The ASGI middleware described in the module docstring.
 
     ``hosts`` are the names served (:func:`served_names`); ``max_body`` the most bytes a request
-    body may hold, ``body_seconds`` how long it may take to arrive, ``limit_text`` the limit in
-    words for the 413's message.
+    body may hold, ``body_seconds`` how long it may take to arrive, ``idle_seconds`` the longest
+    wait for its next bytes, ``limit_text`` the limit in words for the 413's message.
     """
 
     def __init__(
@@ -89,12 +90,14 @@ class Guard:
         hosts: Iterable[str],
         max_body: int,
         body_seconds: float,
+        idle_seconds: float,
         limit_text: str,
     ) -> None:
         self.app = app
         self.hosts = frozenset(hosts)
         self.max_body = max_body
         self.body_seconds = body_seconds
+        self.idle_seconds = idle_seconds
         self.limit_text = limit_text
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -156,12 +159,15 @@ class Guard:
             nonlocal received, complete
             if complete:  # after the body, only a disconnect can come: no deadline
                 return await receive()
+            left = deadline - loop.time()
             try:
-                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+                message = await asyncio.wait_for(receive(), max(min(left, self.idle_seconds), 0))
             except TimeoutError:
-                raise Refused(
-                    408, f"the request's body did not arrive within {self.body_seconds:g} s"
-                ) from None
+                if left > self.idle_seconds:
+                    why = f"no data for {self.idle_seconds:g} s"
+                else:
+                    why = f"not all there after {self.body_seconds:g} s"
+                raise Refused(408, f"the request's body stalled ({why}): send it again") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 complete = not message.get("more_body", False)

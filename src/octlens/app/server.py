@@ -65,13 +65,14 @@ MAX_UPLOAD_MB = 1024
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may hold: ``max_upload_mb`` per file, ``max_files`` per request, and
-    ``body_seconds`` for its body to arrive. Checked when made, so a bad setting is a one-line
-    error before the server starts."""
+    """What one request may hold: ``max_upload_mb`` per file, ``max_files`` per request,
+    ``body_seconds`` for its body to arrive and ``idle_seconds`` between its bytes. Checked when
+    made, so a bad setting is a one-line error before the server starts."""
 
     max_upload_mb: float = 20.0
     max_files: int = 16
     body_seconds: float = 60.0
+    idle_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         if not _number_in(self.max_upload_mb, 0, MAX_UPLOAD_MB):
@@ -82,8 +83,9 @@ class Limits:
         whole = isinstance(self.max_files, int) and not isinstance(self.max_files, bool)
         if not whole or self.max_files < 1:
             raise OctlensError(f"--max-files {self.max_files}: a whole number, at least 1")
-        if not _number_in(self.body_seconds, 0, math.inf):
-            raise OctlensError(f"body_seconds {self.body_seconds}: a number of seconds above 0")
+        for name in ("body_seconds", "idle_seconds"):
+            if not _number_in(getattr(self, name), 0, math.inf):
+                raise OctlensError(f"{name} {getattr(self, name)}: a number of seconds above 0")
 
     @property
     def max_bytes(self) -> int:
@@ -149,6 +151,7 @@ def create_app(
         hosts=served_names("", hosts),
         max_body=limits.max_body,
         body_seconds=limits.body_seconds,
+        idle_seconds=limits.idle_seconds,
         limit_text=str(limits),
     )
 
