@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import re
 import select
 import shutil
 import socket
@@ -482,8 +483,20 @@ def _chunked_post(
         else:
             if end:
                 sock.sendall(b"%x\r\n%b\r\n0\r\n\r\n" % (len(_CLOSE), _CLOSE))
-        answer = sock.recv(4096).decode()
-    return answer.split("\r\n")[0] + " " + answer.split("\r\n\r\n")[-1], sent
+        answer = _http_answer(sock)
+    return answer, sent
+
+
+def _http_answer(sock: socket.socket) -> str:
+    """The status line and body of the HTTP answer waiting on ``sock``."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE)[1])
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head.split(b"\r\n")[0].decode() + " " + body.decode()
 
 
 _CLOSE = b"\r\n--b--\r\n"
