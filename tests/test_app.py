@@ -460,10 +460,10 @@ def test_writes_from_other_origins_and_other_host_names_are_refused(client, scan
 
 def _chunked_post(
     url: str, chunks: Iterator[bytes], wait: float, end: bool = True
-) -> tuple[str, int]:
+) -> tuple[str, int, bool]:
     """POST ``chunks`` with no Content-Length on a raw socket, stopping once the server answers
     (or a send fails), and ending the body if ``end`` and all were sent; the answer's status
-    line and body, and how many body bytes were sent."""
+    line and body, how many body bytes were sent, and whether the server then closed."""
     parts = urlsplit(url)
     head = (
         f"POST /api/predict HTTP/1.1\r\nHost: {parts.netloc}\r\nTransfer-Encoding: chunked\r\n"
@@ -484,7 +484,14 @@ def _chunked_post(
             if end:
                 sock.sendall(b"%x\r\n%b\r\n0\r\n\r\n" % (len(_CLOSE), _CLOSE))
         answer = _http_answer(sock)
-    return answer, sent
+        sock.settimeout(5)
+        try:
+            closed = sock.recv(1) == b""
+        except ConnectionResetError:
+            closed = True
+        except TimeoutError:
+            closed = False
+    return answer, sent, closed
 
 
 def _http_answer(sock: socket.socket) -> str:
@@ -515,12 +522,12 @@ def test_a_chunked_upload_is_cut_off_at_the_limit_and_a_stalled_one_at_the_deadl
     limits = Limits(max_upload_mb=1, max_files=1, body_seconds=2, idle_seconds=0.5)
     app = create_app(service, limits)
     with background_server(app) as url:
-        answer, sent = _chunked_post(url, _upload_chunks(512), wait=60)
+        answer, sent, closed = _chunked_post(url, _upload_chunks(512), wait=60)
         assert answer.startswith("HTTP/1.1 413") and sent < 128 * 2**20
-        assert "stopped reading at" in answer
-        answer, _ = _chunked_post(url, _upload_chunks(1), wait=10, end=False)  # then stalls
-        assert answer.startswith("HTTP/1.1 408") and "no data for 0.5 s" in answer
+        assert "stopped reading at" in answer and closed  # the rest is not read either
+        answer, _, closed = _chunked_post(url, _upload_chunks(1), wait=10, end=False)  # stalls
+        assert answer.startswith("HTTP/1.1 408") and "no data for 0.5 s" in answer and closed
         trickle = _upload_chunks(100, size=16, pause=0.25)  # 16 bytes every 0.25 s
-        answer, sent = _chunked_post(url, trickle, wait=10)
+        answer, sent, _ = _chunked_post(url, trickle, wait=10)
         assert answer.startswith("HTTP/1.1 408") and "not all there after 2 s" in answer
         assert sent < 100 * 16

@@ -198,7 +198,13 @@ def _check_origin(scope: Scope, headers: Headers) -> None:
 
 
 async def _answer(send: Send, status: int, message: str) -> None:
+    """A one-line JSON answer that closes the connection: the rest of a refused body is never
+    read (uvicorn would otherwise keep reading it, to reuse the connection)."""
     body = json.dumps({"detail": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

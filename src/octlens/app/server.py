@@ -97,7 +97,8 @@ class Limits:
         return self.max_files * self.max_bytes + 1024 * 1024
 
     def __str__(self) -> str:
-        return f"{self.max_files} files of {self.max_upload_mb:g} MB"
+        files = "1 file" if self.max_files == 1 else f"{self.max_files} files"
+        return f"{files} of {self.max_upload_mb:g} MB"
 
 
 def _number_in(value: object, low: float, high: float) -> bool:
