@@ -16,7 +16,7 @@ from octlens.audit.result import AuditResult
 from octlens.data.images import UnreadableImageError, load_grayscale
 from octlens.data.index import DatasetIndex, DataWarning, scan
 from octlens.errors import OctlensError, require_positive
-from octlens.evaluate import evaluate_run
+from octlens.evaluate import evaluate_run, invalid_metrics, invalid_note
 from octlens.explain import default_methods
 from octlens.files import read_json, write_text
 from octlens.models import is_vit, vit_parts
@@ -197,25 +197,36 @@ def _evaluation(run: Run, index: DatasetIndex | None, split: str, scratch: Path)
 
 
 def _metrics_table(metrics: dict) -> str:
+    """A stored evaluation; a value no evaluation gives (NaN, a negative ECE) reads "invalid",
+    with a note that names it, never as a number."""
+    invalid = invalid_metrics(metrics)
+
+    def cell(path: str, value: object, show: Callable[[object], str] = number) -> str:
+        return "<td>invalid</td>" if path in invalid else f"<td>{show(value)}</td>"
+
     urgent = metrics.get("urgent_referral") or {}
     rows = [
-        ("accuracy", metrics["accuracy"]),
-        ("macro AUC", metrics["macro_auc"]),
-        ("urgent sensitivity", urgent.get("sensitivity")),
-        ("urgent specificity", urgent.get("specificity")),
-        ("ECE", metrics["ece"]),
+        ("accuracy", "accuracy", metrics["accuracy"]),
+        ("macro AUC", "macro_auc", metrics["macro_auc"]),
+        ("urgent sensitivity", "urgent_referral.sensitivity", urgent.get("sensitivity")),
+        ("urgent specificity", "urgent_referral.specificity", urgent.get("specificity")),
+        ("ECE", "ece", metrics["ece"]),
     ]
-    summary = "".join(f"<tr><th>{k}</th><td>{number(v)}</td></tr>" for k, v in rows)
+    summary = "".join(f"<tr><th>{k}</th>{cell(path, v)}</tr>" for k, path, v in rows)
     per_class = "".join(
-        f"<tr><th>{html.escape(name)}</th><td>{number(m['sensitivity'])}</td>"
-        f"<td>{number(m['specificity'])}</td><td>{number(m['auc'])}</td><td>{text(m['support'])}</td>"
-        "</tr>"
+        f"<tr><th>{html.escape(name)}</th>"
+        + "".join(
+            cell(f"per_class.{name}.{k}", m[k]) for k in ("sensitivity", "specificity", "auc")
+        )
+        + f"{cell(f'per_class.{name}.support', m['support'], text)}</tr>"
         for name, m in metrics["per_class"].items()
     )
+    n = "invalid" if "n" in invalid else text(metrics["n"])
+    note = f"<p><b>{text(invalid_note(invalid))}</b></p>" if invalid else ""
     return (
-        f"<h3>{text(metrics['split'])} split, {text(metrics['n'])} scans</h3>"
+        f"<h3>{text(metrics['split'])} split, {n} scans</h3>"
         f"<p>data: {text(metrics.get('data', '?'))}, precision "
-        f"{text(metrics.get('precision', '?'))}{_unreadable(metrics)}</p>"
+        f"{text(metrics.get('precision', '?'))}{_unreadable(metrics)}</p>{note}"
         f"<table>{summary}</table><table><tr><th>class</th><th>sensitivity</th>"
         f"<th>specificity</th><th>AUC</th><th>n</th></tr>{per_class}</table>"
     )
