@@ -227,3 +227,25 @@ def test_a_trial_that_fails_says_why(tiny_data, tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "trial 0 fail" in out and "trial-000: the reason this trial failed" in out, out
     assert models == ["vit_tiny"]  # one model named is the model of every trial
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "secret"),
+    [
+        ("postgresql://me:hunter2@db.example/s", "postgresql://me:***@db.example/s", "hunter2"),
+        ("postgresql://me:hun@ter2@db.example/s", "postgresql://me:***@db.example/s", "hun@ter2"),
+        ("postgresql://me:hun%40ter2@db.example/s", "postgresql://me:***@db.example/s", "hun@ter2"),
+        (
+            "postgresql://db.example/s?sslmode=x&password=hunter2",
+            "postgresql://db.example/s?sslmode=x&password=***",
+            "hunter2",
+        ),
+        ("sqlite:////tmp/a@b/study.db", "sqlite:////tmp/a@b/study.db", None),
+    ],
+)
+def test_a_password_is_never_shown_whatever_its_characters(url, shown, secret):
+    from octlens.training.storage import _scrubbed, redacted
+
+    assert redacted(url) == shown
+    if secret is not None:  # a driver's message that repeats it is scrubbed too
+        assert secret not in _scrubbed(f"the server said: password {secret} is wrong", url)

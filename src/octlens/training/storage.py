@@ -19,43 +19,50 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import unquote
 
 import optuna
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 from optuna.storages.journal._storage import JournalOperation  # the operations it replays
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from octlens.errors import OctlensError
 
 #: The databases Optuna's RDB storage keeps a study in (a URL scheme, optionally ``+driver``).
 DATABASES = ("sqlite", "postgresql", "mysql")
 _OPERATIONS = {int(operation) for operation in JournalOperation}
+_QUERY_PASSWORD = re.compile(r"(?i)((?:password|passwd|pwd)=)([^&\s]*)")
 
 
 def redacted(url: str) -> str:
-    """``url`` with its password, if any, shown as ``***``: URLs end up in messages and logs."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):  # not a URL SQLAlchemy reads: show its scheme only
-        return f"{url.partition('://')[0]}://..."
+    """``url`` with its password, if any, shown as ``***``: URLs end up in messages and logs.
+
+    The password is everything between the user's ``:`` and the last ``@`` (a password with an
+    unescaped ``@`` or ``/`` is hidden whole), and the value of a ``password=`` query parameter;
+    when in doubt more is hidden, never less.
+    """
+    secret = _password(url)
+    shown = url.replace(f":{secret}@", ":***@", 1) if secret else url
+    return _QUERY_PASSWORD.sub(r"\1***", shown)
+
+
+def _password(url: str) -> str:
+    """The password of ``url`` as typed (percent-encoded or not), or ``""``."""
+    userinfo, at, _ = url.partition("://")[2].rpartition("@")
+    return userinfo.partition(":")[2] if at else ""
 
 
 def _scrubbed(text: str, url: str) -> str:
-    """``text`` (a driver's message) with the password of ``url`` replaced by ``***``."""
-    try:
-        password = make_url(url).password
-    except (ArgumentError, ValueError):
-        password = None
-    if password:
-        raw = url.partition("://")[2].rpartition("@")[0].partition(":")[2]  # as typed, %-encoded
-        for secret in {str(password), raw} - {""}:
-            text = text.replace(secret, "***")
-    return text
+    """``text`` (a driver's message) with every form of ``url``'s password as ``***``."""
+    secrets = [_password(url), *(match.group(2) for match in _QUERY_PASSWORD.finditer(url))]
+    for form in {form for secret in secrets for form in (secret, unquote(secret))} - {""}:
+        text = text.replace(form, "***")
+    return _QUERY_PASSWORD.sub(r"\1***", text)
 
 
 def database_url(url: str) -> str:
