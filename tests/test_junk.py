@@ -18,6 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -287,3 +288,46 @@ def test_resume_refuses_a_changed_epoch_count_and_config_json_says_what_ran(tiny
     result = train(config, resume=True, verbose=False)
     assert [row["epoch"] for row in result.history] == [1, 2]
     assert read_json(config.out / "config.json")["epochs"] == 2
+
+
+def _edited(source: Path, target: Path, **changes: object) -> None:
+    """A copy of checkpoint ``source`` whose metadata has ``changes`` (None: the key removed)."""
+    with safe_open(str(source), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["octlens"])
+    for key, value in changes.items():
+        meta.pop(key) if value is None else meta.update({key: value})
+    save_file(load_file(str(source)), target, metadata={"octlens": json.dumps(meta)})
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"history": None}, r"not a checkpoint this run can resume from \(KeyError: 'history'"),
+        ({"training_state": {"scheduler": 3}}, r"not a checkpoint this run can resume from"),
+        ({"config": [1, 2]}, r"its recorded settings are not valid \(data: Field required"),
+    ],
+)
+def test_resuming_from_an_edited_last_checkpoint_is_one_line(
+    tiny_resnet_run, tmp_path, changes, message
+):
+    from octlens.training import train
+
+    run = tmp_path / "run"
+    run.mkdir()
+    _edited(tiny_resnet_run / "last.safetensors", run / "last.safetensors", **changes)
+    saved = load_checkpoint(tiny_resnet_run / "last.safetensors").meta["config"]
+    config = TrainConfig.model_validate({**saved, "out": run, "epochs": saved["epochs"]})
+    with pytest.raises(OctlensError, match=message) as error:
+        train(config, resume=True, verbose=False)
+    assert "\n" not in str(error.value)
+
+
+def test_a_report_without_data_of_a_run_that_records_none_shows_stored_results(
+    tiny_resnet_run, tmp_path
+):
+    from octlens.report import training_data
+
+    run = tmp_path / "run"
+    run.mkdir()
+    _edited(tiny_resnet_run / "best.safetensors", run / "best.safetensors", config=None)
+    assert training_data([run]) is None

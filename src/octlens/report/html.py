@@ -111,11 +111,18 @@ def write_report(
 
 def training_data(runs: Sequence[str | Path]) -> Path | None:
     """The dataset the runs were trained on, if they share one and it is still there."""
-    roots = {Path(Run.load(run).checkpoint.meta["config"]["data"]) for run in runs}
-    if len(roots) != 1:
+    roots = {_recorded_data(Run.load(run).checkpoint.meta) for run in runs}
+    if len(roots) != 1 or None in roots:
         return None
     (root,) = roots
-    return root if root.exists() else None
+    return root if root is not None and root.exists() else None
+
+
+def _recorded_data(meta: dict[str, Any]) -> Path | None:
+    """The data folder a checkpoint records, or None when an edited file records none."""
+    config = meta.get("config")
+    data = config.get("data") if isinstance(config, dict) else None
+    return Path(data) if isinstance(data, str) and data else None
 
 
 def _matching(

@@ -14,7 +14,8 @@ import random
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,7 +171,8 @@ def _train(
         **config.model_kwargs,
     )
     if resumed:
-        model.load_state_dict(resumed.model_state())
+        with _restoring(resumed):
+            model.load_state_dict(resumed.model_state())
         started_from = resumed.meta.get("fine_tuning", {}).get("init")
     elif init:
         started_from = init.load_into(model, index.classes)
@@ -238,10 +240,11 @@ def _train(
 
     history: list[dict[str, Any]] = []
     if resumed:
-        history = resumed.meta["history"]
-        optimizer.load_state_dict(resumed.optimizer_state())
-        scheduler.load_state_dict(resumed.meta["training_state"]["scheduler"])
-        scaler.load_state_dict(resumed.meta["training_state"]["scaler"])
+        with _restoring(resumed):
+            history = list(resumed.meta["history"])
+            optimizer.load_state_dict(resumed.optimizer_state())
+            scheduler.load_state_dict(resumed.meta["training_state"]["scheduler"])
+            scaler.load_state_dict(resumed.meta["training_state"]["scaler"])
         console.print(f"resuming {out} after epoch {len(history)}")
 
     console.print(
@@ -696,7 +699,11 @@ def _load_resumable(last_path: Path, config: TrainConfig, console: Console) -> C
         raise OctlensError(f"{last_path}: no checkpoint to resume from")
     checkpoint = load_checkpoint(last_path)
     # The workers are this machine's choice (and bounded by its cores), not the run's.
-    recorded = {**checkpoint.meta.get("config", {}), "num_workers": config.num_workers}
+    settings = checkpoint.meta.get("config")
+    recorded = {
+        **(settings if isinstance(settings, dict) else {}),
+        "num_workers": config.num_workers,
+    }
     try:
         saved = TrainConfig.model_validate(recorded)
     except ValidationError as error:
@@ -725,6 +732,20 @@ def _load_resumable(last_path: Path, config: TrainConfig, console: Console) -> C
     if saved.out.resolve() != config.out.resolve():
         console.print(f"note: the run was written at {saved.out}; it continues in {config.out}")
     return checkpoint
+
+
+@contextmanager
+def _restoring(resumed: Checkpoint) -> Iterator[None]:
+    """Restoring a run's state from ``last``: an edited or foreign file (no history, an optimizer
+    state of another shape) is one line naming it, not a traceback from torch."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as error:
+        first = str(error).splitlines()[0] if str(error) else "invalid value"
+        raise OctlensError(
+            f"{resumed.path}: not a checkpoint this run can resume from ({type(error).__name__}: "
+            f"{first}); start a new run with another --out"
+        ) from None
 
 
 def _check_same_data(resumed: Checkpoint, config: TrainConfig, fingerprint: str) -> None:
