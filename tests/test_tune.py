@@ -152,6 +152,8 @@ def test_storage_urls_are_checked_and_never_show_a_password(tiny_data, tmp_path,
         tune(_base(tiny_data, tmp_path / "b"), tmp_path / "s", trials=1, storage=url)
     assert "hunter2" not in str(error.value) and "\n" not in str(error.value)
     assert junk.read_text() == "not a database\n" * 100
+    if "is not a database octlens" in str(error.value):  # refused before anything is made
+        assert not (tmp_path / "s").exists()
 
 
 def _journal_with_two_trials(out) -> bytes:

@@ -76,8 +76,8 @@ def database_url(url: str) -> str:
     if scheme not in DATABASES:
         raise OctlensError(
             f"--storage {redacted(url)}: '{scheme}' is not a database octlens keeps a study in; "
-            f"give {', '.join(f'{name}://...' for name in DATABASES)}, or leave --storage out "
-            "for the journal file in --out"
+            "give sqlite:///FILE, postgresql://... or mysql://... (with an optional +driver), "
+            "or leave --storage out for the journal file in --out"
         )
     return url
 

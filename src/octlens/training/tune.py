@@ -122,6 +122,8 @@ def tune(
             "octlens tune does not run under torchrun: start one `octlens tune` per GPU "
             "(CUDA_VISIBLE_DEVICES=K) on the same --out or --storage, and they share the study"
         )
+    if storage is not None:
+        database_url(storage)  # a URL octlens refuses is refused before any folder is made
     index = scan(base.data)  # unreadable data fails here, not once per trial
     models = list(dict.fromkeys(models))
     if len(models) == 1:  # one model is not searched: it is the model of every trial
