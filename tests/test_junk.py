@@ -176,7 +176,7 @@ def test_settings_out_of_bounds_are_one_line_before_the_run_starts(
 def test_bounds_in_the_config_itself(tiny_data, tmp_path):
     base = {"data": tiny_data, "out": tmp_path}
     assert TrainConfig(**base, seed=MAX_SEED).seed == MAX_SEED
-    for bad in ({"seed": -1}, {"seed": MAX_SEED + 1}, {"num_workers": 100_000}):
+    for bad in ({"seed": -1}, {"seed": MAX_SEED + 1}, {"seed": 1e23}, {"num_workers": 100_000}):
         with pytest.raises(ValidationError):
             TrainConfig(**base, **bad)
     with pytest.raises(ValidationError, match="lr x weight decay must stay below 1"):

@@ -6,9 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import warnings
+from pathlib import Path
 
 import optuna
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FixedTrial, TrialState
 
@@ -251,3 +256,27 @@ def test_a_password_is_never_shown_whatever_its_characters(url, shown, secret):
     assert redacted(url) == shown
     if secret is not None:  # a driver's message that repeats it is scrubbed too
         assert secret not in _scrubbed(f"the server said: password {secret} is wrong", url)
+
+
+@settings(max_examples=40, deadline=None)
+@given(junk=st.binary(max_size=60), position=st.integers(0, 20), whole_line=st.booleans())
+def test_any_junk_in_a_journal_is_repaired_or_one_line(junk, position, whole_line):
+    """Bytes written anywhere in a journal, as a whole line or as its unfinished end: joining the
+    study works or is one OctlensError, never another exception."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "study"
+        lines = _journal_with_two_trials(out).split(b"\n")[:-1]
+        if whole_line:
+            lines.insert(min(position, len(lines)), junk.replace(b"\n", b" "))
+            data = b"\n".join(lines) + b"\n"
+        else:
+            data = b"\n".join(lines) + b"\n" + junk.replace(b"\n", b"")
+        (out / JOURNAL).write_bytes(data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                study = open_study(out, None, "median")
+            except OctlensError as error:
+                assert "\n" not in str(error)
+                return
+        assert len(study.trials) == 2
