@@ -217,12 +217,14 @@ def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_torchrun_two_processes_train_one_run_as_one_process_does(tiny_data, tmp_path):
     run = tmp_path / "ddp"
     args = ["--data", str(tiny_data), "--out", str(run), *VIT, *COMMON, "--seed", "3"]
-    first = _torchrun(*args, "--epochs", "1", cwd=tmp_path)
+    first = _torchrun(*args, "--epochs", "2", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.count("2 processes (gloo): global batch 8, 4 per process") == 1
+    assert first.stdout.count("best epoch") == 1  # rank 0 reports, once
+    # a finished run resumed has nothing left to do (a killed one goes on: the test below)
     resumed = _torchrun(*args, "--epochs", "2", "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert resumed.stdout.count("best epoch") == 1  # rank 0 reports, once
+    assert resumed.stdout.count("best epoch") == 1
 
     single = train(
         TrainConfig(
@@ -298,10 +300,17 @@ def test_a_killed_rank_ends_the_job_with_one_line_and_a_resumable_last(tiny_data
 
     saved = load_checkpoint(run / "last.safetensors").meta["history"]
     assert len(saved) >= 1
-    # the DDP run goes on in a single process, from its last epoch
-    config = TrainConfig.model_validate(
-        {**json.loads((run / "config.json").read_text()), "epochs": len(saved) + 1}
-    )
-    result = train(config, resume=True, verbose=False)
-    assert len(result.history) == len(saved) + 1
-    assert result.history[: len(saved)] == saved
+    # the DDP run goes on in a single process, from its last epoch (stopped after one more)
+    config = TrainConfig.model_validate(json.loads((run / "config.json").read_text()))
+
+    class Stop(Exception):
+        pass
+
+    def stop(row):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(config, resume=True, verbose=False, on_epoch=stop)
+    history = load_checkpoint(run / "last.safetensors").meta["history"]
+    assert len(history) == len(saved) + 1
+    assert history[: len(saved)] == saved

@@ -188,8 +188,10 @@ def test_warmup_then_cosine():
 
 
 def test_a_diverged_run_stops_with_an_error_and_writes_no_nan_checkpoint(tiny_data, tmp_path):
-    config = _config(tiny_data, tmp_path / "diverged", lr=1e12, epochs=3)
-    with pytest.raises(OctlensError, match=r"training diverged in epoch \d .*lower --lr") as error:
+    config = _config(tiny_data, tmp_path / "diverged", lr=1e12, weight_decay=0, epochs=3)
+    with pytest.raises(
+        OctlensError, match=r"training diverged in epoch \d .*lower --lr .* or --weight-decay"
+    ) as error:
         train(config, verbose=False)
     assert "\n" not in str(error.value)
     last = config.out / "last.safetensors"
@@ -243,33 +245,49 @@ def test_an_out_that_is_a_file_or_unwritable_fails_before_training(
         train(_config(tiny_data, tmp_path / "locked"), verbose=False)
 
 
+class _Stop(Exception):
+    pass
+
+
+def _stopped(config: TrainConfig, after: int, resume: bool = False) -> TrainConfig:
+    """``config``'s run, stopped once epoch ``after`` is saved (as a kill would stop it)."""
+
+    def stop(row):
+        if row["epoch"] == after:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(config, resume=resume, verbose=False, on_epoch=stop)
+    return config
+
+
 def test_resume_accepts_another_spelling_of_the_path_and_a_moved_run(tiny_data, tmp_path):
-    config = _config(tiny_data, tmp_path / "run", epochs=1)
-    train(config, verbose=False)
+    config = _stopped(_config(tiny_data, tmp_path / "run", epochs=4), after=1)
     other_spelling = _config(
         tiny_data.parent / ".." / tiny_data.parent.name / "data",
         Path(os.path.relpath(tmp_path / "run")),
-        epochs=2,
+        epochs=4,
     )
-    assert train(other_spelling, resume=True, verbose=False).history[-1]["epoch"] == 2
+    _stopped(other_spelling, after=2, resume=True)
+    assert load_checkpoint(config.out / "last.safetensors").meta["epoch"] == 2
     moved = (tmp_path / "run").rename(tmp_path / "moved")
     data_copy = tmp_path / "data-copy"
     subprocess.run(["cp", "-a", str(tiny_data), str(data_copy)], check=True)
-    result = train(_config(data_copy, moved, epochs=3), resume=True, verbose=False)
-    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    _stopped(_config(data_copy, moved, epochs=4), after=3, resume=True)
+    assert load_checkpoint(moved / "last.safetensors").meta["epoch"] == 3
     (data_copy / "train" / "CNV" / sorted(os.listdir(data_copy / "train" / "CNV"))[0]).unlink()
     with pytest.raises(OctlensError, match="training split has changed since this run was"):
         train(_config(data_copy, moved, epochs=4), resume=True, verbose=False)
     # the original folder holds the same scans as the copy did: it may take the run on
-    assert train(_config(tiny_data, moved, epochs=4), resume=True, verbose=False).best_epoch
+    result = train(_config(tiny_data, moved, epochs=4), resume=True, verbose=False)
+    assert [row["epoch"] for row in result.history] == [1, 2, 3, 4]
 
 
 def test_temporaries_of_a_killed_checkpoint_write_are_removed(tiny_data, tmp_path, capsys):
-    config = _config(tiny_data, tmp_path / "run", epochs=1)
-    train(config, verbose=False)
+    config = _stopped(_config(tiny_data, tmp_path / "run", epochs=2), after=1)
     for name in (".last.safetensors.octlens-tmp", ".last.safetensors.tmp"):
         (config.out / name).write_bytes(b"\x00" * 1024)
-    train(_config(tiny_data, config.out, epochs=2), resume=True, verbose=True)
+    train(config, resume=True, verbose=True)
     assert not [p.name for p in config.out.iterdir() if p.name.startswith(".")]
     assert "left by an interrupted checkpoint write" in capsys.readouterr().out
 

@@ -62,11 +62,27 @@ def write_json(path: Path, value: Any) -> None:
 def read_json(path: Path) -> Any:
     """Parse a JSON file written by octlens; a missing, truncated or edited file is one line."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise OctlensError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError) as error:
         raise OctlensError(f"{path}: not a readable JSON file ({error})") from None
+    return parse_json(text, str(path))
+
+
+def parse_json(text: str | bytes, where: str) -> Any:
+    """``text`` as JSON; broken JSON is a one-line error naming ``where``.
+
+    Arrays or objects nested thousands deep exhaust Python's recursion limit inside the parser
+    (a ``RecursionError``, not a ``JSONDecodeError``): no octlens file nests so deep, so such a
+    file is refused like any other that is not octlens's JSON.
+    """
+    try:
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise OctlensError(f"{where}: not a readable JSON file ({error})") from None
+    except RecursionError:
+        raise OctlensError(f"{where}: not a readable JSON file (nested too deep)") from None
 
 
 def read_model(model: type[ModelT], path: Path, what: str, remedy: str) -> ModelT:

@@ -29,6 +29,7 @@ from octlens.audit.shortcut import (
     edge_regions,
 )
 from octlens.errors import OctlensError
+from octlens.evaluate import invalid_metrics, invalid_note
 from octlens.explain import EXPLAINERS, Explainer, check_methods, default_methods
 from octlens.files import read_json
 from octlens.models import is_vit
@@ -218,9 +219,13 @@ def run_summary(run: Run) -> dict[str, object]:
         if not isinstance(values, dict):
             values, summary["test_error"] = {}, f"{metrics}: not a JSON object"
         if "test_error" not in summary:
+            invalid = invalid_metrics(values)
             summary["test"] = {
-                key: _number(values.get(key)) for key in ("n", "accuracy", "macro_auc")
+                key: None if key in invalid else _number(values.get(key))
+                for key in ("n", "accuracy", "macro_auc")
             }
+            if invalid:
+                summary["test_note"] = f"{metrics}: {invalid_note(invalid)}"
     for audit_json in sorted((run.folder / "audit").glob("*/audit.json")):
         try:
             result = AuditResult.load(audit_json)

@@ -8,7 +8,8 @@ not), the confusion matrix, and the expected calibration error.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -116,3 +117,52 @@ def calibration_bins(
             }
         )
     return float(ece), bins
+
+
+# The per-class fields that are shares (from 0 to 1); ``support`` is a count.
+_CLASS_SHARES = ("sensitivity", "specificity", "precision", "f1", "auc")
+_URGENT_SHARES = ("sensitivity", "specificity", "auc")
+
+
+def invalid_metrics(metrics: Mapping[str, Any]) -> dict[str, str]:
+    """Each stored metric no evaluation can give, by its dotted path, with the value found.
+
+    ``metrics.json`` is a file anyone can edit, and Python's JSON parser reads ``NaN`` and
+    ``Infinity``: a reader shows the values named here as invalid, never as numbers. A share
+    (accuracy, AUCs, sensitivities, ECE, ...) must be a finite number from 0 to 1 and a count
+    (``n``, ``support``) a whole number from 0; ``None`` is a metric that is undefined (an AUC
+    of a class with no scans) and is valid. E.g. ``{"accuracy": "nan", "ece": "-0.1"}``.
+    """
+    shares: dict[str, object] = {
+        name: metrics.get(name) for name in ("accuracy", "macro_auc", "ece")
+    }
+    counts: dict[str, object] = {"n": metrics.get("n")}
+    urgent = metrics.get("urgent_referral")
+    if isinstance(urgent, Mapping):
+        shares |= {f"urgent_referral.{name}": urgent.get(name) for name in _URGENT_SHARES}
+    per_class = metrics.get("per_class")
+    for label, values in per_class.items() if isinstance(per_class, Mapping) else ():
+        if isinstance(values, Mapping):
+            shares |= {f"per_class.{label}.{name}": values.get(name) for name in _CLASS_SHARES}
+            counts[f"per_class.{label}.support"] = values.get("support")
+    invalid = {path: value for path, value in shares.items() if not _valid(value, share=True)}
+    invalid |= {path: value for path, value in counts.items() if not _valid(value, share=False)}
+    return {path: str(value)[:40] for path, value in invalid.items()}
+
+
+def _valid(value: object, share: bool) -> bool:
+    """None, or a finite number (a share from 0 to 1, a count whole and from 0)."""
+    if value is None:
+        return True
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return False
+    return 0 <= value <= 1 if share else value >= 0 and float(value).is_integer()
+
+
+def invalid_note(invalid: Mapping[str, str]) -> str:
+    """The sentence a reader shows beside metrics it found invalid (see :func:`invalid_metrics`)."""
+    found = ", ".join(f"{path} {value}" for path, value in invalid.items())
+    return (
+        "invalid values, not shown as numbers (no evaluation gives them: the file was edited or "
+        f"damaged; run 'octlens evaluate' again): {found}"
+    )

@@ -9,6 +9,7 @@ ViT of any size can be built from scratch; ``stem=conv`` gives a ViT a convoluti
 
 from __future__ import annotations
 
+import copy
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from urllib.parse import urlparse
 
 import huggingface_hub
 import timm
+import torch
 from torch import nn
 
 from octlens.errors import OctlensError
@@ -97,15 +99,10 @@ def create_model(
         model = timm.create_model(
             timm_name, pretrained=from_hub, num_classes=num_classes, in_chans=in_chans, **kwargs
         )
-    except (TypeError, ValueError, AssertionError, RuntimeError, ZeroDivisionError) as error:
+    except _BAD_SETTING as error:
         # timm checks its arguments with asserts and arithmetic: say which setting is wrong
-        settings = ", ".join(
-            f"{key}={value}"
-            for key, value in {**model_kwargs, **kwargs}.items()
-            if key != "embed_layer"
-        )
         raise OctlensError(
-            f"model '{name}' cannot be built with {settings or 'these settings'} "
+            f"model '{name}' cannot be built with {_settings(model_kwargs, kwargs)} "
             f"({type(error).__name__}: {error or 'invalid value'})"
         ) from None
     except Exception as error:
@@ -116,9 +113,49 @@ def create_model(
             f": {str(error).splitlines()[0] if str(error) else 'no details'}); offline, pass a "
             "local weights file instead"
         ) from None
+    if model_kwargs:
+        try:
+            _probe(model, in_chans, _probe_size(kwargs, img_size))
+        except _BAD_SETTING as error:
+            raise OctlensError(
+                f"model '{name}' cannot run with {_settings(model_kwargs, kwargs)} "
+                f"({type(error).__name__}: {str(error).splitlines()[0] or 'invalid value'})"
+            ) from None
     if pretrained is not None and not from_hub:
         load_pretrained_file(model, pretrained)
     return model
+
+
+# What timm and torch raise for a setting they cannot use, when building or running a model.
+_BAD_SETTING = (TypeError, ValueError, AssertionError, RuntimeError, ZeroDivisionError, IndexError)
+
+
+def _settings(model_kwargs: dict[str, Any], kwargs: dict[str, Any]) -> str:
+    """``key=value, ...`` of the settings a model was built with, for an error message."""
+    settings = ", ".join(
+        f"{key}={value}"
+        for key, value in {**model_kwargs, **kwargs}.items()
+        if key != "embed_layer"
+    )
+    return settings or "these settings"
+
+
+def _probe_size(kwargs: dict[str, Any], img_size: int | None) -> int:
+    """The input size a probe uses: the one the model is built for (timm's 224 if none)."""
+    size = kwargs.get("img_size", img_size)
+    return size if isinstance(size, int) else 224
+
+
+def _probe(model: nn.Module, in_chans: int, size: int) -> None:
+    """Pass two blank images through a copy of ``model`` in training mode.
+
+    timm takes some keyword arguments it cannot use (``drop_rate=5``, ``drop_path_rate=5``)
+    and fails only at the first forward pass: probing here makes them fail before a run folder
+    is touched. The copy and the restored random state leave the model and every seeded stream
+    as they were.
+    """
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        copy.deepcopy(model).train()(torch.zeros(2, in_chans, size, size))
 
 
 def _require_hub(timm_name: str) -> None:

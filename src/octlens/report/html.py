@@ -16,7 +16,7 @@ from octlens.audit.result import AuditResult
 from octlens.data.images import UnreadableImageError, load_grayscale
 from octlens.data.index import DatasetIndex, DataWarning, scan
 from octlens.errors import OctlensError, require_positive
-from octlens.evaluate import evaluate_run
+from octlens.evaluate import evaluate_run, invalid_metrics, invalid_note
 from octlens.explain import default_methods
 from octlens.files import read_json, write_text
 from octlens.models import is_vit, vit_parts
@@ -111,11 +111,18 @@ def write_report(
 
 def training_data(runs: Sequence[str | Path]) -> Path | None:
     """The dataset the runs were trained on, if they share one and it is still there."""
-    roots = {Path(Run.load(run).checkpoint.meta["config"]["data"]) for run in runs}
-    if len(roots) != 1:
+    roots = {_recorded_data(Run.load(run).checkpoint.meta) for run in runs}
+    if len(roots) != 1 or None in roots:
         return None
     (root,) = roots
-    return root if root.exists() else None
+    return root if root is not None and root.exists() else None
+
+
+def _recorded_data(meta: dict[str, Any]) -> Path | None:
+    """The data folder a checkpoint records, or None when an edited file records none."""
+    config = meta.get("config")
+    data = config.get("data") if isinstance(config, dict) else None
+    return Path(data) if isinstance(data, str) and data else None
 
 
 def _matching(
@@ -197,25 +204,36 @@ def _evaluation(run: Run, index: DatasetIndex | None, split: str, scratch: Path)
 
 
 def _metrics_table(metrics: dict) -> str:
+    """A stored evaluation; a value no evaluation gives (NaN, a negative ECE) reads "invalid",
+    with a note that names it, never as a number."""
+    invalid = invalid_metrics(metrics)
+
+    def cell(path: str, value: object, show: Callable[[object], str] = number) -> str:
+        return "<td>invalid</td>" if path in invalid else f"<td>{show(value)}</td>"
+
     urgent = metrics.get("urgent_referral") or {}
     rows = [
-        ("accuracy", metrics["accuracy"]),
-        ("macro AUC", metrics["macro_auc"]),
-        ("urgent sensitivity", urgent.get("sensitivity")),
-        ("urgent specificity", urgent.get("specificity")),
-        ("ECE", metrics["ece"]),
+        ("accuracy", "accuracy", metrics["accuracy"]),
+        ("macro AUC", "macro_auc", metrics["macro_auc"]),
+        ("urgent sensitivity", "urgent_referral.sensitivity", urgent.get("sensitivity")),
+        ("urgent specificity", "urgent_referral.specificity", urgent.get("specificity")),
+        ("ECE", "ece", metrics["ece"]),
     ]
-    summary = "".join(f"<tr><th>{k}</th><td>{number(v)}</td></tr>" for k, v in rows)
+    summary = "".join(f"<tr><th>{k}</th>{cell(path, v)}</tr>" for k, path, v in rows)
     per_class = "".join(
-        f"<tr><th>{html.escape(name)}</th><td>{number(m['sensitivity'])}</td>"
-        f"<td>{number(m['specificity'])}</td><td>{number(m['auc'])}</td><td>{text(m['support'])}</td>"
-        "</tr>"
+        f"<tr><th>{html.escape(name)}</th>"
+        + "".join(
+            cell(f"per_class.{name}.{k}", m[k]) for k in ("sensitivity", "specificity", "auc")
+        )
+        + f"{cell(f'per_class.{name}.support', m['support'], text)}</tr>"
         for name, m in metrics["per_class"].items()
     )
+    n = "invalid" if "n" in invalid else text(metrics["n"])
+    note = f"<p><b>{text(invalid_note(invalid))}</b></p>" if invalid else ""
     return (
-        f"<h3>{text(metrics['split'])} split, {text(metrics['n'])} scans</h3>"
+        f"<h3>{text(metrics['split'])} split, {n} scans</h3>"
         f"<p>data: {text(metrics.get('data', '?'))}, precision "
-        f"{text(metrics.get('precision', '?'))}{_unreadable(metrics)}</p>"
+        f"{text(metrics.get('precision', '?'))}{_unreadable(metrics)}</p>{note}"
         f"<table>{summary}</table><table><tr><th>class</th><th>sensitivity</th>"
         f"<th>specificity</th><th>AUC</th><th>n</th></tr>{per_class}</table>"
     )

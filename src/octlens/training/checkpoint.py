@@ -10,6 +10,8 @@ unpickled.
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -161,8 +163,26 @@ def save_checkpoint(
             "optimizer": {"scalars": scalars, "param_groups": saved["param_groups"]},
         }
     text = json.dumps(meta, default=str)
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={_META_KEY: text}))
+    atomic_write(path, lambda tmp: _save_file(tensors, tmp, {_META_KEY: text}))
     write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, default=str))
+
+
+def _save_file(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
+    """safetensors' ``save_file``, its I/O failures raised as the ``OSError`` they are.
+
+    safetensors writes in Rust and reports a full disk or a file-size limit (``ulimit -f``) as
+    ``SafetensorError: Error while serializing: I/O error: File too large (os error 27)``;
+    :func:`~octlens.files.atomic_write` turns an ``OSError`` into one line and keeps the old file.
+    """
+    try:
+        save_file(tensors, path, metadata=metadata)
+    except SafetensorError as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        code = re.search(r"os error (\d+)|code: (\d+)", message)  # newer and older safetensors
+        if code is None:
+            raise OSError(0, message) from None
+        number = int(code.group(1) or code.group(2))
+        raise OSError(number, os.strerror(number)) from None
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -180,7 +200,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise OctlensError(f"{path}: not a safetensors checkpoint ({error})") from None
     try:
         meta = json.loads(header[_META_KEY])
-    except (KeyError, json.JSONDecodeError):
+    except (KeyError, json.JSONDecodeError, RecursionError):  # RecursionError: nested too deep
         raise OctlensError(f"{path}: a safetensors file, but not an octlens checkpoint") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise OctlensError(f"{path}: a safetensors file, but not an octlens checkpoint")

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Balance = Literal["none", "loss", "sampler"]
 Freeze = Literal["none", "backbone"]
+
+
+#: The largest seed: numpy's generators take seeds of 32 bits, and every epoch's seed
+#: (``seed * 1_000_003 + epoch``) must stay within torch's 64.
+MAX_SEED = 2**32 - 1
+#: Data-loading processes per CPU core at most: more only queue for the same cores, and each
+#: holds its own copy of torch in memory (``--workers 100000`` would start that many).
+WORKERS_PER_CORE = 4
+
+
+def max_workers() -> int:
+    """The most data-loading processes this machine is given, by its CPU count."""
+    return WORKERS_PER_CORE * (os.cpu_count() or 1)
 
 
 class TrainConfig(BaseModel):
@@ -82,9 +96,37 @@ class TrainConfig(BaseModel):
 
     precision: Precision = Field("auto", description="auto, fp32, bf16 or fp16")
     device: str | None = Field(None, description="cpu, cuda, cuda:1 (default: the best there is)")
-    num_workers: int | None = Field(None, ge=0, description="data-loading processes")
-    seed: int = Field(0, description="seeds the model, the splits and every epoch")
+    num_workers: int | None = Field(
+        None, ge=0, description=f"data-loading processes (at most {WORKERS_PER_CORE} per CPU core)"
+    )
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="seeds the model, the splits and every epoch"
+    )
     strict: bool = Field(False, description="unreadable images are errors")
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers_this_machine_can_hold(cls, value: int | None) -> int | None:
+        if value is not None and value > max_workers():
+            raise ValueError(
+                f"{value} processes, at most {max_workers()} on this machine "
+                f"({WORKERS_PER_CORE} per CPU core)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _weights_keep_their_sign(self) -> TrainConfig:
+        """AdamW multiplies every decayed weight by ``1 - lr x weight_decay`` at each step: at 1
+        or more the weights are zeroed or flip sign each step, and the run diverges or learns
+        nothing, whatever the data; the settings are refused before an epoch is spent."""
+        if self.lr * self.weight_decay >= 1:
+            raise ValueError(
+                f"--weight-decay {self.weight_decay:g} with --lr {self.lr:g}: AdamW multiplies "
+                f"every weight by 1 - lr x weight decay = {1 - self.lr * self.weight_decay:.3g} "
+                "at each step; lr x weight decay must stay below 1 (a weight decay of 0.01-0.3 "
+                "is usual)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_start(self) -> TrainConfig:

@@ -14,13 +14,15 @@ import random
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import distributed as dist
@@ -40,7 +42,12 @@ from octlens.data.index import SINGLE_SPLIT, DatasetIndex, DataWarning, Sample, 
 from octlens.data.splits import find_leakage, split_by_patient, write_carved
 from octlens.data.transforms import Normalization, eval_transform, train_transform
 from octlens.errors import Interrupted, OctlensError
-from octlens.files import remove_stale_temps, require_writable_folder, write_text
+from octlens.files import (
+    first_problem,
+    remove_stale_temps,
+    require_writable_folder,
+    write_text,
+)
 from octlens.models import create_model, is_vit
 from octlens.runtime import PrecisionPlan, resolve_device, resolve_precision
 from octlens.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -67,7 +74,8 @@ from octlens.training.inference import predict_logits, prepare_input
 
 # Settings that may differ between a run and its resumption; any other change is a new run.
 # ``out`` and ``data`` are compared as places (a moved run, the same data by another path).
-_RESUMABLE_CHANGES = {"epochs", "patience", "num_workers", "device", "out", "data"}
+# ``epochs`` is not one: the learning-rate schedule spans the epochs the run started with.
+_RESUMABLE_CHANGES = {"patience", "num_workers", "device", "out", "data"}
 
 
 class NonFiniteLoss(ArithmeticError):
@@ -163,7 +171,8 @@ def _train(
         **config.model_kwargs,
     )
     if resumed:
-        model.load_state_dict(resumed.model_state())
+        with _restoring(resumed):
+            model.load_state_dict(resumed.model_state())
         started_from = resumed.meta.get("fine_tuning", {}).get("init")
     elif init:
         started_from = init.load_into(model, index.classes)
@@ -231,10 +240,11 @@ def _train(
 
     history: list[dict[str, Any]] = []
     if resumed:
-        history = resumed.meta["history"]
-        optimizer.load_state_dict(resumed.optimizer_state())
-        scheduler.load_state_dict(resumed.meta["training_state"]["scheduler"])
-        scaler.load_state_dict(resumed.meta["training_state"]["scaler"])
+        with _restoring(resumed):
+            history = list(resumed.meta["history"])
+            optimizer.load_state_dict(resumed.optimizer_state())
+            scheduler.load_state_dict(resumed.meta["training_state"]["scheduler"])
+            scaler.load_state_dict(resumed.meta["training_state"]["scaler"])
         console.print(f"resuming {out} after epoch {len(history)}")
 
     console.print(
@@ -351,7 +361,7 @@ def _train(
     except NonFiniteLoss as error:
         raise OctlensError(
             f"{out}: training diverged in epoch {epoch} ({error}); {_saved(history)}; "
-            f"try a lower --lr (now {config.lr:g})"
+            + _step_settings(config)
         ) from None
     best_epoch = min(history, key=lambda r: r["val_loss"])["epoch"]
     return TrainResult(
@@ -362,6 +372,22 @@ def _train(
         precision=precision.name,
         main_process=group.is_main,
     )
+
+
+def _step_settings(config: TrainConfig) -> str:
+    """What to lower after a divergence: the settings that size each step, with their values.
+
+    AdamW moves each weight by about ``lr`` (the normalized gradient) and takes ``lr x
+    weight_decay`` of it (the decay); with a weight decay above 1 (usual values are 0.01-0.3)
+    the decay is the likelier cause, so it is named first.
+    """
+    rate = f"--lr (now {config.lr:g})"
+    decay = (
+        f"--weight-decay (now {config.weight_decay:g}: each step removes a share "
+        f"{config.lr * config.weight_decay:.2g} of every weight)"
+    )
+    first, then = (decay, rate) if config.weight_decay > 1 else (rate, decay)
+    return f"try a lower {first} or {then}"
 
 
 def _distributed(model: nn.Module, device: torch.device) -> nn.Module:
@@ -672,12 +698,32 @@ def _load_resumable(last_path: Path, config: TrainConfig, console: Console) -> C
     if not last_path.exists():
         raise OctlensError(f"{last_path}: no checkpoint to resume from")
     checkpoint = load_checkpoint(last_path)
-    saved = TrainConfig.model_validate(checkpoint.meta["config"])
+    # The workers are this machine's choice (and bounded by its cores), not the run's.
+    settings = checkpoint.meta.get("config")
+    recorded = {
+        **(settings if isinstance(settings, dict) else {}),
+        "num_workers": config.num_workers,
+    }
+    try:
+        saved = TrainConfig.model_validate(recorded)
+    except ValidationError as error:
+        raise OctlensError(
+            f"{last_path}: its recorded settings are not valid ({first_problem(error)}); start "
+            "a new run with another --out"
+        ) from None
     changed = [
         name
         for name in TrainConfig.model_fields
         if name not in _RESUMABLE_CHANGES and getattr(saved, name) != getattr(config, name)
     ]
+    if changed == ["epochs"]:
+        raise OctlensError(
+            f"{last_path}: cannot resume with --epochs {config.epochs}: the run started with "
+            f"--epochs {saved.epochs}, and its learning-rate schedule (warm-up, then cosine "
+            f"decay to 0 at epoch {saved.epochs}) spans them; resume with --epochs "
+            f"{saved.epochs}, or train on from these weights in a new run (--init {last_path} "
+            "--out NEW)"
+        )
     if changed:
         raise OctlensError(
             f"{last_path}: cannot resume with different settings ({', '.join(changed)}); "
@@ -686,6 +732,20 @@ def _load_resumable(last_path: Path, config: TrainConfig, console: Console) -> C
     if saved.out.resolve() != config.out.resolve():
         console.print(f"note: the run was written at {saved.out}; it continues in {config.out}")
     return checkpoint
+
+
+@contextmanager
+def _restoring(resumed: Checkpoint) -> Iterator[None]:
+    """Restoring a run's state from ``last``: an edited or foreign file (no history, an optimizer
+    state of another shape) is one line naming it, not a traceback from torch."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as error:
+        first = str(error).splitlines()[0] if str(error) else "invalid value"
+        raise OctlensError(
+            f"{resumed.path}: not a checkpoint this run can resume from ({type(error).__name__}: "
+            f"{first}); start a new run with another --out"
+        ) from None
 
 
 def _check_same_data(resumed: Checkpoint, config: TrainConfig, fingerprint: str) -> None:

@@ -29,13 +29,13 @@ import os
 import socket
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, cast
 
 import optuna
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 from rich.console import Console
@@ -43,9 +43,11 @@ from rich.console import Console
 from octlens.data.index import scan
 from octlens.errors import Interrupted, OctlensError
 from octlens.files import require_writable_folder, write_text
+from octlens.models import create_model
 from octlens.training.config import TrainConfig
 from octlens.training.distributed import from_environment
 from octlens.training.loop import train
+from octlens.training.storage import database_errors, database_url, journal_storage
 from octlens.viz.pyplot import pyplot as plt
 
 PRUNERS = ("median", "hyperband")
@@ -90,13 +92,8 @@ def open_study(out: Path, storage: str | None, pruner: str, name: str = "octlens
         if pruner == "median"
         else optuna.pruners.HyperbandPruner(min_resource=1)
     )
-    if storage is None:
-        backend: Any = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
-    elif "://" not in storage:
-        raise OctlensError(f"--storage '{storage}': a database URL such as postgresql://...")
-    else:
-        backend = storage
-    try:
+    backend: Any = journal_storage(out / JOURNAL) if storage is None else database_url(storage)
+    with database_errors(storage) if storage is not None else nullcontext():
         return optuna.create_study(
             study_name=name,
             storage=backend,
@@ -104,11 +101,6 @@ def open_study(out: Path, storage: str | None, pruner: str, name: str = "octlens
             pruner=chosen,
             load_if_exists=True,
         )
-    except (ImportError, ModuleNotFoundError) as error:
-        raise OctlensError(
-            f"--storage {storage}: {error.name or error} is not installed (Optuna's database "
-            "storage needs SQLAlchemy and the database driver)"
-        ) from None
 
 
 def tune(
@@ -130,10 +122,17 @@ def tune(
             "octlens tune does not run under torchrun: start one `octlens tune` per GPU "
             "(CUDA_VISIBLE_DEVICES=K) on the same --out or --storage, and they share the study"
         )
-    scan(base.data)  # unreadable data fails here, not once per trial
+    if storage is not None:
+        database_url(storage)  # a URL octlens refuses is refused before any folder is made
+    index = scan(base.data)  # unreadable data fails here, not once per trial
+    models = list(dict.fromkeys(models))
+    if len(models) == 1:  # one model is not searched: it is the model of every trial
+        base = base.model_copy(update={"model": models[0]})
+    check_models(base, models, len(index.classes))
     out = require_writable_folder(Path(out))
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = open_study(out, storage, pruner)
+    database = database_errors(storage) if storage is not None else nullcontext()
 
     def objective(trial: optuna.Trial) -> float:
         config = suggest(trial, base, models).model_copy(
@@ -151,6 +150,9 @@ def tune(
             result = train(config, verbose=False, on_epoch=report)
         except Interrupted as stop:  # Ctrl-C ends the search, it does not fail one trial
             raise KeyboardInterrupt from stop
+        except OctlensError as error:  # the trial fails alone (a divergence); it says why
+            trial.set_user_attr("error", str(error))
+            raise
         return float(result.best["val_loss"])
 
     console = Console(quiet=not verbose, markup=False, highlight=False)
@@ -158,16 +160,17 @@ def tune(
     def said(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         value = "" if trial.value is None else f" val loss {trial.value:.4f}"
         epochs = max(trial.intermediate_values, default=0)
+        error = trial.user_attrs.get("error")
         console.print(
             f"trial {trial.number} {trial.state.name.lower()}{value} after {epochs} epoch(s): "
-            f"{described(trial.params)}",
+            f"{described(trial.params)}" + (f" ({error})" if error else ""),
             soft_wrap=True,
         )
 
     done = (TrialState.COMPLETE, TrialState.PRUNED)
     remaining = trials - sum(t.state in done for t in study.trials)  # a second call goes on
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), database:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if remaining > 0:
                 study.optimize(
@@ -184,6 +187,19 @@ def tune(
         ) from None
     write_results(study, base, out)
     return study
+
+
+def check_models(base: TrainConfig, models: Sequence[str], num_classes: int) -> None:
+    """Build every model the search may draw once, with the settings of every trial: an unknown
+    name or a setting a model cannot take fails here, in one line, not in each trial."""
+    for name in models or [base.model]:
+        create_model(
+            name,
+            num_classes=num_classes,
+            img_size=base.img_size,
+            patch_size=base.patch_size,
+            **base.model_kwargs,
+        )
 
 
 def write_results(study: optuna.Study, base: TrainConfig, out: Path) -> None:

@@ -34,6 +34,7 @@ function runCard(run) {
   } else if (run.test_error) {
     card.append(element("p", run.test_error));
   }
+  if (run.test_note) card.append(element("p", run.test_note, "flagged"));
   if (run.audit) {
     const verdict = run.audit.flagged ? "audit: FLAGGED" : "audit: not flagged";
     card.append(element("p", `${verdict} (${run.audit.split} split, ${run.audit.n_scans} scans)`,
