@@ -157,6 +157,8 @@ def test_no_arguments_prints_help_and_exits_2(monkeypatch, capsys):
         (["audit", "RUN", "--methods", "rollout"], "attention rollout needs a Vision Transformer"),
         (["explain", "RUN", "SCAN", "--methods", ",", "--out", "OUT"], "--methods: name at least"),
         (["explain", "RUN", "SCAN", "--methods", "magic", "--out", "OUT"], "unknown method(s)"),
+        (["explain", "RUN", "SCAN", "--out", "OUT", "--batch-size", "0"], "--batch-size 0: must"),
+        (["explain", "RUN", "SCAN", "--out", "OUT", "--device", "banana"], "--device 'banana'"),
     ],
 )
 def test_bad_options_are_one_line_errors(

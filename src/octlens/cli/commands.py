@@ -269,15 +269,35 @@ def explain(
         ),
     ] = "gradcam",
     precision: str = "auto",
+    device: str | None = None,
+    batch_size: Annotated[
+        int, typer.Option(help="scans decoded, explained and written at a time (bounds memory)")
+    ] = 32,
+    grid_per_class: Annotated[
+        int, typer.Option(help="scans of each predicted class shown in grid.png")
+    ] = 4,
     strict: Annotated[bool, typer.Option(help="unreadable images are errors")] = False,
 ) -> None:
     """Explain a run's predictions on scans: an overlay and a raw map per scan and method."""
     from octlens.report import explain_images
 
     names = parse_methods(methods)
-    maps = explain_images(run, images, names, out, strict=strict, precision=precision)
-    count = len(next(iter(maps.values())))
-    console.print(f"explained {count} scan(s) with {', '.join(maps)} -> {out / 'grid.png'}")
+    result = explain_images(
+        run,
+        images,
+        names,
+        out,
+        strict=strict,
+        precision=precision,
+        device=device,
+        batch_size=batch_size,
+        grid_per_class=grid_per_class,
+    )
+    console.print(
+        f"explained {len(result.scans)} scan(s) with {', '.join(result.methods)} -> {out} "
+        f"(grid.png, explanations.csv)",
+        soft_wrap=True,
+    )
 
 
 @app.command()
