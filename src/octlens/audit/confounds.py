@@ -58,6 +58,7 @@ from octlens.data.dataset import left_out
 from octlens.data.images import UnreadableImageError, load_grayscale
 from octlens.data.index import DatasetIndex, Sample
 from octlens.data.retina import find_retina, scanner_fill
+from octlens.data.splits import warn_without_patients
 from octlens.errors import OctlensError
 from octlens.files import read_model, write_json
 
@@ -234,6 +235,7 @@ def scan_confounds(
     """Score every feature group on the scans of ``splits`` (default: all, pooled)."""
     chosen = list(splits) if splits else sorted(index.splits)
     samples = [sample for split in chosen for sample in index.split(split)]
+    warn_without_patients(index)  # the folds then group nothing: one eye may be on both sides
     features, positions = [], set()
     for position, sample in enumerate(samples):
         try:

@@ -88,34 +88,53 @@ def inspect(
         list[str] | None, typer.Option(help="splits the confound scan pools (default: all)")
     ] = None,
     permutations: Annotated[int, typer.Option(help="label shuffles of the confound scan")] = 999,
+    patients: Annotated[
+        Path | None, typer.Option(help="CSV with columns file,patient: which scans share a patient")
+    ] = None,
+    patient_pattern: Annotated[
+        str | None, typer.Option(help="regex whose group is the patient id in each scan's path")
+    ] = None,
     strict: bool = False,
 ) -> None:
     """Count images per split and class, report patients or files shared between splits, and
     (--confounds) scan the data for labels predictable from things that are not anatomy."""
     from octlens.data.index import scan
-    from octlens.data.splits import find_leakage
+    from octlens.data.patients import PatientSource
+    from octlens.data.splits import find_leakage, has_patients
     from octlens.report.terminal import split_table
 
     if confounds and out is None:
         raise OctlensError("--confounds needs --out DIR for confounds.json and its figure")
-    index = scan(data, strict=strict)
+    source = PatientSource(patients, patient_pattern)
+    index = scan(data, strict=strict, patients=source)
     console.print(split_table(index))
     leaks = find_leakage(index, hashes=hashes)
     for leak in leaks:
         files = f": {', '.join(leak.files)}" if leak.files else ""
         console.print(f"leak: {leak.kind} {leak.key} in {', '.join(leak.splits)}{files}")
-    console.print(f"{len(leaks)} leak(s) between splits" if leaks else "no leakage between splits")
+    console.print(_leakage_summary(len(leaks), has_patients(index), hashes))
     if confounds and out is not None:
         from octlens.audit import confound_scan
         from octlens.report.terminal import confounds_table, contingency_table
 
-        report = confound_scan(data, out, split, permutations=permutations)
+        report = confound_scan(data, out, split, permutations=permutations, patients=source)
         wide = Console(width=max(console.width, 120), markup=False, highlight=False)
         wide.print(confounds_table(report))
         for variable in report.contingency:
             wide.print(contingency_table(report, variable))
         flagged = ", ".join(report.flagged) or "none"
         console.print(f"confounds flagged: {flagged} -> {out / 'confounds.json'}")
+
+
+def _leakage_summary(leaks: int, patients: bool, hashes: bool) -> str:
+    """The last line of the leakage check; without patient ids it claims no more than it saw."""
+    if leaks:
+        return f"{leaks} leak(s) between splits"
+    if patients:
+        return "no leakage between splits"
+    if hashes:
+        return "no identical files between splits; patients not checked (no patient ids)"
+    return "leakage not checked: no scan has a patient id (--hashes finds identical files)"
 
 
 def _train(config: Path | None = None, resume: bool = False, **options: object) -> None:

@@ -20,7 +20,7 @@ import warnings
 import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,6 +35,7 @@ from octlens.data.images import (
     pixel_scale,
     scaled_to_uint8,
 )
+from octlens.data.patients import PatientSource
 from octlens.errors import OctlensError
 
 MASK_FOLDERS = ("masks", "retina")
@@ -135,14 +136,20 @@ class DatasetIndex:
         return candidate if candidate.is_file() else None
 
 
-def scan(root: str | Path, strict: bool = False) -> DatasetIndex:
+def scan(
+    root: str | Path, strict: bool = False, patients: PatientSource | None = None
+) -> DatasetIndex:
     """Index a dataset folder or MedMNIST ``.npz`` file.
 
     Unreadable files are skipped with one :class:`DataWarning` that counts them and names the
-    first few; with ``strict=True`` the first one is an error instead.
+    first few; with ``strict=True`` the first one is an error instead. Patient ids come from
+    ``patients`` (a manifest or a name pattern, :mod:`octlens.data.patients`) when given, else
+    from OCT2017's ``CLASS-PATIENT-N`` file names.
     """
     root = Path(root)
     if root.suffix == ".npz":
+        if patients:
+            raise OctlensError(f"{root}: {patients} needs a dataset folder, not a .npz file")
         return _scan_npz(root)
     if not root.is_dir():
         raise OctlensError(f"{root}: no such dataset folder")
@@ -178,7 +185,30 @@ def scan(root: str | Path, strict: bool = False) -> DatasetIndex:
             samples += [Sample(path, label, patient_id(path)) for path in readable]
         splits[split] = samples
     warn_skipped(skipped)
+    if patients:
+        splits = _with_patients(root, splits, patients)
     return DatasetIndex(root=root, classes=classes, splits=splits, skipped=skipped)
+
+
+def _with_patients(
+    root: Path, splits: dict[str, list[Sample]], patients: PatientSource
+) -> dict[str, list[Sample]]:
+    """``splits`` with the patient ids ``patients`` gives; one warning counts the scans it gives
+    none (each then is a patient of its own)."""
+    samples = [sample for split in splits.values() for sample in split]
+    found = patients.assign(root, [sample.path for sample in samples])
+    missing = [sample.path for sample in samples if sample.path not in found]
+    if missing:
+        warnings.warn(
+            f"{root}: {len(missing)} of {len(samples)} scan(s) have no patient id in {patients} "
+            f"(e.g. {_relative(missing[0], root)}); each counts as a patient of its own",
+            DataWarning,
+            stacklevel=3,
+        )
+    return {
+        split: [replace(s, patient=found.get(s.path, "")) for s in split_samples]
+        for split, split_samples in splits.items()
+    }
 
 
 def _consistent_classes(root: Path, class_folders: dict[str, dict[str, Path]]) -> list[str]:

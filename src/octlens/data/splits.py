@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from octlens.data.index import DatasetIndex, Sample
+from octlens.data.index import DatasetIndex, DataWarning, Sample
 from octlens.errors import OctlensError
 from octlens.files import read_json, write_text
 
@@ -70,8 +71,30 @@ class Leak:
     files: tuple[str, ...] = ()  # duplicates: the identical files, relative to the dataset root
 
 
+def has_patients(index: DatasetIndex) -> bool:
+    """Whether any scan of ``index`` has a patient id."""
+    return any(sample.patient for samples in index.splits.values() for sample in samples)
+
+
+def warn_without_patients(index: DatasetIndex) -> None:
+    """One warning when no scan of a dataset folder has a patient id: its splits, leakage checks
+    and confound folds then go scan by scan, and one eye's near-duplicate B-scans can sit on
+    both sides (a MedMNIST file has no ids to give, and is left alone)."""
+    if index.arrays or has_patients(index):
+        return
+    warnings.warn(
+        f"{index.root}: no scan has a patient id, so scans are split and checked for leakage "
+        "one by one, not by patient (give ids with --patients CSV or --patient-pattern REGEX; "
+        "OCT2017's CLASS-PATIENT-N names have them)",
+        DataWarning,
+        stacklevel=3,
+    )
+
+
 def find_leakage(index: DatasetIndex, hashes: bool = False) -> list[Leak]:
-    """Patients present in several splits, and, with ``hashes=True``, byte-identical files."""
+    """Patients present in several splits, and, with ``hashes=True``, byte-identical files;
+    a dataset folder without patient ids is said in one warning."""
+    warn_without_patients(index)
     leaks = []
     by_patient: dict[str, set[str]] = defaultdict(set)
     for split, samples in index.splits.items():
