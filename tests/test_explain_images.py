@@ -33,7 +33,8 @@ def test_two_scans_with_one_name_in_two_folders_keep_their_own_files(
         shutil.copy(scan, tmp_path / folder / "a.jpeg")
     shutil.copy(first, tmp_path / "x" / "a.png")  # same stem, same folder, other format
     inputs = [tmp_path / "x" / "a.jpeg", tmp_path / "y" / "a.jpeg", tmp_path / "x" / "a.png"]
-    result = explain_images(tiny_resnet_run, inputs, ["gradcam"], tmp_path / "out")
+    again = tmp_path / "x" / ".." / "x" / "a.jpeg"  # one scan given twice is explained once
+    result = explain_images(tiny_resnet_run, [*inputs, again], ["gradcam"], tmp_path / "out")
     assert len(list((tmp_path / "out").rglob("*.npy"))) == 3  # none overwritten
 
     files = [result.map_path(scan, "gradcam") for scan in result.scans]

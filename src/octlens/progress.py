@@ -4,8 +4,8 @@ Every long stage (indexing a folder, synthesis, evaluation, explanations, the au
 scan) reports through :func:`progress_bar`, so each shows the same columns and obeys the same
 rules: bars go to stderr (stdout keeps the results, which may be piped), they are drawn only
 when stderr is a terminal and ``verbose`` is true (tests, logs and the web app see nothing), and
-they vanish when done. Bars opened while one is showing (the audit indexing its data) join the
-same display instead of fighting for the terminal, which rich allows only one live display.
+they vanish when done. A bar opened while another is showing joins the same display instead of
+fighting it for the terminal (rich draws one live display at a time).
 
 Example::
 
@@ -18,7 +18,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 from rich.console import Console
@@ -45,8 +45,8 @@ class Advance:
     """What :func:`progress_bar` yields: call it with the units done; ``describe`` renames the
     bar (the audit names the method and test it is on)."""
 
-    def __init__(self, progress: Progress | None, task: TaskID | None, unit: str) -> None:
-        self._progress, self._task, self._unit = progress, task, unit
+    def __init__(self, progress: Progress | None = None, task: TaskID | None = None) -> None:
+        self._progress, self._task = progress, task
 
     def __call__(self, done: int = 1) -> None:
         if self._progress is not None and self._task is not None:
@@ -57,25 +57,29 @@ class Advance:
             self._progress.update(self._task, description=description)
 
 
+#: A bar that shows nothing: the default of functions that can advance their caller's bar.
+NO_BAR = Advance()
+
+
 @contextlib.contextmanager
 def progress_bar(
     description: str, total: int, unit: str = "scans", verbose: bool = True
 ) -> Iterator[Advance]:
     """A bar of ``total`` ``unit`` with the count done, the time spent and the time left."""
     if not verbose:
-        yield Advance(None, None, unit)
+        yield NO_BAR
         return
     if _active:  # a bar is showing: add this one below it, for as long as it runs
         progress = _active[-1]
         task = progress.add_task(description, total=total, unit=unit)
         try:
-            yield Advance(progress, task, unit)
+            yield Advance(progress, task)
         finally:
             progress.remove_task(task)
         return
     console = progress_console()
     if not console.is_terminal:
-        yield Advance(None, None, unit)
+        yield NO_BAR
         return
     progress = Progress(
         TextColumn("{task.description}"),
@@ -92,15 +96,13 @@ def progress_bar(
         _active.append(progress)
         try:
             task = progress.add_task(description, total=total, unit=unit)
-            yield Advance(progress, task, unit)
+            yield Advance(progress, task)
         finally:
             _active.pop()
 
 
-def counted(
-    items: Iterable[T], advance: Advance, size: Callable[[T], int] = lambda _: 1
-) -> Iterator[T]:
-    """``items`` as they are, advancing the bar by ``size(item)`` after each is consumed."""
+def counted(items: Iterable[T], advance: Advance) -> Iterator[T]:
+    """``items`` as they are, advancing the bar by one after each is dealt with."""
     for item in items:
         yield item
-        advance(size(item))
+        advance()

@@ -24,6 +24,7 @@ def confound_scan(
     permutations: int = PERMUTATIONS,
     seed: int = 0,
     patients: PatientSource | None = None,
+    verbose: bool = True,
 ) -> ConfoundReport:
     """Can the labels of ``data`` (the ``splits`` pooled; default all) be predicted from things
     that are not anatomy? Writes ``out/confounds.json`` and ``out/confounds.png``. The folds
@@ -36,9 +37,8 @@ def confound_scan(
     """
     require_positive(permutations=permutations)
     out = require_writable_folder(Path(out))
-    report = scan_confounds(
-        scan(data, patients=patients), splits, permutations=permutations, seed=seed
-    )
+    index = scan(data, patients=patients, verbose=verbose)
+    report = scan_confounds(index, splits, permutations=permutations, seed=seed, verbose=verbose)
     report.save(out / REPORT)
     plot_confounds(report, out / FIGURE)
     return report

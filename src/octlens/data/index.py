@@ -37,6 +37,7 @@ from octlens.data.images import (
 )
 from octlens.data.patients import PatientSource
 from octlens.errors import OctlensError
+from octlens.progress import counted, progress_bar
 
 MASK_FOLDERS = ("masks", "retina")
 SINGLE_SPLIT = "all"
@@ -137,14 +138,18 @@ class DatasetIndex:
 
 
 def scan(
-    root: str | Path, strict: bool = False, patients: PatientSource | None = None
+    root: str | Path,
+    strict: bool = False,
+    patients: PatientSource | None = None,
+    verbose: bool = True,
 ) -> DatasetIndex:
     """Index a dataset folder or MedMNIST ``.npz`` file.
 
     Unreadable files are skipped with one :class:`DataWarning` that counts them and names the
     first few; with ``strict=True`` the first one is an error instead. Patient ids come from
     ``patients`` (a manifest or a name pattern, :mod:`octlens.data.patients`) when given, else
-    from OCT2017's ``CLASS-PATIENT-N`` file names.
+    from OCT2017's ``CLASS-PATIENT-N`` file names. A progress bar counts the files checked
+    (``verbose``, on a terminal).
     """
     root = Path(root)
     if root.suffix == ".npz":
@@ -169,25 +174,37 @@ def scan(
         class_folders[split] = {folder.name: folder for folder in found}
     classes = _consistent_classes(root, class_folders)
 
+    listed = {
+        split: {name: _images(folder) for name, folder in sorted(by_class.items())}
+        for split, by_class in class_folders.items()
+    }
+    total = sum(len(files) for by_class in listed.values() for files in by_class.values())
     splits: dict[str, list[Sample]] = {}
     skipped: list[tuple[Path, str]] = []
-    for split, by_class in class_folders.items():
-        samples = []
-        for name, folder in sorted(by_class.items()):
-            files = sorted(path for path in _entries(folder) if is_image_file(path))
-            if not files:
-                raise OctlensError(f"{folder}: class folder has no images")
-            readable, unreadable = split_readable(files, strict)
-            skipped += unreadable
-            if not readable:
-                raise OctlensError(f"{folder}: class folder has no readable images")
-            label = classes.index(name)
-            samples += [Sample(path, label, patient_id(path)) for path in readable]
-        splits[split] = samples
+    with progress_bar(f"indexing {root.name}", total, "files", verbose) as advance:
+        for split, by_class in listed.items():
+            samples = []
+            for name, files in by_class.items():
+                readable, unreadable = split_readable(counted(files, advance), strict)
+                skipped += unreadable
+                if not readable:
+                    folder = class_folders[split][name]
+                    raise OctlensError(f"{folder}: class folder has no readable images")
+                label = classes.index(name)
+                samples += [Sample(path, label, patient_id(path)) for path in readable]
+            splits[split] = samples
     warn_skipped(skipped)
     if patients:
         splits = _with_patients(root, splits, patients)
     return DatasetIndex(root=root, classes=classes, splits=splits, skipped=skipped)
+
+
+def _images(folder: Path) -> list[Path]:
+    """The image files of a class folder, sorted; none is a one-line error."""
+    files = sorted(path for path in _entries(folder) if is_image_file(path))
+    if not files:
+        raise OctlensError(f"{folder}: class folder has no images")
+    return files
 
 
 def _with_patients(

@@ -131,7 +131,7 @@ def _train(
         if not group.is_main:  # the data's warnings once, from rank 0
             warnings.simplefilter("ignore", DataWarning)
         patients = PatientSource(config.patients, config.patient_pattern)
-        index = scan(config.data, strict=config.strict, patients=patients)
+        index = scan(config.data, config.strict, patients, verbose and group.is_main)
         train_split = _train_split_name(index, config.train_split)
         train_samples, val_samples, carved = _train_val_samples(index, config, train_split)
         _warn_leakage(index, train_split)
