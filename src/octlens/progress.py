@@ -87,8 +87,9 @@ def progress_bar(
         MofNCompleteColumn(),
         TextColumn("{task.fields[unit]}"),
         TimeElapsedColumn(),
-        TextColumn("left"),
+        TextColumn("spent,"),
         TimeRemainingColumn(),
+        TextColumn("left"),
         console=console,
         transient=True,
     )
