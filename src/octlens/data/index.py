@@ -178,6 +178,22 @@ def scan(
         split: {name: _images(folder) for name, folder in sorted(by_class.items())}
         for split, by_class in class_folders.items()
     }
+    splits, skipped = _readable_samples(root, listed, classes, strict, verbose)
+    warn_skipped(skipped)
+    if patients:
+        splits = _with_patients(root, splits, patients)
+    return DatasetIndex(root=root, classes=classes, splits=splits, skipped=skipped)
+
+
+def _readable_samples(
+    root: Path,
+    listed: dict[str, dict[str, list[Path]]],
+    classes: list[str],
+    strict: bool,
+    verbose: bool,
+) -> tuple[dict[str, list[Sample]], list[tuple[Path, str]]]:
+    """The readable files of each split as samples, and the unreadable ones with their reason;
+    a progress bar counts the files (checking 84,000 takes minutes)."""
     total = sum(len(files) for by_class in listed.values() for files in by_class.values())
     splits: dict[str, list[Sample]] = {}
     skipped: list[tuple[Path, str]] = []
@@ -188,15 +204,11 @@ def scan(
                 readable, unreadable = split_readable(counted(files, advance), strict)
                 skipped += unreadable
                 if not readable:
-                    folder = class_folders[split][name]
-                    raise OctlensError(f"{folder}: class folder has no readable images")
+                    raise OctlensError(f"{files[0].parent}: class folder has no readable images")
                 label = classes.index(name)
                 samples += [Sample(path, label, patient_id(path)) for path in readable]
             splits[split] = samples
-    warn_skipped(skipped)
-    if patients:
-        splits = _with_patients(root, splits, patients)
-    return DatasetIndex(root=root, classes=classes, splits=splits, skipped=skipped)
+    return splits, skipped
 
 
 def _images(folder: Path) -> list[Path]:
