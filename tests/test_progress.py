@@ -61,6 +61,16 @@ def test_indexing_a_folder_shows_files_checked(terminal, tiny_data):
     assert f"{files}/{files} files" in _bars(terminal)
 
 
+def test_hashing_for_duplicates_shows_files_hashed(terminal, tiny_data):
+    from octlens.data.index import scan
+    from octlens.data.splits import find_leakage
+
+    index = scan(tiny_data, verbose=False)
+    find_leakage(index, hashes=True)
+    files = sum(len(samples) for samples in index.splits.values())
+    assert re.search(rf"hashing files .*{files}/{files} files", _bars(terminal))
+
+
 def test_synthesis_shows_scans_written(terminal, tmp_path):
     from octlens.data.synth import synthesize
 

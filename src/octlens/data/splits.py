@@ -20,6 +20,7 @@ import numpy as np
 from octlens.data.index import DatasetIndex, DataWarning, Sample
 from octlens.errors import OctlensError
 from octlens.files import read_json, write_text
+from octlens.progress import counted, progress_bar
 
 #: Where a training run records the splits it carved (val, test) from its training split.
 CARVED_RECORD = "splits.json"
@@ -91,9 +92,10 @@ def warn_without_patients(index: DatasetIndex) -> None:
     )
 
 
-def find_leakage(index: DatasetIndex, hashes: bool = False) -> list[Leak]:
-    """Patients present in several splits, and, with ``hashes=True``, byte-identical files;
-    a dataset folder without patient ids is said in one warning."""
+def find_leakage(index: DatasetIndex, hashes: bool = False, verbose: bool = True) -> list[Leak]:
+    """Patients present in several splits, and, with ``hashes=True``, byte-identical files (a
+    progress bar counts the files hashed); a dataset folder without patient ids is said in one
+    warning."""
     warn_without_patients(index)
     leaks = []
     by_patient: dict[str, set[str]] = defaultdict(set)
@@ -107,12 +109,17 @@ def find_leakage(index: DatasetIndex, hashes: bool = False) -> list[Leak]:
         if len(splits) > 1
     ]
     if hashes:
+        stored = [
+            (split, sample)
+            for split, samples in index.splits.items()
+            for sample in samples
+            if sample.index is None
+        ]
         by_digest: dict[str, list[tuple[str, Sample]]] = defaultdict(list)
-        for split, samples in index.splits.items():
-            for sample in samples:
-                if sample.index is None:
-                    digest = hashlib.sha256(sample.path.read_bytes()).hexdigest()
-                    by_digest[digest].append((split, sample))
+        with progress_bar("hashing files", len(stored), "files", verbose) as advance:
+            for split, sample in counted(stored, advance):
+                digest = hashlib.sha256(sample.path.read_bytes()).hexdigest()
+                by_digest[digest].append((split, sample))
         for digest, copies in sorted(by_digest.items()):
             splits = tuple(sorted({split for split, _ in copies}))
             if len(splits) > 1:
