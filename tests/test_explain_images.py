@@ -146,3 +146,21 @@ def test_output_names_are_distinct_relative_and_name_their_scan(entries):
         assert relative.name.startswith(path.stem)
         folders = relative.parent.parts  # the scan's own folders, under the shared one
         assert path.parent.parts[len(path.parent.parts) - len(folders) :] == folders
+
+
+def test_the_explain_command_streams_a_test_set(
+    monkeypatch, capsys, tiny_data, tiny_resnet_run, tmp_path
+):
+    from test_cli import _in_process
+
+    scans = sorted((tiny_data / "test").glob("*/*.jpeg"))  # test/*/*.jpeg
+    out = tmp_path / "out"
+    options = ["--batch-size", "2", "--device", "cpu", "--grid-per-class", "1"]
+    status, printed, err = _in_process(
+        monkeypatch, capsys, "explain", str(tiny_resnet_run), *map(str, scans), "--out", str(out),
+        *options,
+    )  # fmt: skip
+    assert status == 0, err
+    assert f"explained {len(scans)} scan(s) with gradcam" in printed
+    for scan in scans:  # under their class folder, as in the data
+        assert (out / scan.parent.name / f"{scan.stem}_gradcam.npy").is_file()
