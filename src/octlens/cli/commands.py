@@ -88,6 +88,8 @@ def inspect(
         list[str] | None, typer.Option(help="splits the confound scan pools (default: all)")
     ] = None,
     permutations: Annotated[int, typer.Option(help="label shuffles of the confound scan")] = 999,
+    # the help of TrainConfig's fields of these names (octlens.data is not imported here: it
+    # loads torch, and the CLI starts without it)
     patients: Annotated[
         Path | None, typer.Option(help="CSV with columns file,patient: which scans share a patient")
     ] = None,
