@@ -157,6 +157,8 @@ def test_no_arguments_prints_help_and_exits_2(monkeypatch, capsys):
         (["audit", "RUN", "--methods", "rollout"], "attention rollout needs a Vision Transformer"),
         (["explain", "RUN", "SCAN", "--methods", ",", "--out", "OUT"], "--methods: name at least"),
         (["explain", "RUN", "SCAN", "--methods", "magic", "--out", "OUT"], "unknown method(s)"),
+        (["explain", "RUN", "SCAN", "--out", "OUT", "--batch-size", "0"], "--batch-size 0: must"),
+        (["explain", "RUN", "SCAN", "--out", "OUT", "--device", "banana"], "--device 'banana'"),
     ],
 )
 def test_bad_options_are_one_line_errors(
@@ -222,8 +224,10 @@ def test_a_name_with_a_newline_or_markup_stays_on_one_line(tmp_path):
     (data / "B" / "[bold]x.png").write_bytes(b"not an image")
     result = _octlens("inspect", str(data))
     assert result.returncode == 0, result.stderr
-    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warning) == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert all(line.startswith("warning:") for line in lines), result.stderr
+    warning = [line for line in lines if "unreadable" in line]  # and one: no patient ids
+    assert len(warning) == 1 and len(lines) == 2, result.stderr
     assert "bad\\nname.png" in warning[0] and "[bold]x.png" in warning[0]
 
 

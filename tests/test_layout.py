@@ -6,8 +6,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "octlens"
-# Shared by every stage: errors, atomic files, the precision plan, plotting helpers.
-SHARED = {"errors", "files", "runtime", "viz", "__init__"}
+# Shared by every stage: errors, atomic files, the precision plan, progress bars, plotting helpers.
+SHARED = {"errors", "files", "runtime", "progress", "viz", "__init__"}
 ORDER = [
     "data",
     "models",

@@ -10,21 +10,22 @@ from octlens.training import TrainConfig, train
 
 
 def test_explain_images_writes_maps_overlays_and_a_grid(tiny_data, tiny_vit_run, tmp_path):
-    scans = sorted((tiny_data / "test").rglob("*.jpeg"))[:3]
+    scans = sorted((tiny_data / "train" / "CNV").glob("*.jpeg"))[:3]
     junk = tmp_path / "notes.txt"
     junk.write_text("not a scan")
     with pytest.warns(UserWarning, match=r"skipped 1 unreadable file\(s\): .*notes.txt"):
-        maps = explain_images(
+        result = explain_images(
             tiny_vit_run, [*scans, junk], ["gradcam", "rollout", "legrad"], tmp_path / "out"
         )
-    assert set(maps) == {"gradcam", "rollout", "legrad"}
-    for method, method_maps in maps.items():
-        assert method_maps.shape == (3, 32, 32)
-        for scan, raw in zip(scans, method_maps, strict=True):
+    assert result.methods == ["gradcam", "rollout", "legrad"]
+    assert [scan.path for scan in result.scans] == scans  # one folder: flat names, as before
+    for method in result.methods:
+        for scan in scans:
             saved = np.load(tmp_path / "out" / f"{scan.stem}_{method}.npy")
-            np.testing.assert_array_equal(saved, raw)
+            assert saved.shape == (32, 32) and saved.dtype == np.float32
             assert (tmp_path / "out" / f"{scan.stem}_{method}.png").is_file()
     assert (tmp_path / "out" / "grid.png").stat().st_size > 10_000
+    assert len((tmp_path / "out" / "explanations.csv").read_text().splitlines()) == 1 + 3
 
 
 def test_explain_images_errors(tiny_data, tiny_vit_run, tmp_path):

@@ -69,8 +69,8 @@ def run_demo(
     out = Path(out)
     data = out / "data"
     try:
-        _synthesized(data, n_per_class, seed)
-        confound_scan(data, out / CONFOUNDS)
+        _synthesized(data, n_per_class, seed, verbose)
+        confound_scan(data, out / CONFOUNDS, verbose=verbose)
         results = {}
         for name in DEMO_MODELS:
             run_dir = out / name
@@ -78,8 +78,9 @@ def run_demo(
                 name, data, run_dir, seed, {model: out / model for model in DEMO_MODELS}
             )
             result = train(config, resume=(run_dir / "last.safetensors").exists(), verbose=verbose)
-            metrics = evaluate_run(run_dir, data, "test")
-            audit = audit_run(run_dir, data, "test", methods=AUDIT_METHODS[name], **AUDIT)
+            metrics = evaluate_run(run_dir, data, "test", verbose=verbose)
+            methods = AUDIT_METHODS[name]
+            audit = audit_run(run_dir, data, "test", methods=methods, verbose=verbose, **AUDIT)
             results[name] = (metrics, result, audit)
         runs = [out / name for name in DEMO_MODELS]
         write_report(runs, out / "report.html", data=data, confounds=out / CONFOUNDS)
@@ -102,11 +103,11 @@ def demo_config(
     return TrainConfig(data=data, out=out, img_size=IMG_SIZE, seed=seed, **settings)
 
 
-def _synthesized(data: Path, n_per_class: int, seed: int) -> None:
+def _synthesized(data: Path, n_per_class: int, seed: int, verbose: bool = True) -> None:
     """Make the demo's data, or check that the data already there was made with these settings
     (a demo rerun with other settings must not train on the old data)."""
     if not data.exists():
-        synthesize(data, n_per_class, seed=seed)
+        synthesize(data, n_per_class, seed=seed, verbose=verbose)
         return
     record = read_record(data)
     if record is None:

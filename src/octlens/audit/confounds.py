@@ -58,8 +58,10 @@ from octlens.data.dataset import left_out
 from octlens.data.images import UnreadableImageError, load_grayscale
 from octlens.data.index import DatasetIndex, Sample
 from octlens.data.retina import find_retina, scanner_fill
+from octlens.data.splits import warn_without_patients
 from octlens.errors import OctlensError
 from octlens.files import read_model, write_json
+from octlens.progress import counted, progress_bar
 
 FOLDS = 5
 PERMUTATIONS = 999
@@ -230,17 +232,21 @@ def scan_confounds(
     permutations: int = PERMUTATIONS,
     folds: int = FOLDS,
     seed: int = 0,
+    verbose: bool = True,
 ) -> ConfoundReport:
-    """Score every feature group on the scans of ``splits`` (default: all, pooled)."""
+    """Score every feature group on the scans of ``splits`` (default: all, pooled); progress
+    bars count the scans read and the groups tested (``verbose``, on a terminal)."""
     chosen = list(splits) if splits else sorted(index.splits)
     samples = [sample for split in chosen for sample in index.split(split)]
+    warn_without_patients(index)  # the folds then group nothing: one eye may be on both sides
     features, positions = [], set()
-    for position, sample in enumerate(samples):
-        try:
-            features.append(scan_features(index, sample))
-        except UnreadableImageError:
-            continue
-        positions.add(position)
+    with progress_bar("reading scans for confounds", len(samples), verbose=verbose) as advance:
+        for position, sample in enumerate(counted(samples, advance)):
+            try:
+                features.append(scan_features(index, sample))
+            except UnreadableImageError:
+                continue
+            positions.add(position)
     unreadable = [str(sample.path) for sample in left_out(index, samples, positions)]
     readable = [sample for position, sample in enumerate(samples) if position in positions]
     labels = np.array([sample.label for sample in readable])
@@ -266,12 +272,13 @@ def scan_confounds(
         name: _contingency_p(values, labels, shuffles) for name, values in categories.items()
     }
     results = {}
-    for name, matrix in matrices.items():
-        kind = "context" if name in CONTEXT_GROUPS else "confound"
-        table_p = contingency_p.get("format" if name == "file" else name)
-        results[name] = _score_group(
-            matrix, labels, groups, shuffles, folds, chance, kind, table_p, threshold, seed
-        )
+    with progress_bar("testing feature groups", len(matrices), "groups", verbose) as advance:
+        for name, matrix in counted(matrices.items(), advance):
+            kind = "context" if name in CONTEXT_GROUPS else "confound"
+            table_p = contingency_p.get("format" if name == "file" else name)
+            results[name] = _score_group(
+                matrix, labels, groups, shuffles, folds, chance, kind, table_p, threshold, seed
+            )
     return ConfoundReport(
         data=str(index.root),
         splits=chosen,

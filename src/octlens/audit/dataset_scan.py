@@ -9,6 +9,7 @@ from pathlib import Path
 from octlens.audit.confounds import PERMUTATIONS, ConfoundReport, scan_confounds
 from octlens.audit.plots import plot_confounds
 from octlens.data.index import scan
+from octlens.data.patients import PatientSource
 from octlens.errors import require_positive
 from octlens.files import require_writable_folder
 
@@ -22,9 +23,12 @@ def confound_scan(
     splits: Sequence[str] | None = None,
     permutations: int = PERMUTATIONS,
     seed: int = 0,
+    patients: PatientSource | None = None,
+    verbose: bool = True,
 ) -> ConfoundReport:
     """Can the labels of ``data`` (the ``splits`` pooled; default all) be predicted from things
-    that are not anatomy? Writes ``out/confounds.json`` and ``out/confounds.png``.
+    that are not anatomy? Writes ``out/confounds.json`` and ``out/confounds.png``. The folds
+    group scans by patient, the ids coming from ``patients`` when given.
 
     Example::
 
@@ -33,7 +37,8 @@ def confound_scan(
     """
     require_positive(permutations=permutations)
     out = require_writable_folder(Path(out))
-    report = scan_confounds(scan(data), splits, permutations=permutations, seed=seed)
+    index = scan(data, patients=patients, verbose=verbose)
+    report = scan_confounds(index, splits, permutations=permutations, seed=seed, verbose=verbose)
     report.save(out / REPORT)
     plot_confounds(report, out / FIGURE)
     return report

@@ -69,9 +69,12 @@ from octlens.errors import require_positive
 from octlens.explain import EXPLAINERS, check_methods, default_methods
 from octlens.explain.base import scaled_to_unit
 from octlens.files import require_writable_folder
+from octlens.progress import NO_BAR, Advance, counted, progress_bar
 from octlens.runtime import PrecisionPlan, resolve_device, resolve_precision
 from octlens.training.run import Run
 
+#: The tests run on each method's maps, one step of the audit's progress bar each.
+METHOD_TESTS = ("explaining", "deletion/insertion", "average drop", "sanity check")
 #: The regions whose attention share the flag rule weighs against their area share.
 SHARES = ("corners", "off_retina")
 
@@ -105,6 +108,7 @@ def audit_run(
     precision: str = "auto",
     device: str | None = None,
     out: str | Path | None = None,
+    verbose: bool = True,
 ) -> AuditResult:
     """Audit ``run``'s best checkpoint on ``data``/``split``; write ``audit.json`` and figures.
 
@@ -112,6 +116,8 @@ def audit_run(
     warning, and listed under ``unreadable``. Four steps: :func:`prepare_audit` (model, scans,
     masks, predictions), :func:`score_method` for each method, :func:`summarize` into the
     :class:`~octlens.audit.result.AuditResult` that ``audit.json`` holds, and the figures.
+    Progress bars count the scans loaded and the tests run, per method (``verbose``, on a
+    terminal).
 
     Example::
 
@@ -123,13 +129,22 @@ def audit_run(
     )
     names = None if methods is None else check_methods(methods)  # a typo fails before any work
     plan = resolve_precision(precision, resolve_device(device), measuring=True)
-    audit = prepare_audit(Run.load(run), data, split, scans_per_class, steps, batch_size, plan)
+    audit = prepare_audit(
+        Run.load(run), data, split, scans_per_class, steps, batch_size, plan, verbose
+    )
     methods = names or list(default_methods(audit.model))
     out = require_writable_folder(Path(out) if out else audit.run.audit_dir(split))
     n, height, width = audit.batch.retina.shape
-    random_curves = audit.perturbation(random_maps((n, height, width)))
-    scored = {name: score_method(audit, name, sanity_scans) for name in methods}
-    result = summarize(audit, scored, random_curves, worst, counterfactual_evidence(audit))
+    tests = 1 + len(methods) * len(METHOD_TESTS) + 1
+    with progress_bar("auditing", tests, "tests", verbose) as advance:
+        advance.describe("random maps: deletion/insertion")
+        random_curves = audit.perturbation(random_maps((n, height, width)))
+        advance()
+        scored = {name: score_method(audit, name, sanity_scans, advance) for name in methods}
+        advance.describe("counterfactual region tests")
+        evidence = counterfactual_evidence(audit)
+        advance()
+    result = summarize(audit, scored, random_curves, worst, evidence)
     result.save(out / "audit.json")
     _write_figures(audit, scored, random_curves, worst, out, f"{result.model} on {split}")
     return result
@@ -197,13 +212,15 @@ def prepare_audit(
     steps: int,
     batch_size: int,
     plan: PrecisionPlan,
+    verbose: bool = True,
 ) -> PreparedAudit:
     """Load the run's model and the chosen scans with their masks; predict once."""
     require_positive(batch_size=batch_size)
-    index = run.data(data)
+    index = run.data(data, verbose)
     requested = run.samples(index, split)
     chosen = _chosen_samples(requested, len(index.classes), scans_per_class)
-    batch = load_audit_batch(index, chosen, run.img_size, run.checkpoint.normalization)
+    normalization = run.checkpoint.normalization
+    batch = load_audit_batch(index, chosen, run.img_size, normalization, verbose)
     model = run.model(plan)
     images = batch.images.to(plan.device)
     with torch.inference_mode(), plan.autocast():
@@ -231,10 +248,14 @@ def prepare_audit(
     )
 
 
-def score_method(audit: PreparedAudit, name: str, sanity_scans: int) -> ScoredMethod:
+def score_method(
+    audit: PreparedAudit, name: str, sanity_scans: int, advance: Advance = NO_BAR
+) -> ScoredMethod:
     """Explain every scan with ``name`` and measure the maps: faithfulness, attention shares,
     localization where there are lesion masks, and the cascading-randomization check on
-    ``sanity_scans`` scans spread evenly over the (class-grouped) scans, so every class is in."""
+    ``sanity_scans`` scans spread evenly over the (class-grouped) scans, so every class is in.
+    ``advance`` moves a progress bar past each of :data:`METHOD_TESTS`."""
+    advance.describe(f"{name}: {METHOD_TESTS[0]}")
     explainer = EXPLAINERS[name](audit.model, precision=audit.plan)
     maps = torch.cat(
         [
@@ -246,7 +267,11 @@ def score_method(audit: PreparedAudit, name: str, sanity_scans: int) -> ScoredMe
             )
         ]
     )
+    advance()
+    advance.describe(f"{name}: {METHOD_TESTS[1]}")
     curves = audit.perturbation(maps)
+    advance()
+    advance.describe(f"{name}: {METHOD_TESTS[2]}")
     drop, increase = average_drop_increase(
         audit.model,
         audit.images,
@@ -256,6 +281,8 @@ def score_method(audit: PreparedAudit, name: str, sanity_scans: int) -> ScoredMe
         audit.batch_size,
         audit.plan,
     )
+    advance()
+    advance.describe(f"{name}: {METHOD_TESTS[3]}")
     n = len(audit.batch.samples)
     picks = torch.linspace(0, n - 1, min(sanity_scans, n)).round().long().to(audit.plan.device)
     sanity = cascading_randomization(
@@ -264,6 +291,7 @@ def score_method(audit: PreparedAudit, name: str, sanity_scans: int) -> ScoredMe
         audit.images[picks],
         audit.predictions[picks],
     )
+    advance()
     per_scan = {
         "deletion_auc": curves.deletion_auc,
         "insertion_auc": curves.insertion_auc,
@@ -409,35 +437,41 @@ def _write_figures(
 
 
 def load_audit_batch(
-    index: DatasetIndex, samples: list[Sample], img_size: int, normalization: Normalization
+    index: DatasetIndex,
+    samples: list[Sample],
+    img_size: int,
+    normalization: Normalization,
+    verbose: bool = True,
 ) -> AuditBatch:
-    """Load ``samples`` and their masks (lesion, retina, scanner fill) at ``img_size``."""
+    """Load ``samples`` and their masks (lesion, retina, scanner fill) at ``img_size``; a
+    progress bar counts the scans (finding the retina of each takes a while)."""
     transform = eval_transform(img_size, normalization)
     images, display, lesions, retina, fill, sizes = [], [], [], [], [], []
     lesion_paths = _mask_paths(index, samples, "masks")
     retina_paths = _mask_paths(index, samples, "retina")
     scored = set()
-    for position, sample in enumerate(samples):
-        try:
-            scan_image = index.load(sample)
-            # the model sees the scan decoded as evaluation and training decode it
-            model_image = index.load(sample, img_size)
-        except UnreadableImageError:
-            continue
-        scored.add(position)
-        pixels = np.asarray(scan_image)
-        sizes.append(pixels.shape)
-        images.append(transform(model_image))
-        display.append(_resized(pixels, img_size, Image.Resampling.BILINEAR) / 255)
-        if lesion_paths:
-            lesions.append(_mask_at(lesion_paths[position], img_size))
-        if retina_paths:
-            retina.append(_mask_at(retina_paths[position], img_size))
-            fill.append(_resized(scanner_fill(pixels), img_size) > 0)
-        else:
-            found = find_retina(pixels)
-            retina.append(_resized(found.mask(), img_size) > 0)
-            fill.append(_resized(found.fill, img_size) > 0)
+    with progress_bar("loading scans for the audit", len(samples), verbose=verbose) as advance:
+        for position, sample in enumerate(counted(samples, advance)):
+            try:
+                scan_image = index.load(sample)
+                # the model sees the scan decoded as evaluation and training decode it
+                model_image = index.load(sample, img_size)
+            except UnreadableImageError:
+                continue
+            scored.add(position)
+            pixels = np.asarray(scan_image)
+            sizes.append(pixels.shape)
+            images.append(transform(model_image))
+            display.append(_resized(pixels, img_size, Image.Resampling.BILINEAR) / 255)
+            if lesion_paths:
+                lesions.append(_mask_at(lesion_paths[position], img_size))
+            if retina_paths:
+                retina.append(_mask_at(retina_paths[position], img_size))
+                fill.append(_resized(scanner_fill(pixels), img_size) > 0)
+            else:
+                found = find_retina(pixels)
+                retina.append(_resized(found.mask(), img_size) > 0)
+                fill.append(_resized(found.fill, img_size) > 0)
     unreadable = left_out(index, samples, scored)
     readable = [sample for position, sample in enumerate(samples) if position in scored]
     return AuditBatch(

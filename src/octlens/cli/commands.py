@@ -88,34 +88,55 @@ def inspect(
         list[str] | None, typer.Option(help="splits the confound scan pools (default: all)")
     ] = None,
     permutations: Annotated[int, typer.Option(help="label shuffles of the confound scan")] = 999,
+    # the help of TrainConfig's fields of these names (octlens.data is not imported here: it
+    # loads torch, and the CLI starts without it)
+    patients: Annotated[
+        Path | None, typer.Option(help="CSV with columns file,patient: which scans share a patient")
+    ] = None,
+    patient_pattern: Annotated[
+        str | None, typer.Option(help="regex whose group is the patient id in each scan's path")
+    ] = None,
     strict: bool = False,
 ) -> None:
     """Count images per split and class, report patients or files shared between splits, and
     (--confounds) scan the data for labels predictable from things that are not anatomy."""
     from octlens.data.index import scan
-    from octlens.data.splits import find_leakage
+    from octlens.data.patients import PatientSource
+    from octlens.data.splits import find_leakage, has_patients
     from octlens.report.terminal import split_table
 
     if confounds and out is None:
         raise OctlensError("--confounds needs --out DIR for confounds.json and its figure")
-    index = scan(data, strict=strict)
+    source = PatientSource(patients, patient_pattern)
+    index = scan(data, strict=strict, patients=source)
     console.print(split_table(index))
     leaks = find_leakage(index, hashes=hashes)
     for leak in leaks:
         files = f": {', '.join(leak.files)}" if leak.files else ""
         console.print(f"leak: {leak.kind} {leak.key} in {', '.join(leak.splits)}{files}")
-    console.print(f"{len(leaks)} leak(s) between splits" if leaks else "no leakage between splits")
+    console.print(_leakage_summary(len(leaks), has_patients(index), hashes))
     if confounds and out is not None:
         from octlens.audit import confound_scan
         from octlens.report.terminal import confounds_table, contingency_table
 
-        report = confound_scan(data, out, split, permutations=permutations)
+        report = confound_scan(data, out, split, permutations=permutations, patients=source)
         wide = Console(width=max(console.width, 120), markup=False, highlight=False)
         wide.print(confounds_table(report))
         for variable in report.contingency:
             wide.print(contingency_table(report, variable))
         flagged = ", ".join(report.flagged) or "none"
         console.print(f"confounds flagged: {flagged} -> {out / 'confounds.json'}")
+
+
+def _leakage_summary(leaks: int, patients: bool, hashes: bool) -> str:
+    """The last line of the leakage check; without patient ids it claims no more than it saw."""
+    if leaks:
+        return f"{leaks} leak(s) between splits"
+    if patients:
+        return "no leakage between splits"
+    if hashes:
+        return "no identical files between splits; patients not checked (no patient ids)"
+    return "leakage not checked: no scan has a patient id (--hashes finds identical files)"
 
 
 def _train(config: Path | None = None, resume: bool = False, **options: object) -> None:
@@ -269,15 +290,35 @@ def explain(
         ),
     ] = "gradcam",
     precision: str = "auto",
+    device: str | None = None,
+    batch_size: Annotated[
+        int, typer.Option(help="scans decoded, explained and written at a time (bounds memory)")
+    ] = 32,
+    grid_per_class: Annotated[
+        int, typer.Option(help="scans of each predicted class shown in grid.png")
+    ] = 4,
     strict: Annotated[bool, typer.Option(help="unreadable images are errors")] = False,
 ) -> None:
     """Explain a run's predictions on scans: an overlay and a raw map per scan and method."""
     from octlens.report import explain_images
 
     names = parse_methods(methods)
-    maps = explain_images(run, images, names, out, strict=strict, precision=precision)
-    count = len(next(iter(maps.values())))
-    console.print(f"explained {count} scan(s) with {', '.join(maps)} -> {out / 'grid.png'}")
+    result = explain_images(
+        run,
+        images,
+        names,
+        out,
+        strict=strict,
+        precision=precision,
+        device=device,
+        batch_size=batch_size,
+        grid_per_class=grid_per_class,
+    )
+    console.print(
+        f"explained {len(result.scans)} scan(s) with {', '.join(result.methods)} -> {out} "
+        f"(grid.png, explanations.csv)",
+        soft_wrap=True,
+    )
 
 
 @app.command()

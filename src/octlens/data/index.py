@@ -20,7 +20,7 @@ import warnings
 import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,7 +35,9 @@ from octlens.data.images import (
     pixel_scale,
     scaled_to_uint8,
 )
+from octlens.data.patients import PatientSource
 from octlens.errors import OctlensError
+from octlens.progress import counted, progress_bar
 
 MASK_FOLDERS = ("masks", "retina")
 SINGLE_SPLIT = "all"
@@ -135,14 +137,24 @@ class DatasetIndex:
         return candidate if candidate.is_file() else None
 
 
-def scan(root: str | Path, strict: bool = False) -> DatasetIndex:
+def scan(
+    root: str | Path,
+    strict: bool = False,
+    patients: PatientSource | None = None,
+    verbose: bool = True,
+) -> DatasetIndex:
     """Index a dataset folder or MedMNIST ``.npz`` file.
 
     Unreadable files are skipped with one :class:`DataWarning` that counts them and names the
-    first few; with ``strict=True`` the first one is an error instead.
+    first few; with ``strict=True`` the first one is an error instead. Patient ids come from
+    ``patients`` (a manifest or a name pattern, :mod:`octlens.data.patients`) when given, else
+    from OCT2017's ``CLASS-PATIENT-N`` file names. A progress bar counts the files checked
+    (``verbose``, on a terminal).
     """
     root = Path(root)
     if root.suffix == ".npz":
+        if patients:
+            raise OctlensError(f"{root}: {patients} needs a dataset folder, not a .npz file")
         return _scan_npz(root)
     if not root.is_dir():
         raise OctlensError(f"{root}: no such dataset folder")
@@ -162,23 +174,70 @@ def scan(root: str | Path, strict: bool = False) -> DatasetIndex:
         class_folders[split] = {folder.name: folder for folder in found}
     classes = _consistent_classes(root, class_folders)
 
+    listed = {
+        split: {name: _images(folder) for name, folder in sorted(by_class.items())}
+        for split, by_class in class_folders.items()
+    }
+    splits, skipped = _readable_samples(root, listed, classes, strict, verbose)
+    warn_skipped(skipped)
+    if patients:
+        splits = _with_patients(root, splits, patients)
+    return DatasetIndex(root=root, classes=classes, splits=splits, skipped=skipped)
+
+
+def _readable_samples(
+    root: Path,
+    listed: dict[str, dict[str, list[Path]]],
+    classes: list[str],
+    strict: bool,
+    verbose: bool,
+) -> tuple[dict[str, list[Sample]], list[tuple[Path, str]]]:
+    """The readable files of each split as samples, and the unreadable ones with their reason;
+    a progress bar counts the files (checking 84,000 takes minutes)."""
+    total = sum(len(files) for by_class in listed.values() for files in by_class.values())
     splits: dict[str, list[Sample]] = {}
     skipped: list[tuple[Path, str]] = []
-    for split, by_class in class_folders.items():
-        samples = []
-        for name, folder in sorted(by_class.items()):
-            files = sorted(path for path in _entries(folder) if is_image_file(path))
-            if not files:
-                raise OctlensError(f"{folder}: class folder has no images")
-            readable, unreadable = split_readable(files, strict)
-            skipped += unreadable
-            if not readable:
-                raise OctlensError(f"{folder}: class folder has no readable images")
-            label = classes.index(name)
-            samples += [Sample(path, label, patient_id(path)) for path in readable]
-        splits[split] = samples
-    warn_skipped(skipped)
-    return DatasetIndex(root=root, classes=classes, splits=splits, skipped=skipped)
+    with progress_bar(f"indexing {root.name}", total, "files", verbose) as advance:
+        for split, by_class in listed.items():
+            samples = []
+            for name, files in by_class.items():
+                readable, unreadable = split_readable(counted(files, advance), strict)
+                skipped += unreadable
+                if not readable:
+                    raise OctlensError(f"{files[0].parent}: class folder has no readable images")
+                label = classes.index(name)
+                samples += [Sample(path, label, patient_id(path)) for path in readable]
+            splits[split] = samples
+    return splits, skipped
+
+
+def _images(folder: Path) -> list[Path]:
+    """The image files of a class folder, sorted; none is a one-line error."""
+    files = sorted(path for path in _entries(folder) if is_image_file(path))
+    if not files:
+        raise OctlensError(f"{folder}: class folder has no images")
+    return files
+
+
+def _with_patients(
+    root: Path, splits: dict[str, list[Sample]], patients: PatientSource
+) -> dict[str, list[Sample]]:
+    """``splits`` with the patient ids ``patients`` gives; one warning counts the scans it gives
+    none (each then is a patient of its own)."""
+    samples = [sample for split in splits.values() for sample in split]
+    found = patients.assign(root, [sample.path for sample in samples])
+    missing = [sample.path for sample in samples if sample.path not in found]
+    if missing:
+        warnings.warn(
+            f"{root}: {len(missing)} of {len(samples)} scan(s) have no patient id in {patients} "
+            f"(e.g. {_relative(missing[0], root)}); each counts as a patient of its own",
+            DataWarning,
+            stacklevel=3,
+        )
+    return {
+        split: [replace(s, patient=found.get(s.path, "")) for s in split_samples]
+        for split, split_samples in splits.items()
+    }
 
 
 def _consistent_classes(root: Path, class_folders: dict[str, dict[str, Path]]) -> list[str]:

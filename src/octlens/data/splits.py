@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from octlens.data.index import DatasetIndex, Sample
+from octlens.data.index import DatasetIndex, DataWarning, Sample
 from octlens.errors import OctlensError
 from octlens.files import read_json, write_text
+from octlens.progress import counted, progress_bar
 
 #: Where a training run records the splits it carved (val, test) from its training split.
 CARVED_RECORD = "splits.json"
@@ -70,8 +72,31 @@ class Leak:
     files: tuple[str, ...] = ()  # duplicates: the identical files, relative to the dataset root
 
 
-def find_leakage(index: DatasetIndex, hashes: bool = False) -> list[Leak]:
-    """Patients present in several splits, and, with ``hashes=True``, byte-identical files."""
+def has_patients(index: DatasetIndex) -> bool:
+    """Whether any scan of ``index`` has a patient id."""
+    return any(sample.patient for samples in index.splits.values() for sample in samples)
+
+
+def warn_without_patients(index: DatasetIndex) -> None:
+    """One warning when no scan of a dataset folder has a patient id: its splits, leakage checks
+    and confound folds then go scan by scan, and one eye's near-duplicate B-scans can sit on
+    both sides (a MedMNIST file has no ids to give, and is left alone)."""
+    if index.arrays or has_patients(index):
+        return
+    warnings.warn(
+        f"{index.root}: no scan has a patient id, so scans are split and checked for leakage "
+        "one by one, not by patient (give ids with --patients CSV or --patient-pattern REGEX; "
+        "OCT2017's CLASS-PATIENT-N names have them)",
+        DataWarning,
+        stacklevel=3,
+    )
+
+
+def find_leakage(index: DatasetIndex, hashes: bool = False, verbose: bool = True) -> list[Leak]:
+    """Patients present in several splits, and, with ``hashes=True``, byte-identical files (a
+    progress bar counts the files hashed); a dataset folder without patient ids is said in one
+    warning."""
+    warn_without_patients(index)
     leaks = []
     by_patient: dict[str, set[str]] = defaultdict(set)
     for split, samples in index.splits.items():
@@ -84,12 +109,17 @@ def find_leakage(index: DatasetIndex, hashes: bool = False) -> list[Leak]:
         if len(splits) > 1
     ]
     if hashes:
+        stored = [
+            (split, sample)
+            for split, samples in index.splits.items()
+            for sample in samples
+            if sample.index is None
+        ]
         by_digest: dict[str, list[tuple[str, Sample]]] = defaultdict(list)
-        for split, samples in index.splits.items():
-            for sample in samples:
-                if sample.index is None:
-                    digest = hashlib.sha256(sample.path.read_bytes()).hexdigest()
-                    by_digest[digest].append((split, sample))
+        with progress_bar("hashing files", len(stored), "files", verbose) as advance:
+            for split, sample in counted(stored, advance):
+                digest = hashlib.sha256(sample.path.read_bytes()).hexdigest()
+                by_digest[digest].append((split, sample))
         for digest, copies in sorted(by_digest.items()):
             splits = tuple(sorted({split for split, _ in copies}))
             if len(splits) > 1:

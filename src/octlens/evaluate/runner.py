@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from octlens.evaluate.metrics import classification_metrics
 from octlens.evaluate.plots import plot_confusion_matrix, plot_reliability, plot_roc_curves
 from octlens.files import require_writable_folder, write_json, write_text
 from octlens.models import is_vit
+from octlens.progress import Advance, progress_bar
 from octlens.runtime import resolve_device, resolve_precision
 from octlens.training.inference import predict_logits
 from octlens.training.run import Run
@@ -33,6 +35,7 @@ def evaluate_run(
     device: str | None = None,
     num_workers: int = 0,
     out: str | Path | None = None,
+    verbose: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``run``'s best checkpoint on ``data``/``split``.
 
@@ -40,10 +43,11 @@ def evaluate_run(
     ``reliability.png`` to ``out`` (default ``RUN/eval/<split>/``) and returns the metrics. A scan
     that cannot be decoded is left out, with a warning, and listed under ``unreadable``; the
     metrics also record the precision and a fingerprint of the data they were computed on.
+    A progress bar counts the scans (``verbose``, on a terminal).
     """
     require_positive(batch_size=batch_size)
     run_ = Run.load(run)
-    index = run_.data(data)
+    index = run_.data(data, verbose)
     samples = run_.samples(index, split)
     warn_if_trained_on(run_, index, split)
     fingerprint = index.fingerprint(samples)  # of the split asked for, scored or not
@@ -54,7 +58,9 @@ def evaluate_run(
     loader = DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_readable
     )
-    logits, positions = predict_logits(model, loader, plan, channels_last=not is_vit(model))
+    with progress_bar(f"evaluating {split}", len(samples), verbose=verbose) as advance:
+        batches = _counted_scans(loader, advance)
+        logits, positions = predict_logits(model, batches, plan, channels_last=not is_vit(model))
     unreadable = left_out(index, samples, set(positions.tolist()))
     samples = [samples[p] for p in positions.tolist()]
     probs = torch.softmax(logits, dim=1).numpy()
@@ -81,6 +87,20 @@ def evaluate_run(
     plot_roc_curves(labels, probs, index.classes, out / "roc.png")
     plot_reliability(metrics["calibration_bins"], metrics["ece"], out / "reliability.png")
     return metrics
+
+
+def _counted_scans(
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]], advance: Advance
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's batches (images, positions of the scans), the bar advanced to the last
+    position read, so scans left out as unreadable count as done too."""
+    done = 0
+    for images, positions in loader:
+        yield images, positions
+        if len(positions):
+            reached = int(positions.max()) + 1
+            advance(reached - done)
+            done = reached
 
 
 def warn_if_trained_on(run: Run, index: DatasetIndex, split: str) -> None:

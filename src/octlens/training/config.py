@@ -68,6 +68,13 @@ class TrainConfig(BaseModel):
         2.0, gt=0, le=100, description="softmax temperature of the teacher's answers"
     )
 
+    patients: Path | None = Field(
+        None, description="CSV with columns file,patient: which scans share a patient"
+    )
+    patient_pattern: str | None = Field(
+        None, description="regex whose group is the patient id in each scan's path"
+    )
+
     train_split: str = Field("train", description="the split to train on")
     val_split: str = Field("val", description="carved from train by patient if absent")
     val_fraction: float = Field(0.15, gt=0, lt=1, description="carved by patient when no val split")

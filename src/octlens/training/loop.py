@@ -39,6 +39,7 @@ from octlens.data.dataset import (
     left_out,
 )
 from octlens.data.index import SINGLE_SPLIT, DatasetIndex, DataWarning, Sample, scan
+from octlens.data.patients import PatientSource
 from octlens.data.splits import find_leakage, split_by_patient, write_carved
 from octlens.data.transforms import Normalization, eval_transform, train_transform
 from octlens.errors import Interrupted, OctlensError
@@ -137,7 +138,8 @@ def _train(
     with warnings.catch_warnings():
         if not group.is_main:  # the data's warnings once, from rank 0
             warnings.simplefilter("ignore", DataWarning)
-        index = scan(config.data, strict=config.strict)
+        patients = PatientSource(config.patients, config.patient_pattern)
+        index = scan(config.data, config.strict, patients, verbose and group.is_main)
         train_split = _train_split_name(index, config.train_split)
         train_samples, val_samples, carved = _train_val_samples(index, config, train_split)
         _warn_leakage(index, train_split)

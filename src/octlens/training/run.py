@@ -68,9 +68,9 @@ class Run:
     def eval_transform(self) -> v2.Compose:
         return self.checkpoint.eval_transform()
 
-    def data(self, root: str | Path) -> DatasetIndex:
+    def data(self, root: str | Path, verbose: bool = True) -> DatasetIndex:
         """The dataset at ``root``, refused when its classes differ from the run's."""
-        index = scan(root)
+        index = scan(root, verbose=verbose)
         if index.classes != self.classes:
             raise OctlensError(
                 f"{root}: classes {index.classes} do not match the checkpoint's "

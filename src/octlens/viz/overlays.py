@@ -26,8 +26,9 @@ def overlay_rgb(image: np.ndarray, heatmap: np.ndarray, max_alpha: float = 0.65)
     return (1 - alpha) * gray + alpha * colours
 
 
-def save_overlay(image: np.ndarray, heatmap: np.ndarray, path: Path) -> None:
-    plt.imsave(path, np.clip(overlay_rgb(image, heatmap), 0, 1))
+def save_overlay(image: np.ndarray, heatmap: np.ndarray, path: Path | str) -> None:
+    """The overlay as a PNG at ``path`` (whatever its suffix: a temporary name, to rename)."""
+    plt.imsave(path, np.clip(overlay_rgb(image, heatmap), 0, 1), format="png")
 
 
 def plot_explanation_grid(

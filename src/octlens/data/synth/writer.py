@@ -38,6 +38,7 @@ from octlens.data.synth.scan import CLASSES, draw_patient, render_scan
 from octlens.data.synth.shortcut import SHORTCUTS, choose_mark, draw_corner_mark
 from octlens.errors import Interrupted, OctlensError
 from octlens.files import write_text
+from octlens.progress import progress_bar
 
 #: More scans per class than OCT2017 has of any class (37k CNV) is a typo, not a plan.
 MAX_PER_CLASS = 100_000
@@ -160,6 +161,7 @@ def synthesize(
     workers: int | None = None,
     shortcut: str | None = None,
     shortcut_rate: float = 0.9,
+    verbose: bool = True,
 ) -> Counter[tuple[str, str]]:
     """Write the dataset to ``out`` and return the number of scans per ``(split, class)``.
 
@@ -167,7 +169,8 @@ def synthesize(
     OCT2017's sizes (:data:`OCT2017_SIZES`).
 
     With ``shortcut="corner"``, a class-coded corner mark is planted in ``shortcut_rate`` of the
-    training and validation scans (see :mod:`octlens.data.synth.shortcut`).
+    training and validation scans (see :mod:`octlens.data.synth.shortcut`). A progress bar
+    counts the scans written (``verbose``, on a terminal).
     """
     if not 3 <= n_per_class <= MAX_PER_CLASS:
         raise OctlensError(
@@ -187,7 +190,7 @@ def synthesize(
     partial = out.absolute().with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run: start afresh
     try:
-        _write_all(jobs, partial, workers or min(len(jobs), os.cpu_count() or 1))
+        _write_all(jobs, partial, workers or min(len(jobs), os.cpu_count() or 1), verbose)
         if shortcut is not None:
             write_text(partial / MANIFEST, _manifest(jobs))
         counts = Counter((job.split, job.label) for job in jobs)
@@ -226,13 +229,16 @@ def read_record(root: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _write_all(jobs: list[ScanJob], out: Path, workers: int) -> None:
-    if workers == 1:
-        for job in jobs:
-            _write(job, out)
-        return
-    with ProcessPoolExecutor(workers) as pool:
-        list(pool.map(_write, jobs, [out] * len(jobs), chunksize=16))
+def _write_all(jobs: list[ScanJob], out: Path, workers: int, verbose: bool) -> None:
+    with progress_bar("synthesizing", len(jobs), verbose=verbose) as advance:
+        if workers == 1:
+            for job in jobs:
+                _write(job, out)
+                advance()
+            return
+        with ProcessPoolExecutor(workers) as pool:
+            for _ in pool.map(_write, jobs, [out] * len(jobs), chunksize=16):
+                advance()
 
 
 def _manifest(jobs: list[ScanJob]) -> str:
