@@ -77,6 +77,18 @@ def test_a_manifest_gives_alphanumeric_ids_to_the_leakage_check(own_data, tmp_pa
     ]
 
 
+def test_a_manifest_row_of_an_unreadable_scan_is_left_to_the_index(own_data, tmp_path):
+    """A corrupt scan is skipped by the index with its own warning; the manifest that lists it
+    still describes the data, so the other scans keep their ids."""
+    rows = ["file,patient"] + [f"{s}/{c}/{n},{n.split('_')[0]}" for s, c, n in SCANS]
+    manifest = _manifest(tmp_path / "patients.csv", "\n".join(rows) + "\n")
+    (own_data / "train" / "CNV" / "P-007a_2.png").write_bytes(b"not a png")
+    with pytest.warns(DataWarning, match="P-007a_2.png"):
+        index = scan(own_data, patients=PatientSource(manifest=manifest))
+    readable = [name for _, _, name in SCANS if name != "P-007a_2.png"]
+    assert _patients(index) == {name: name.split("_")[0] for name in readable}
+
+
 @pytest.mark.parametrize("pattern", [PATTERN, r"(?P<patient>P-\d+[a-z]?)_\d+\.png$"])
 def test_a_name_pattern_gives_ids_to_the_leakage_check(own_data, pattern):
     index = scan(own_data, patients=PatientSource(pattern=pattern))

@@ -135,7 +135,8 @@ def _from_manifest(manifest: Path, root: Path, relative: dict[Path, str]) -> dic
                 )
             path = candidates[0] if candidates else None
         if path is None:
-            absent.append((line, file))
+            if not _skipped_scan(root, key):
+                absent.append((line, file))
             continue
         if found.setdefault(path, patient) != patient:
             raise OctlensError(
@@ -151,6 +152,13 @@ def _from_manifest(manifest: Path, root: Path, relative: dict[Path, str]) -> dic
     if not found:
         raise OctlensError(f"{manifest}: lists no scans (a header row 'file,patient', then rows)")
     return found
+
+
+def _skipped_scan(root: Path, key: str) -> bool:
+    """``key`` is a file under ``root`` that the index left out (unreadable, already warned
+    about): the manifest describes the data, so such a row is not an error."""
+    parts = PurePosixPath(key).parts
+    return bool(parts) and ".." not in parts and (root / key).is_file()
 
 
 def _manifest_rows(manifest: Path) -> Iterable[tuple[int, str, str]]:
