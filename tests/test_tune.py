@@ -147,6 +147,8 @@ def test_two_workers_share_one_journal_without_losing_or_duplicating_trials(tiny
             r"--storage postgresql://me:\*\*\*@127.0.0.1:1/db: .*(not installed|cannot be used)",
         ),
         ("study.db", "a database URL such as"),
+        ("sqlite://", "an in-memory SQLite database keeps the study only while"),
+        ("sqlite:///:memory:", "an in-memory SQLite database"),
     ],
 )
 def test_storage_urls_are_checked_and_never_show_a_password(tiny_data, tmp_path, url, message):
@@ -184,6 +186,24 @@ def test_a_journal_cut_short_by_a_kill_is_repaired_not_broken_for_good(tmp_path)
         study_name="octlens", storage=JournalStorage(JournalFileBackend(str(out / JOURNAL)))
     )
     assert [t.state for t in again.trials] == [TrialState.COMPLETE] * 3
+
+
+def test_a_whole_last_entry_without_its_newline_is_kept(tmp_path):
+    """A worker killed between writing a trial's result and its newline: the result is whole,
+    so it is kept (a newline added), never cut off with the trial left running for good."""
+    out = tmp_path / "study"
+    whole = _journal_with_two_trials(out)
+    (out / JOURNAL).write_bytes(whole[:-1])
+    study = open_study(out, None, "median")
+    assert (out / JOURNAL).read_bytes().startswith(whole)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+
+
+def test_a_database_scheme_in_capitals_reaches_sqlalchemy_in_lower_case():
+    from octlens.training.storage import database_url
+
+    assert database_url("SQLite:///Study.db") == "sqlite:///Study.db"
+    assert database_url("PostgreSQL+psycopg://me@host/db") == "postgresql+psycopg://me@host/db"
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,8 @@ Optuna skips a line it cannot parse and appends after it, so one damaged line wo
 drop a trial from the replay, and a last line cut short by a kill during an append would be
 glued to the next worker's entry and broken for good. :func:`journal_storage` therefore reads
 the file under the same lock first: a last line without its newline (the append that never
-finished, of a trial that died with it) is cut off with a warning, the intact entries kept; any
-other line that is not an Optuna entry is a one-line error naming the file and the line.
+finished, of a trial that died with it) is cut off with a warning, the intact entries kept (a
+whole entry that only lacks its newline is kept and the newline added); any other line that is not an Optuna entry is a one-line error naming the file and the line.
 
 **A database** is given by URL: ``sqlite:///FILE``, ``postgresql://...`` or ``mysql://...``
 (with an optional ``+driver``); any other scheme (``file://``, ``redis://``) is refused before
@@ -67,7 +67,8 @@ def _scrubbed(text: str, url: str) -> str:
 
 def database_url(url: str) -> str:
     """``url``, if it names a database Optuna can keep a study in; else a one-line error."""
-    scheme = url.partition("://")[0].partition("+")[0].lower()
+    typed_scheme, _, rest = url.partition("://")
+    scheme = typed_scheme.partition("+")[0].lower()
     if "://" not in url:
         raise OctlensError(
             f"--storage '{redacted(url)}': a database URL such as postgresql://user@host/db or "
@@ -79,7 +80,19 @@ def database_url(url: str) -> str:
             "give sqlite:///FILE, postgresql://... or mysql://... (with an optional +driver), "
             "or leave --storage out for the journal file in --out"
         )
-    return url
+    if scheme == "sqlite" and _in_memory(rest):
+        raise OctlensError(
+            f"--storage {redacted(url)}: an in-memory SQLite database keeps the study only while "
+            "this process runs, apart from every other worker; give sqlite:///FILE"
+        )
+    return f"{typed_scheme.lower()}://{rest}"  # SQLAlchemy knows its dialects in lower case
+
+
+def _in_memory(rest: str) -> bool:
+    """Whether the part of a ``sqlite://`` URL after ``//`` names no file (``sqlite://``,
+    ``sqlite:///``, ``:memory:`` or a ``mode=memory`` URI)."""
+    database = rest.removeprefix("/").partition("?")[0]
+    return database in ("", ":memory:") or "mode=memory" in rest
 
 
 @contextmanager
@@ -116,7 +129,8 @@ def journal_storage(path: Path) -> JournalStorage:
 
 
 def _check_journal(path: Path) -> None:
-    """Cut off a last line without its newline; refuse any line that is not an Optuna entry.
+    """Cut off a last line cut short (a whole entry only gets its newline); refuse any line that
+    is not an Optuna entry.
 
     The check holds the lock Optuna appends under, so a worker's append in progress is never
     mistaken for a cut one.
@@ -135,7 +149,10 @@ def _check_journal(path: Path) -> None:
                     f"{path}: line {number} is not an Optuna journal entry (damaged or edited); "
                     "the study cannot be read past it: move the file aside to start a new study"
                 )
-        if unfinished:
+        if unfinished and _is_entry(unfinished):  # whole, but its newline never written
+            with open(path, "ab") as handle:
+                handle.write(b"\n")
+        elif unfinished:
             os.truncate(path, len(data) - len(unfinished))
             warnings.warn(
                 f"{path}: its last line was cut short (a worker stopped while writing it); "
