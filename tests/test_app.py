@@ -370,6 +370,9 @@ def test_an_example_swapped_for_a_link_or_another_file_is_not_served(service, sc
             "b.jpeg",
         ]
         assert client.get("/api/examples/0").content == scans[0].read_bytes()
+        first.chmod(0o600)  # the same bytes: a new change time, still the same file
+        (tmp_path / "hard-link.jpeg").hardlink_to(first)
+        assert client.get("/api/examples/0").content == scans[0].read_bytes()
         first.unlink()
         first.symlink_to(secret)
         linked = client.get("/api/examples/0")

@@ -385,7 +385,7 @@ class Example:
     its place is not served."""
 
     path: Path
-    identity: tuple[int, int, int]  # (device, inode, change time): a new file has another
+    identity: tuple[int, int, int, int]  # (device, inode, size, modified): see _identity
 
     @classmethod
     def found(cls, path: Path, max_bytes: int) -> Example | None:
@@ -420,9 +420,11 @@ class Example:
             return handle.read()
 
 
-def _identity(stat: os.stat_result) -> tuple[int, int, int]:
-    """What tells one file from another put in its place (whose inode number may be reused)."""
-    return stat.st_dev, stat.st_ino, stat.st_ctime_ns
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells one file from another put in its place (whose inode number may be reused) or
+    from itself rewritten: its size and contents' time. Not the change time, which a ``chmod``,
+    a hard link or a move away and back also sets, the bytes untouched."""
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def example_scans(root: Path | None, per_class: int = 2) -> list[Path]:
