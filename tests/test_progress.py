@@ -44,6 +44,13 @@ def test_a_bar_is_quiet_when_asked_or_not_on_a_terminal(terminal, monkeypatch):
     assert terminal.getvalue() == "" and not module._active
 
 
+def test_results_printed_under_a_bar_stay_on_a_piped_stdout(terminal, capsys):
+    with progress_bar("working", total=1) as advance:
+        print("result line")
+        advance()
+    assert "result line" in capsys.readouterr().out and "result line" not in _bars(terminal)
+
+
 def test_a_bar_opened_under_another_joins_its_display(terminal):
     with progress_bar("outer", total=1) as outer:
         with progress_bar("inner", total=4, unit="files") as inner:

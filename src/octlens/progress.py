@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -92,6 +93,9 @@ def progress_bar(
         TextColumn("left"),
         console=console,
         transient=True,
+        # Printing while a bar shows lands above it on a shared terminal; piped to a file,
+        # stdout must keep every result rather than have it drawn on stderr's screen.
+        redirect_stdout=sys.stdout.isatty(),
     )
     with progress:
         _active.append(progress)
