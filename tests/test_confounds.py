@@ -173,3 +173,16 @@ def test_broken_scans_are_left_out_and_named_and_bad_options_are_one_line(clean,
         done = subprocess.run([*command, *extra], capture_output=True, text=True)
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert message in done.stderr
+
+
+def test_a_scan_swapped_for_another_format_after_decoding_is_unreadable_not_decoded(tmp_path):
+    """The scan is read a second time for its file facts; a file replaced by then (an EPS
+    under the scan's name) is left out as unreadable, and Ghostscript's plugin is never used."""
+    from octlens.audit.confounds import _file_facts
+    from octlens.data.images import UnreadableImageError
+    from octlens.data.index import Sample
+
+    swapped = tmp_path / "CNV-1-1.jpeg"
+    swapped.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n")
+    with pytest.raises(UnreadableImageError, match=r"CNV-1-1\.jpeg: not a readable image"):
+        _file_facts(Sample(swapped, 0))

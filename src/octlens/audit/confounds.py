@@ -49,13 +49,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict
 from sklearn.model_selection import StratifiedGroupKFold
 
 from octlens.audit.shortcut import BORDER, CORNER
 from octlens.data.dataset import left_out
-from octlens.data.images import UnreadableImageError, load_grayscale
+from octlens.data.images import FORMATS, UnreadableImageError, load_grayscale
 from octlens.data.index import DatasetIndex, Sample
 from octlens.data.retina import find_retina, scanner_fill
 from octlens.data.splits import warn_without_patients
@@ -172,10 +172,13 @@ def scan_features(index: DatasetIndex, sample: Sample) -> ScanFeatures:
 def _file_facts(sample: Sample) -> tuple[str, float, float]:
     if sample.index is not None:  # an array in a .npz: no file of its own
         return "array", 1.0, 0.0
-    data = sample.path.read_bytes()
-    with Image.open(io.BytesIO(data)) as image:
-        quantization = getattr(image, "quantization", None) or {}
-        return image.format or "unknown", float(len(data)), _jpeg_quality(quantization)
+    try:  # read again for its file facts: it may have changed since it was decoded
+        data = sample.path.read_bytes()
+        with Image.open(io.BytesIO(data), formats=FORMATS) as image:  # as every read of a scan
+            quantization = getattr(image, "quantization", None) or {}
+            return image.format or "unknown", float(len(data)), _jpeg_quality(quantization)
+    except (OSError, UnidentifiedImageError) as error:
+        raise UnreadableImageError(f"{sample.path}: not a readable image ({error})") from None
 
 
 def _jpeg_quality(tables: dict[int, Sequence[int]]) -> float:
