@@ -125,6 +125,24 @@ def test_training_carves_validation_by_the_given_patients(tiny_data, tmp_path):
     assert len(set(patient.values())) < len(patient)  # patients of several scans: a real test
 
 
+def test_a_run_resumes_with_its_manifest_named_by_another_path(tiny_data, tmp_path):
+    from octlens.training import TrainConfig, train
+
+    rows = ["file,patient"] + [
+        f"{path.relative_to(tiny_data).as_posix()},P{path.stem.split('-')[1]}"
+        for path in sorted(tiny_data.rglob("*.jpeg"))
+        if path.parent.parent.parent == tiny_data
+    ]
+    manifest = _manifest(tmp_path / "patients.csv", "\n".join(rows) + "\n")
+    (tmp_path / "elsewhere").mkdir()
+    settings_ = {"img_size": 16, "epochs": 1, "batch_size": 8, "num_workers": 0}
+    first = TrainConfig(data=tiny_data, out=tmp_path / "run", patients=manifest, **settings_)
+    train(first, verbose=False)
+    again = first.model_copy(update={"patients": tmp_path / "elsewhere" / ".." / "patients.csv"})
+    result = train(again, resume=True, verbose=False)  # not "cannot resume (patients)"
+    assert result.best_epoch == 1
+
+
 def test_the_confound_scan_folds_by_the_given_patients(tiny_data, tmp_path):
     from octlens.audit import confound_scan
 

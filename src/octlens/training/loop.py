@@ -77,6 +77,9 @@ from octlens.training.inference import predict_logits, prepare_input
 # ``out`` and ``data`` are compared as places (a moved run, the same data by another path).
 # ``epochs`` is not one: the learning-rate schedule spans the epochs the run started with.
 _RESUMABLE_CHANGES = {"patience", "num_workers", "device", "out", "data"}
+# Files named by a setting: the same file by another path is the same setting (a manifest
+# edited since changes the carve, which the training fingerprint catches).
+_FILE_SETTINGS = {"patients"}
 
 
 class NonFiniteLoss(ArithmeticError):
@@ -716,7 +719,8 @@ def _load_resumable(last_path: Path, config: TrainConfig, console: Console) -> C
     changed = [
         name
         for name in TrainConfig.model_fields
-        if name not in _RESUMABLE_CHANGES and getattr(saved, name) != getattr(config, name)
+        if name not in _RESUMABLE_CHANGES
+        and _setting(saved, name) != _setting(config, name)
     ]
     if changed == ["epochs"]:
         raise OctlensError(
@@ -734,6 +738,12 @@ def _load_resumable(last_path: Path, config: TrainConfig, console: Console) -> C
     if saved.out.resolve() != config.out.resolve():
         console.print(f"note: the run was written at {saved.out}; it continues in {config.out}")
     return checkpoint
+
+
+def _setting(config: TrainConfig, name: str) -> object:
+    """A setting as resumption compares it: a file by where it resolves to."""
+    value = getattr(config, name)
+    return Path(value).resolve() if name in _FILE_SETTINGS and value is not None else value
 
 
 @contextmanager
