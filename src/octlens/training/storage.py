@@ -6,13 +6,14 @@ drop a trial from the replay, and a last line cut short by a kill during an appe
 glued to the next worker's entry and broken for good. :func:`journal_storage` therefore reads
 the file under the same lock first: a last line without its newline (the append that never
 finished, of a trial that died with it) is cut off with a warning, the intact entries kept (a
-whole entry that only lacks its newline is kept and the newline added); any other line that is not an Optuna entry is a one-line error naming the file and the line.
+whole entry that only lacks its newline is kept and the newline added); any other line that is
+not an Optuna entry is a one-line error naming the file and the line.
 
-**A database** is given by URL: ``sqlite:///FILE``, ``postgresql://...`` or ``mysql://...``
-(with an optional ``+driver``); any other scheme (``file://``, ``redis://``) is refused before
-anything is opened, and a file that is not a database, a server that cannot be reached or a
-driver that is not installed is one line. A URL may hold a password: every message shows the
-URL by :func:`redacted`, with ``***`` in its place.
+**A database** is given by URL: ``sqlite:///FILE``, ``postgresql://...`` or ``mysql://...`` (with an
+optional ``+driver``); any other scheme (``file://``, ``redis://``) and an in-memory SQLite database
+(gone with the process) are refused before anything is opened, and a file that is not a database, a
+server that cannot be reached or a driver that is not installed is one line. A URL may hold a
+password: every message shows the URL by :func:`redacted`, with ``***`` in its place.
 """
 
 from __future__ import annotations
