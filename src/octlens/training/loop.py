@@ -719,8 +719,7 @@ def _load_resumable(last_path: Path, config: TrainConfig, console: Console) -> C
     changed = [
         name
         for name in TrainConfig.model_fields
-        if name not in _RESUMABLE_CHANGES
-        and _setting(saved, name) != _setting(config, name)
+        if name not in _RESUMABLE_CHANGES and _setting(saved, name) != _setting(config, name)
     ]
     if changed == ["epochs"]:
         raise OctlensError(
