@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import resource
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,26 +31,13 @@ from octlens.training import TrainConfig, load_checkpoint
 from octlens.training.checkpoint import save_checkpoint
 from octlens.training.config import MAX_SEED, max_workers
 from octlens.training.run import Run
+from test_cli import _in_process
 
 DEEP = 100_000  # levels of nesting: far past Python's recursion limit
 
 
 def _deep(levels: int = DEEP) -> str:
     return "[" * levels + "]" * levels
-
-
-def _in_process(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """The CLI in this process: its exit status and what it printed on stderr."""
-    from octlens.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["octlens", *args])
-    monkeypatch.setenv("COLUMNS", "200")
-    try:
-        main()
-        status = 0
-    except SystemExit as exit_:
-        status = int(exit_.code or 0)
-    return status, capsys.readouterr().err
 
 
 def _copy_run(run: Path, folder: Path) -> Path:
@@ -82,7 +68,7 @@ def test_json_nested_too_deep_is_one_line(tmp_path):
 def test_a_config_nested_too_deep_is_one_line(monkeypatch, capsys, tmp_path):
     config = tmp_path / "config.json"
     config.write_text('{"seed": ' + _deep() + "}")
-    status, err = _in_process(monkeypatch, capsys, "train", "--config", str(config))
+    status, _, err = _in_process(monkeypatch, capsys, "train", "--config", str(config))
     assert status == 2 and err.startswith(f"error: {config}: not a readable JSON"), err
     assert err.count("\n") == 1
 
@@ -167,7 +153,7 @@ def test_settings_out_of_bounds_are_one_line_before_the_run_starts(
 ):
     out = tmp_path / "run"
     common = ["--data", str(tiny_data), "--out", str(out), "--img-size", "32", "--epochs", "1"]
-    status, err = _in_process(monkeypatch, capsys, "train", *common, *args)
+    status, _, err = _in_process(monkeypatch, capsys, "train", *common, *args)
     assert status == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err, err
     assert not out.exists()
