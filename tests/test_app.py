@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import os
 import re
 import select
 import shutil
 import socket
 import struct
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -381,6 +383,17 @@ def test_an_example_swapped_for_a_link_or_another_file_is_not_served(service, sc
         shutil.copy(secret, second)
         other = client.get("/api/examples/1")
         assert other.status_code == 404 and "another file" in other.json()["detail"]
+    second.unlink()
+    os.mkfifo(second)  # nothing ever writes to it: opening it must not wait for a writer
+    answered: list[int] = []
+
+    def ask() -> None:
+        answered.append(TestClient(app, base_url=LOCAL).get("/api/examples/1").status_code)
+
+    reader = threading.Thread(target=ask, daemon=True)
+    reader.start()
+    reader.join(timeout=20)
+    assert answered == [404]
 
 
 @pytest.mark.parametrize(

@@ -407,7 +407,10 @@ class Example:
         """The file's bytes if it is still the one found at start; OSError (with a reason in
         ``strerror``) if not."""
         try:
-            descriptor = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            # O_NONBLOCK: a FIFO swapped in opens at once (then fails the identity check)
+            # instead of holding a server thread until something writes to it.
+            flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+            descriptor = os.open(self.path, flags)
         except OSError as error:
             if error.errno == errno.ELOOP:
                 reason = f"{self.path.name} is now a link (not followed)"
