@@ -35,7 +35,11 @@ def test_boundaries_of_a_drawn_retina():
         image[top : top + 60, col] += 90  # inner and outer retina
         image[top + 60 : top + 66, col] += 200  # RPE, the brightest band
         image[top + 66 : top + 110, col] += 40  # choroid
+    # OCT speckle scales with the signal; flat bands under weak added noise would be what a
+    # drawn overlay looks like (see test_overlays.py), and are left out of the retina
+    image *= rng.uniform(0.7, 1.3, size=image.shape)
     found = find_retina(np.clip(image, 0, 255).astype(np.uint8))
+    assert not found.overlay.any()
     assert np.abs(found.ilm - ilm).max() <= 4
     assert np.abs(found.bruch - (ilm + 66)).max() <= 4
 

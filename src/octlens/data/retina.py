@@ -17,7 +17,21 @@ smoothing:
    surroundings (the RPE / photoreceptor complex is the most reflective band of a macular OCT).
 3. **Bruch's membrane**: within 20 px below the RPE ridge, the strongest bright-to-dark step.
 
-The mask is every pixel between the ILM and Bruch's membrane, minus the scanner's fill.
+The mask is every pixel between the ILM and Bruch's membrane, minus the scanner's fill and any
+burned-in overlay.
+
+**Overlays are not anatomy** (:func:`burned_in_overlays`). Exports carry text, logos, scale bars,
+arrows and annotation marks drawn into the pixels; bright, they would pull the ILM onto them and end
+up "inside" the retina (a class-coded mark in a corner then never moves in a region swap, see
+:mod:`octlens.audit.counterfactual`). What sets them apart from tissue is that they are *drawn*: a
+plateau of one gray level (after a 3 x 3 median, which removes JPEG noise and keeps edges) that
+stands out sharply from most of what lies 2-4 px around it. OCT tissue is rarely both: speckle
+breaks up the plateaus of the layers, and where averaging and compression flatten tissue (the
+choroid of wide scans) the surroundings fade into it instead of standing apart. Plateaus darker than
+the scan's median + 30 (the black bands and the noise floor) and the saturated registration fill are
+not overlays. Each plateau is grown by its edge, and overlays are blanked like the fill before the
+search, so the boundaries run under them as they would through background. The thresholds were
+chosen on the real dev scans (``benchmarks/retina_overlays.py``).
 """
 
 from __future__ import annotations
@@ -44,6 +58,17 @@ _ILM_WINDOW = 12
 _FILL_LEVEL = 250
 #: Blanked around the fill too, px at 496 rows: JPEG ringing and resampling blur its edge.
 _FILL_MARGIN = 6
+#: A plateau: 3 x 3 range of the median-filtered scan at most this many gray levels.
+_PLATEAU_RANGE = 4
+#: An overlay stands out from most of the ring 2-4 px around its plateau by at least this much:
+#: its 65th percentile of absolute differences (the median missed mid-gray text over tissue, the
+#: 75th carved bright layers out of smooth real retinas; benchmarks/retina_overlays.py).
+_OVERLAY_CONTRAST = 30
+_RING_PERCENTILE = 65
+#: ... and is brighter than the scan's median by at least this (not a black band or noise floor).
+_OVERLAY_ABOVE_MEDIAN = 30
+#: The ring around a plateau starts this far out, px: the ink's JPEG-blurred edge lies within.
+_EDGE = 2
 
 
 @dataclass(frozen=True)
@@ -53,11 +78,13 @@ class RetinaBoundaries:
     ilm: np.ndarray  # (W,)
     bruch: np.ndarray  # (W,)
     fill: np.ndarray  # (H, W) bool
+    overlay: np.ndarray  # (H, W) bool: burned-in marks
 
     def mask(self) -> np.ndarray:
-        """(H, W) bool: pixels between the ILM and Bruch's membrane that are not fill."""
+        """(H, W) bool: pixels between the ILM and Bruch's membrane, not fill nor overlay."""
         rows = np.arange(self.fill.shape[0], dtype=np.float32)[:, None]
-        return (rows >= self.ilm[None, :]) & (rows <= self.bruch[None, :]) & ~self.fill
+        between = (rows >= self.ilm[None, :]) & (rows <= self.bruch[None, :])
+        return between & ~self.fill & ~self.overlay
 
 
 def find_retina(image: np.ndarray) -> RetinaBoundaries:
@@ -69,12 +96,14 @@ def find_retina(image: np.ndarray) -> RetinaBoundaries:
         pixels = pixels * 255
     height, width = pixels.shape
     fill = scanner_fill(pixels)
+    overlay = burned_in_overlays(pixels, fill)
 
     cell = max(1.0, _CELL * height / 496)
     rows, cols = max(8, round(height / cell)), max(4, round(width / cell))
     # Fill, and the compression ringing along its edge, becomes background (vitreous-dark), so
     # its edge is not mistaken for a boundary.
-    blanked = ndimage.binary_dilation(fill, iterations=max(1, round(_FILL_MARGIN * height / 496)))
+    margin = max(1, round(_FILL_MARGIN * height / 496))
+    blanked = ndimage.binary_dilation(fill | overlay, iterations=margin)
     background = np.percentile(pixels[~blanked], 25) if (~blanked).any() else 0.0
     coarse = _resize(np.where(blanked, background, pixels), rows, cols) / 255
     coarse = ndimage.gaussian_filter(coarse, sigma=(0.7, 1.5))
@@ -104,6 +133,7 @@ def find_retina(image: np.ndarray) -> RetinaBoundaries:
         ilm=np.interp(columns, np.arange(cols), ilm / to_cells).astype(np.float32),
         bruch=np.interp(columns, np.arange(cols), bruch / to_cells).astype(np.float32),
         fill=fill,
+        overlay=overlay,
     )
 
 
@@ -120,6 +150,39 @@ def scanner_fill(pixels: np.ndarray) -> np.ndarray:
         return bright
     edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     return np.isin(labels, edge_labels[edge_labels > 0])
+
+
+def burned_in_overlays(pixels: np.ndarray, fill: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) bool: marks drawn into the scan (text, logos, scale bars, arrows, flat patches);
+    see the module's docstring. ``fill``: the scanner's fill, if the caller has it."""
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if fill is None:
+        fill = scanner_fill(pixels)
+    smooth = ndimage.median_filter(pixels, 3)
+    spread = ndimage.maximum_filter(smooth, 3) - ndimage.minimum_filter(smooth, 3)
+    plateau = spread <= _PLATEAU_RANGE
+    labels, count = ndimage.label(plateau, structure=np.ones((3, 3)))
+    overlay = np.zeros(pixels.shape, dtype=bool)
+    if count == 0:
+        return overlay
+    ids = np.arange(1, count + 1)
+    levels = ndimage.mean(smooth, labels, ids)
+    sizes = ndimage.sum(plateau, labels, ids)
+    in_fill = ndimage.maximum(fill, labels, ids)
+    floor = np.median(smooth) + _OVERLAY_ABOVE_MEDIAN
+    reach = _EDGE + 3
+    candidates = np.flatnonzero((sizes >= 4) & (levels >= floor) & ~np.asarray(in_fill, bool))
+    boxes = ndimage.find_objects(labels)
+    for index in candidates:
+        box = tuple(slice(max(0, side.start - reach), side.stop + reach) for side in boxes[index])
+        plateau_here = labels[box] == index + 1
+        edge = ndimage.binary_dilation(plateau_here, iterations=_EDGE)
+        ring = ndimage.binary_dilation(edge, iterations=3) & ~edge
+        # The registration fill beside a mark stands apart from it as dark background does.
+        difference = np.where(fill[box], 255.0, np.abs(smooth[box] - levels[index]))[ring]
+        if len(difference) and np.percentile(difference, _RING_PERCENTILE) >= _OVERLAY_CONTRAST:
+            overlay[box] |= edge
+    return overlay
 
 
 def _resize(pixels: np.ndarray, rows: int, cols: int) -> np.ndarray:
