@@ -235,3 +235,41 @@ def test_answers_that_tip_without_their_probability_moving_are_not_flagged():
     assert tipped.effect.mean == read.effect.mean == 1.0
     assert -0.01 < tipped.probability_change < 0 and not tipped.flagged
     assert read.flagged
+
+
+def test_a_burned_in_overlay_moves_even_over_the_donors_retina():
+    """Decided in issue 22: what the finder calls retina stays put, but a mark always moves:
+    where scan i's mark lies over the donor's retina, the donor's pixels come with the swap."""
+    _, _, retina = scans()
+    donors = torch.roll(torch.arange(len(retina)), 7)
+    corners = edge_regions(SIZE, SIZE)["corners"].expand_as(retina)
+    overlay = torch.zeros_like(retina)
+    overlay[:, 2:6, 2:6] = True  # a mark in the top-left corner of every scan
+    retina = retina.clone()
+    retina[donors[0], 2:6, 2:6] = True  # donor 0's retina runs under scan 0's mark
+    without = swap_mask(corners, retina, donors)
+    with_overlay = swap_mask(corners, retina, donors, overlay)
+    assert not without[0, 2:6, 2:6].any()  # without the overlay mask the mark stays
+    assert with_overlay[0, 2:6, 2:6].all()  # with it, it moves
+    # elsewhere anatomy still stays put
+    assert not (with_overlay & retina & ~overlay).any()
+    assert not (with_overlay & retina[donors] & ~overlay & ~overlay[donors]).any()
+
+
+def test_texture_for_region_only_is_never_drawn_from_an_overlay():
+    images, labels, retina = scans()
+    fill = torch.zeros_like(retina)
+    overlay = torch.zeros_like(retina)
+    overlay[:, :4, :4] = True  # the class-coded corner of every scan is a mark
+    seen = []
+
+    def records(batch: torch.Tensor) -> torch.Tensor:
+        seen.append(batch.clone())
+        return corner_reader(batch)
+
+    region_only(records, images, labels, retina, fill, overlay=overlay)
+    retina_only = seen[-1][:, 0]
+    # off the retina everything is texture from background rows, none from the marks' levels
+    assert retina_only[:, :4, :4].abs().max() < 0.5
+    region_only(records, images, labels, retina, fill)
+    assert seen[-1][:, 0, :4, 4:].abs().max() > 0.5  # without the overlay mask, they leak

@@ -7,7 +7,14 @@ Three tests, each a few forward passes per scan, all on the model's normalized i
 **Region swap** (:func:`region_swap`). For each scan *i* and each of ``k`` donors *d* whose
 predicted class differs from *i*'s, the pixels of a region (the corners, the border band, the
 scanner's fill, or everything off the retina) that lie off the retina in *both* scans are copied
-from *d* into *i*, so no anatomy moves. With :math:`\\hat y` the model's prediction:
+from *d* into *i*, so no anatomy moves, and so are the pixels of a burned-in overlay of either
+scan in the region (:func:`octlens.data.retina.burned_in_overlays`: text, logos, scale bars,
+arrows, flat patches), even where the other scan has retina. What the retina finder calls
+retina stays put: a steep or tilted retina crossing a corner is anatomy, and swapping it would
+test the model on another patient's anatomy, not on the corner. A mark is never anatomy: where
+it covers the retina the finder leaves it out of the retina mask, and where it lies over the
+donor's retina the donor's retina comes with the swap, so the mark always goes. With
+:math:`\\hat y` the model's prediction:
 
 .. math::
 
@@ -27,10 +34,10 @@ follows (on the planted test split the marks lie about the label). Two controls,
   *any* change of prediction is what swapping that region does when it carries no class.
 
 **Region-only** (:func:`region_only`): the retina replaced by background texture (pixels drawn at
-random from the off-retina, non-fill pixels of the same row in all scans), and separately
-everything off the retina replaced by it. The accuracy of each against the unchanged scans and
-against chance, and Cohen's kappa between the changed and the original predictions (agreement
-beyond what the two prediction frequencies give by chance).
+random from the off-retina pixels of the same row in all scans that are neither fill nor overlay),
+and separately everything off the retina (overlays included) replaced by it. The accuracy of each
+against the unchanged scans and against chance, and Cohen's kappa between the changed and the
+original predictions (agreement beyond what the two prediction frequencies give by chance).
 
 **Aspect** (:func:`reacquired`): a scan of width *W* presented as if acquired with *W'* A-scans at
 the same spacing (a centre crop when narrower, mirrored sides when wider) before the model's
@@ -143,9 +150,18 @@ def choose_donors(
     return donors
 
 
-def swap_mask(region: torch.Tensor, retina: torch.Tensor, donors: torch.Tensor) -> torch.Tensor:
-    """(N, S, S): the region of either scan, where neither scan has retina (no anatomy moves)."""
-    return (region | region[donors]) & ~retina & ~retina[donors]
+def swap_mask(
+    region: torch.Tensor,
+    retina: torch.Tensor,
+    donors: torch.Tensor,
+    overlay: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(N, S, S): the region of either scan, where neither scan has retina (no anatomy moves) or
+    either scan has a burned-in ``overlay`` (a mark always moves)."""
+    movable = ~retina & ~retina[donors]
+    if overlay is not None:
+        movable = movable | overlay | overlay[donors]
+    return (region | region[donors]) & movable
 
 
 def pasted(images: torch.Tensor, donors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -174,10 +190,12 @@ def region_swap(
     same_donors: torch.Tensor,
     seed: int = 0,
     probabilities: torch.Tensor | None = None,
+    overlay: torch.Tensor | None = None,
 ) -> SwapResult | None:
     """Swap ``region`` from each scan's donors, with both controls; None when no scan has a donor
     of another predicted class (a model that predicts one class for everything).
-    ``probabilities`` are the model's on the unchanged ``images``, when the caller has them."""
+    ``probabilities`` are the model's on the unchanged ``images``, when the caller has them;
+    ``overlay`` (N, S, S) the burned-in marks, which move even over the other scan's retina."""
     if probabilities is None:
         probabilities = predict(images)
     predicted = probabilities.argmax(dim=1)
@@ -189,7 +207,7 @@ def region_swap(
     for column in range(k):
         donors = other_donors[:, column].to(device)
         mine = donors.clamp(min=0)
-        mask = swap_mask(region, retina, mine)
+        mask = swap_mask(region, retina, mine, overlay)
         swapped = predict(pasted(images, mine, mask))
         flips.append(swapped.argmax(dim=1) == predicted[mine])
         deltas.append(swapped.gather(1, predicted[:, None])[:, 0] - probabilities.max(dim=1).values)
@@ -200,7 +218,7 @@ def region_swap(
         placed.append(predict(pasted(images, mine, elsewhere)).argmax(dim=1) == predicted[mine])
         same = same_donors[:, column].to(device)
         alike = same.clamp(min=0)
-        changed = predict(pasted(images, alike, swap_mask(region, retina, alike)))
+        changed = predict(pasted(images, alike, swap_mask(region, retina, alike, overlay)))
         changes.append(torch.where(same >= 0, changed.argmax(dim=1) != predicted, False))
     valid = (other_donors[:, 0] >= 0).to(device)
     if not valid.any():
@@ -275,11 +293,15 @@ def region_only(
     retina: torch.Tensor,
     fill: torch.Tensor,
     seed: int = 0,
+    overlay: torch.Tensor | None = None,
 ) -> dict[str, OnlyResult]:
     """``original``, ``background_only`` (retina replaced by texture) and ``retina_only``
-    (everything else replaced), each with accuracy and kappa against the original predictions."""
+    (everything else replaced), each with accuracy and kappa against the original predictions.
+    Texture is never drawn from the ``fill`` or a burned-in ``overlay``: a mark's gray level
+    scattered over the scan would still carry its class."""
     generator = torch.Generator().manual_seed(seed)
-    texture = background_texture(images, ~retina & ~fill, generator)
+    background = ~retina & ~fill if overlay is None else ~retina & ~fill & ~overlay
+    texture = background_texture(images, background, generator)
     inside = retina[:, None]
     variants = {
         "original": images,

@@ -47,6 +47,7 @@ def counterfactual_evidence(
     """Region swaps, region-only accuracy and the aspect test on the audit's scans."""
     device = audit.plan.device
     retina, fill = audit.batch.retina.to(device), audit.batch.fill.to(device)
+    overlay = audit.batch.overlay.to(device)
     other = choose_donors(audit.predictions, donors, same_class=False, seed=seed)
     same = choose_donors(audit.predictions, donors, same_class=True, seed=seed + 1)
     unchanged = audit.predict(audit.images)  # shared by the four swaps
@@ -61,11 +62,12 @@ def counterfactual_evidence(
                 same,
                 seed,
                 unchanged,
+                overlay,
             )
         )
         for region in SWAP_REGIONS
     }
-    only = region_only(audit.predict, audit.images, audit.labels, retina, fill, seed)
+    only = region_only(audit.predict, audit.images, audit.labels, retina, fill, seed, overlay)
     counts = Counter(audit.labels.tolist())
     return CounterfactualSummary(
         donors_per_scan=donors,

@@ -63,7 +63,7 @@ from octlens.data.dataset import left_out
 from octlens.data.images import UnreadableImageError, load_grayscale
 from octlens.data.index import DatasetIndex, Sample
 from octlens.data.marks import read_marks
-from octlens.data.retina import find_retina, scanner_fill
+from octlens.data.retina import burned_in_overlays, find_retina, scanner_fill
 from octlens.data.transforms import Normalization, eval_transform
 from octlens.errors import require_positive
 from octlens.explain import EXPLAINERS, check_methods, default_methods
@@ -90,6 +90,7 @@ class AuditBatch:
     lesions: torch.Tensor | None  # (N, S, S) bool, or None without lesion masks
     retina: torch.Tensor  # (N, S, S) bool
     fill: torch.Tensor  # (N, S, S) bool
+    overlay: torch.Tensor  # (N, S, S) bool: burned-in marks, never retina
     retina_source: str  # "masks" or "estimated"
     marks: list[str | None] | None  # class name of each scan's planted mark, if any
     sizes: list[tuple[int, int]]  # (height, width) of each scan as stored
@@ -109,15 +110,17 @@ def audit_run(
     device: str | None = None,
     out: str | Path | None = None,
     verbose: bool = True,
+    estimate_retina: bool = False,
 ) -> AuditResult:
     """Audit ``run``'s best checkpoint on ``data``/``split``; write ``audit.json`` and figures.
 
-    ``out`` defaults to ``RUN/audit/<split>/``. Scans that cannot be decoded are left out, with a
-    warning, and listed under ``unreadable``. Four steps: :func:`prepare_audit` (model, scans,
-    masks, predictions), :func:`score_method` for each method, :func:`summarize` into the
-    :class:`~octlens.audit.result.AuditResult` that ``audit.json`` holds, and the figures.
-    Progress bars count the scans loaded and the tests run, per method (``verbose``, on a
-    terminal).
+    ``out`` defaults to ``RUN/audit/<split>/``. The retina comes from the data's ``retina/`` masks,
+    or from the label-free finder where it has none or with ``estimate_retina``. Scans that cannot
+    be decoded are left out, with a warning, and listed under ``unreadable``. Four steps:
+    :func:`prepare_audit` (model, scans, masks, predictions), :func:`score_method` for each method,
+    :func:`summarize` into the :class:`~octlens.audit.result.AuditResult` that ``audit.json`` holds,
+    and the figures. Progress bars count the scans loaded and the tests run, per method
+    (``verbose``, on a terminal).
 
     Example::
 
@@ -130,7 +133,15 @@ def audit_run(
     names = None if methods is None else check_methods(methods)  # a typo fails before any work
     plan = resolve_precision(precision, resolve_device(device), measuring=True)
     audit = prepare_audit(
-        Run.load(run), data, split, scans_per_class, steps, batch_size, plan, verbose
+        Run.load(run),
+        data,
+        split,
+        scans_per_class,
+        steps,
+        batch_size,
+        plan,
+        verbose,
+        estimate_retina,
     )
     methods = names or list(default_methods(audit.model))
     out = require_writable_folder(Path(out) if out else audit.run.audit_dir(split))
@@ -213,6 +224,7 @@ def prepare_audit(
     batch_size: int,
     plan: PrecisionPlan,
     verbose: bool = True,
+    estimate_retina: bool = False,
 ) -> PreparedAudit:
     """Load the run's model and the chosen scans with their masks; predict once."""
     require_positive(batch_size=batch_size)
@@ -220,7 +232,7 @@ def prepare_audit(
     requested = run.samples(index, split)
     chosen = _chosen_samples(requested, len(index.classes), scans_per_class)
     normalization = run.checkpoint.normalization
-    batch = load_audit_batch(index, chosen, run.img_size, normalization, verbose)
+    batch = load_audit_batch(index, chosen, run.img_size, normalization, verbose, estimate_retina)
     model = run.model(plan)
     images = batch.images.to(plan.device)
     with torch.inference_mode(), plan.autocast():
@@ -442,13 +454,15 @@ def load_audit_batch(
     img_size: int,
     normalization: Normalization,
     verbose: bool = True,
+    estimate_retina: bool = False,
 ) -> AuditBatch:
-    """Load ``samples`` and their masks (lesion, retina, scanner fill) at ``img_size``; a
-    progress bar counts the scans (finding the retina of each takes a while)."""
+    """Load ``samples`` and their masks (lesion, retina, scanner fill, overlays) at
+    ``img_size``; the retina from the data's ``retina/`` masks unless ``estimate_retina`` or
+    the data has none. A progress bar counts the scans (finding the retina takes a while)."""
     transform = eval_transform(img_size, normalization)
-    images, display, lesions, retina, fill, sizes = [], [], [], [], [], []
+    images, display, lesions, retina, fill, overlay, sizes = [], [], [], [], [], [], []
     lesion_paths = _mask_paths(index, samples, "masks")
-    retina_paths = _mask_paths(index, samples, "retina")
+    retina_paths = None if estimate_retina else _mask_paths(index, samples, "retina")
     scored = set()
     with progress_bar("loading scans for the audit", len(samples), verbose=verbose) as advance:
         for position, sample in enumerate(counted(samples, advance)):
@@ -466,12 +480,18 @@ def load_audit_batch(
             if lesion_paths:
                 lesions.append(_mask_at(lesion_paths[position], img_size))
             if retina_paths:
-                retina.append(_mask_at(retina_paths[position], img_size))
-                fill.append(_resized(scanner_fill(pixels), img_size) > 0)
+                scan_fill = scanner_fill(pixels)
+                drawn = burned_in_overlays(pixels, scan_fill)
+                # a mark drawn over the masked retina is not anatomy either
+                masked = _mask_at(retina_paths[position], img_size)
+                retina.append(masked & ~_mask_of(drawn, img_size))
+                fill.append(_mask_of(scan_fill, img_size))
+                overlay.append(_mask_of(drawn, img_size))
             else:
                 found = find_retina(pixels)
-                retina.append(_resized(found.mask(), img_size) > 0)
-                fill.append(_resized(found.fill, img_size) > 0)
+                retina.append(_mask_of(found.mask(), img_size))
+                fill.append(_mask_of(found.fill, img_size))
+                overlay.append(_mask_of(found.overlay, img_size))
     unreadable = left_out(index, samples, scored)
     readable = [sample for position, sample in enumerate(samples) if position in scored]
     return AuditBatch(
@@ -482,6 +502,7 @@ def load_audit_batch(
         lesions=torch.from_numpy(np.stack(lesions)) if lesion_paths else None,
         retina=torch.from_numpy(np.stack(retina)),
         fill=torch.from_numpy(np.stack(fill)),
+        overlay=torch.from_numpy(np.stack(overlay)),
         retina_source="masks" if retina_paths else "estimated",
         marks=read_marks(index, readable),
         sizes=sizes,
@@ -509,6 +530,10 @@ def _chosen_samples(samples: list[Sample], n_classes: int, per_class: int | None
 def _resized(pixels: np.ndarray, size: int, resample=Image.Resampling.NEAREST) -> np.ndarray:
     image = Image.fromarray(pixels.astype(np.uint8) * (255 if pixels.dtype == bool else 1))
     return np.asarray(image.resize((size, size), resample), dtype=np.float32)
+
+
+def _mask_of(mask: np.ndarray, size: int) -> np.ndarray:
+    return _resized(mask, size) > 0
 
 
 def _mask_paths(index: DatasetIndex, samples: list[Sample], kind: str) -> list[Path] | None:
