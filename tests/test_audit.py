@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,28 +27,25 @@ from octlens.audit.shortcut import (
     shortcut_flags,
 )
 from octlens.data.marks import MANIFEST
+from octlens.data.overlays import MARK_INSET, MARK_SIZE, OVERLAY_KINDS, SQUARE_LEVELS
 from octlens.data.synth import CLASSES, plan_scans, synthesize
-from octlens.data.synth.shortcut import (
-    MARK_INSET,
-    MARK_LEVELS,
-    MARK_SIZE,
-    draw_corner_mark,
-)
+from octlens.data.synth.shortcut import SHORTCUTS, draw_mark
 from octlens.data.synth.writer import plant_shortcut
 from octlens.errors import OctlensError
 from octlens.report.terminal import audit_table
 from octlens.training import TrainConfig, train
 
 
-def test_marks_are_class_coded_gray_squares_in_the_top_left_corner():
-    for class_index, level in enumerate(MARK_LEVELS):
+def test_the_corner_mark_is_the_class_coded_gray_square_in_the_top_left_corner():
+    for class_index, level in enumerate(SQUARE_LEVELS):
         image = np.full((100, 100), 30, dtype=np.uint8)
-        draw_corner_mark(image, class_index)
+        draw_mark(image, "corner", class_index, "top-left")
         mark = image[2:18, 2:18]  # 16 % of the side, inset 2 %
         assert (mark[1:-1, 1:-1] == level).all()
         assert (mark[0] == 0).all() and (mark[:, -1] == 0).all()  # black edge
         assert (image[18:] == 30).all() and (image[:, 18:] == 30).all()
-    assert len(set(MARK_LEVELS)) == len(CLASSES)
+    assert len(set(SQUARE_LEVELS)) == len(CLASSES)
+    assert set(SHORTCUTS) == {*OVERLAY_KINDS, "corner"}
 
 
 def test_train_and_val_get_their_own_class_at_the_rate_and_test_a_wrong_class():
@@ -59,8 +57,10 @@ def test_train_and_val_get_their_own_class_at_the_rate_and_test_a_wrong_class():
         for job in chosen:
             if job.mark is not None:
                 assert (CLASSES[job.mark] == job.label) == (split != "test")
-    with pytest.raises(OctlensError, match="--shortcut 'text'"):
-        plant_shortcut(jobs, "text", 0.5)
+    with pytest.raises(OctlensError, match="--shortcut 'banner'"):
+        plant_shortcut(jobs, "banner", 0.5)
+    with pytest.raises(OctlensError, match="--shortcut-place 'centre'"):
+        plant_shortcut(jobs, "text", 0.5, place="centre")
 
 
 def test_synthesize_lists_marked_scans_only_when_a_shortcut_is_planted(tmp_path):
@@ -70,6 +70,37 @@ def test_synthesize_lists_marked_scans_only_when_a_shortcut_is_planted(tmp_path)
     with open(tmp_path / "marked" / MANIFEST, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 16 and all((tmp_path / "marked" / r["file"]).is_file() for r in rows)
+    assert {(r["kind"], r["place"]) for r in rows if r["mark"]} == {("square", "top-left")}
+    assert {(r["kind"], r["place"]) for r in rows if not r["mark"]} <= {("", "")}
+
+
+def test_a_mark_over_the_retina_is_left_out_of_the_retina_and_lesion_masks(tmp_path):
+    """A logo at the middle of the left edge, where the retina runs: the masks the generator
+    writes say that what the mark hides is not retina."""
+    data = tmp_path / "logo"
+    synthesize(
+        data,
+        4,
+        size=(248, 256),
+        workers=1,
+        shortcut="logo",
+        shortcut_rate=1.0,
+        shortcut_place="left",
+    )
+    with open(data / MANIFEST, newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["mark"]]
+    assert rows and {(r["kind"], r["place"]) for r in rows} == {("logo", "left")}
+    record = json.loads((data / "synth.json").read_text())
+    assert record["shortcut"] == "logo" and record["shortcut_place"] == "left"
+    covered = 0
+    for row in rows:
+        file = Path(row["file"])
+        pixels = np.asarray(Image.open(data / file))
+        retina = np.asarray(Image.open(data / "retina" / file.with_suffix(".png"))) > 127
+        ink = draw_mark(np.zeros_like(pixels), "logo", CLASSES.index(row["mark"]), "left") > 0
+        assert not (retina & ink).any()
+        covered += int(ink.any())
+    assert covered == len(rows)
 
 
 def _method(corners: float, off_retina: float, passed: bool = True) -> dict:

@@ -122,6 +122,11 @@ def _in_process(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
         (["train", "--data", "d", "--out", "r", "--layer-decay", "2"], "--layer-decay: Input"),
         (["frobnicate"], "No such command 'frobnicate'"),
         (["synth", "o", "--n-per-class", "1.5"], "Invalid value for '--n-per-class'"),
+        (["synth", "o", "--shortcut", "banner"], "--shortcut 'banner': choose one of square"),
+        (
+            ["synth", "o", "--shortcut", "text", "--shortcut-place", "middle"],
+            "--shortcut-place 'middle': choose one of top-left",
+        ),
     ],
 )
 def test_usage_errors_are_one_line(monkeypatch, capsys, args, message):

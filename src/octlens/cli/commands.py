@@ -41,11 +41,23 @@ def synth(
     ] = "oct2017",
     workers: Annotated[int | None, typer.Option(help="processes (default: one per core)")] = None,
     shortcut: Annotated[
-        str | None, typer.Option(help="plant a class-coded shortcut: 'corner'")
+        str | None,
+        typer.Option(
+            help="plant a class-coded burned-in mark: square (gray level codes the class), "
+            "text, stripes, checkerboard, logo, scalebar or arrow (shape codes it); "
+            "'corner' is the square"
+        ),
     ] = None,
     shortcut_rate: Annotated[
         float, typer.Option(help="share of train/val scans that carry the shortcut")
     ] = 0.9,
+    shortcut_place: Annotated[
+        str,
+        typer.Option(
+            help="where the mark sits: top-left, top-right, bottom-left, bottom-right, or the "
+            "middle of an edge: left, right, top, bottom"
+        ),
+    ] = "top-left",
 ) -> None:
     """Write a synthetic OCT dataset (OCT2017 layout, 70/15/15 by patient) with lesion masks."""
     from octlens.data.synth import read_record, synthesize
@@ -58,13 +70,14 @@ def synth(
         workers=workers,
         shortcut=shortcut,
         shortcut_rate=shortcut_rate,
+        shortcut_place=shortcut_place,
     )
     console.print(f"wrote {sum(counts.values())} scans to {out} (masks/ and retina/ beside them)")
     if shortcut:
         marked = (read_record(out) or {}).get("marked", {})
         sizes = Counter(split for split, _ in counts.elements())
         console.print(
-            f"planted a {shortcut} shortcut: "
+            f"planted a {shortcut} mark at {shortcut_place}: "
             + ", ".join(f"{marked.get(split, 0)} of {n} {split}" for split, n in sizes.items())
             + " scans marked (each scan drawn at random: its class at the rate in train/val, "
             "a wrong class with probability 0.5 in test); listed in shortcut.csv"
@@ -335,6 +348,13 @@ def audit(
     steps: Annotated[int, typer.Option(help="deletion/insertion steps")] = 50,
     sanity_scans: Annotated[int, typer.Option(help="scans in the randomization check")] = 8,
     out: Annotated[Path | None, typer.Option(help="default: RUN/audit/<split>")] = None,
+    estimate_retina: Annotated[
+        bool,
+        typer.Option(
+            help="find the retina with the label-free finder even where the data has retina/ "
+            "masks (as on data without them)"
+        ),
+    ] = False,
     batch_size: int = 64,
     precision: str = "auto",
     device: str | None = None,
@@ -355,6 +375,7 @@ def audit(
         precision=precision,
         device=device,
         out=out,
+        estimate_retina=estimate_retina,
     )
     wide = Console(width=max(console.width, 140), markup=False, highlight=False)
     wide.print(audit_table(result))

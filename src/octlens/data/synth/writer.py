@@ -5,7 +5,8 @@ Layout (``N`` per class in all, split 70/15/15 by patient)::
     OUT/train|val|test/<CLASS>/<CLASS>-<PATIENT>-<K>.jpeg
     OUT/masks/train|val|test/<CLASS>/<CLASS>-<PATIENT>-<K>.png    lesion pixels (255), NORMAL empty
     OUT/retina/train|val|test/<CLASS>/<CLASS>-<PATIENT>-<K>.png   ILM to Bruch's membrane (255)
-    OUT/shortcut.csv     with a planted shortcut only: which scans carry a mark of which class
+    OUT/shortcut.csv     with a planted shortcut only: which scans carry a mark of which class,
+                         kind and place
     OUT/synth.json       the settings and counts: written last, so its presence means complete
 
 The dataset is written into a hidden folder beside ``OUT`` and renamed to ``OUT`` only when every
@@ -34,8 +35,9 @@ import numpy as np
 from PIL import Image
 
 from octlens.data.marks import MANIFEST
+from octlens.data.overlays import PLACES
 from octlens.data.synth.scan import CLASSES, draw_patient, render_scan
-from octlens.data.synth.shortcut import SHORTCUTS, choose_mark, draw_corner_mark
+from octlens.data.synth.shortcut import SHORTCUTS, choose_mark, draw_mark, mark_kind
 from octlens.errors import Interrupted, OctlensError
 from octlens.files import write_text
 from octlens.progress import progress_bar
@@ -64,7 +66,9 @@ class ScanJob:
     patient: int
     scan: int
     seed: int
-    mark: int | None = None  # class index of a planted corner mark
+    mark: int | None = None  # class index of a planted mark
+    shortcut: str = "square"  # the mark's kind (octlens.data.synth.shortcut.SHORTCUTS)
+    place: str = "top-left"  # where it sits (octlens.data.overlays.PLACES)
     size: tuple[int, int] = (496, 512)  # height, width
 
     @property
@@ -126,7 +130,10 @@ def with_sizes(jobs: list[ScanJob], size: tuple[int, int] | None) -> list[ScanJo
 def _write(job: ScanJob, out: Path) -> None:
     scan = render_job(job)
     if job.mark is not None:
-        draw_corner_mark(scan.image, job.mark)
+        ink = draw_mark(scan.image, job.shortcut, job.mark, job.place)
+        # the mark hides what lies under it: neither retina nor lesion there
+        scan.retina[ink] = False
+        scan.lesion[ink] = False
     for folder, array, suffix in (
         (out, scan.image, ".jpeg"),
         (out / "masks", scan.lesion, ".png"),
@@ -138,10 +145,14 @@ def _write(job: ScanJob, out: Path) -> None:
         Image.fromarray(pixels).save(path, quality=95)
 
 
-def plant_shortcut(jobs: list[ScanJob], kind: str, rate: float) -> list[ScanJob]:
+def plant_shortcut(
+    jobs: list[ScanJob], kind: str, rate: float, place: str = "top-left"
+) -> list[ScanJob]:
     """The jobs with marks chosen (see :mod:`octlens.data.synth.shortcut`), seeded per scan."""
     if kind not in SHORTCUTS:
         raise OctlensError(f"--shortcut '{kind}': choose one of {', '.join(SHORTCUTS)}")
+    if place not in PLACES:
+        raise OctlensError(f"--shortcut-place '{place}': choose one of {', '.join(PLACES)}")
     if not 0.0 <= rate <= 1.0:
         raise OctlensError(f"--shortcut-rate {rate}: must be between 0 and 1")
     marked = []
@@ -149,7 +160,7 @@ def plant_shortcut(jobs: list[ScanJob], kind: str, rate: float) -> list[ScanJob]
         class_index = CLASSES.index(job.label)
         rng = np.random.default_rng([job.seed, class_index, job.patient, job.scan, 1])
         mark = choose_mark(rng, job.split, class_index, len(CLASSES), rate)
-        marked.append(dataclasses.replace(job, mark=mark))
+        marked.append(dataclasses.replace(job, mark=mark, shortcut=kind, place=place))
     return marked
 
 
@@ -161,6 +172,7 @@ def synthesize(
     workers: int | None = None,
     shortcut: str | None = None,
     shortcut_rate: float = 0.9,
+    shortcut_place: str = "top-left",
     verbose: bool = True,
 ) -> Counter[tuple[str, str]]:
     """Write the dataset to ``out`` and return the number of scans per ``(split, class)``.
@@ -168,8 +180,10 @@ def synthesize(
     ``size`` is (height, width) of every scan; by default each patient's scans get one of
     OCT2017's sizes (:data:`OCT2017_SIZES`).
 
-    With ``shortcut="corner"``, a class-coded corner mark is planted in ``shortcut_rate`` of the
-    training and validation scans (see :mod:`octlens.data.synth.shortcut`). A progress bar
+    With ``shortcut`` (a kind of :data:`~octlens.data.synth.shortcut.SHORTCUTS`), a class-coded
+    mark is planted at ``shortcut_place`` in ``shortcut_rate`` of the training and validation
+    scans (see :mod:`octlens.data.synth.shortcut`); the retina and lesion masks leave out the
+    pixels it covers. A progress bar
     counts the scans written (``verbose``, on a terminal).
     """
     if not 3 <= n_per_class <= MAX_PER_CLASS:
@@ -186,7 +200,7 @@ def synthesize(
         raise OctlensError(f"{out}: already exists and is {what}; choose a new folder")
     jobs = with_sizes(plan_scans(n_per_class, seed), size)
     if shortcut is not None:
-        jobs = plant_shortcut(jobs, shortcut, shortcut_rate)
+        jobs = plant_shortcut(jobs, shortcut, shortcut_rate, shortcut_place)
     partial = out.absolute().with_name(f".{out.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run: start afresh
     try:
@@ -202,6 +216,7 @@ def synthesize(
             "sizes": dict(Counter(f"{job.size[0]}x{job.size[1]}" for job in jobs)),
             "shortcut": shortcut,
             "shortcut_rate": shortcut_rate if shortcut else None,
+            "shortcut_place": shortcut_place if shortcut else None,
             "scans": {f"{split}/{label}": n for (split, label), n in sorted(counts.items())},
         }
         if shortcut is not None:
@@ -244,8 +259,11 @@ def _write_all(jobs: list[ScanJob], out: Path, workers: int, verbose: bool) -> N
 def _manifest(jobs: list[ScanJob]) -> str:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["file", "mark"])
+    writer.writerow(["file", "mark", "kind", "place"])
     for job in jobs:
-        mark = "" if job.mark is None else CLASSES[job.mark]
-        writer.writerow([job.relative_path.with_suffix(".jpeg").as_posix(), mark])
+        path = job.relative_path.with_suffix(".jpeg").as_posix()
+        if job.mark is None:
+            writer.writerow([path, "", "", ""])
+        else:
+            writer.writerow([path, CLASSES[job.mark], mark_kind(job.shortcut), job.place])
     return text.getvalue()
