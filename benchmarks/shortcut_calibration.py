@@ -1,10 +1,12 @@
 """Calibrate the label-free shortcut verdict against planted marks, where the answer is known.
 
     .venv/bin/python benchmarks/shortcut_calibration.py --out runs/calibration [--seeds 0 1]
+        [--datasets clean square-0.9 text-0.9 ...] [--models resnet18 vit_tiny]
 
 Trains the demo's two recipes (ResNet18, then the ViT-tiny distilled from the ResNet18 of the
-same data and seed; 128 px) with two seeds each on clean
-synthetic data and on data with a planted corner mark at rates 0.5 and 0.9, then per model:
+same data and seed; 128 px) with two seeds each on clean synthetic data and on data with a
+planted mark of each kind (``square``, ``text``, ``checkerboard``, ``logo``, ``scalebar``; top-left
+corner, or ``--place``) at rate 0.9 (and the square at 0.5), then per model:
 
 - **the manifest's answer**: on the test split, whose marks code a *wrong* class, accuracy on
   clean and on misleading-mark scans (``shortcut.csv``) and how often the answer is the mark's
@@ -14,12 +16,21 @@ synthetic data and on data with a planted corner mark at rates 0.5 and 0.9, then
 - **the counterfactual verdict**, which never reads the manifest: ``octlens audit`` on the
   validation split, whose marks code the scan's own class as a real confound would (on the test
   split a same-class donor carries a misleading mark as often as any other, so the same-class
-  control would contain the shortcut itself).
+  control would contain the shortcut itself). Each model is audited twice: with the generator's
+  ``retina/`` masks, and with the label-free retina finder (``estimate_retina``), as a user's
+  data without masks would be.
 
-It prints one Markdown row per model and whether the two agree. Finished runs and audits are
-kept (delete ``RUN/audit/val`` after changing the counterfactual tests), so a second call only
-does what is missing (``--train-only`` stops after
-training).
+**Real scans** (``--real ../shared/data/oct2017-real/dev``): the same protocol on real OCT2017
+scans, with the marks drawn into them (PNG, lossless) and the label-free finder the only retina
+there is: the scans split by patient, about 50% train, 25% val (marks of the scan's own class at the
+rate, as a real confound would be; the audit's split), 25% test (a wrong class's mark on every
+second scan; the manifest's split).
+
+It prints one Markdown row per model and retina source and whether the two agree: on synthetic scans
+any flag counts; on real scans, which carry their own border and fill cues, only a flag of the
+region holding the mark (the corners, or the border band for a mark at an edge). Finished runs and
+audits are kept (delete ``RUN/audit/val*`` after changing the counterfactual tests), so a second
+call only does what is missing (``--train-only`` stops after training).
 """
 
 from __future__ import annotations
@@ -28,24 +39,76 @@ import argparse
 import csv
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from octlens.audit import AuditResult, audit_run
 from octlens.audit.shortcut import ACCURACY_GAP, FOLLOW_EXCESS
+from octlens.data.index import scan
 from octlens.data.marks import MANIFEST
+from octlens.data.overlays import PLACES, draw_overlay
+from octlens.data.splits import split_by_patient
 from octlens.data.synth import read_record, synthesize
+from octlens.data.synth.shortcut import choose_mark, mark_kind
 from octlens.demo import DEMO_MODELS, demo_config
 from octlens.evaluate import evaluate_run
 from octlens.files import read_json
 from octlens.training import train
 
-DATASETS = {"mark-0.9": 0.9, "mark-0.5": 0.5, "clean": None}
+KINDS = ("square", "text", "checkerboard", "logo", "scalebar")
+#: name -> (mark kind, rate); None for clean data.
+DATASETS: dict[str, tuple[str, float] | None] = {
+    "clean": None,
+    **{f"{kind}-0.9": (kind, 0.9) for kind in KINDS},
+    "square-0.5": ("square", 0.5),
+}
 SEEDS = [0, 1]
+#: Where the retina comes from in each audit: the generator's masks, or the label-free finder.
+RETINA = {"masks": False, "finder": True}
 
 
-def dataset(out: Path, name: str, rate: float | None) -> Path:
-    folder = out / "data" / name
+def dataset(out: Path, name: str, place: str, n_per_class: int) -> Path:
+    mark = DATASETS[name]
+    folder = out / "data" / (name if place == "top-left" or mark is None else f"{name}-{place}")
     if read_record(folder) is None:
-        extra = {} if rate is None else {"shortcut": "corner", "shortcut_rate": rate}
-        synthesize(folder, 200, seed=0, **extra)
+        extra = (
+            {}
+            if mark is None
+            else {"shortcut": mark[0], "shortcut_rate": mark[1], "shortcut_place": place}
+        )
+        synthesize(folder, n_per_class, seed=0, verbose=False, **extra)
+    return folder
+
+
+def real_dataset(out: Path, name: str, place: str, source: Path) -> Path:
+    """``source``'s scans (one folder per class) split by patient into train/val/test and marked
+    as :func:`octlens.data.synth.writer.plant_shortcut` marks synthetic scans, as PNG files."""
+    mark = DATASETS[name]
+    folder = out / "data" / (f"real-{name}" if mark is None else f"real-{name}-{place}")
+    if (folder / MANIFEST).exists():
+        return folder
+    index = scan(source, verbose=False)
+    samples = next(iter(index.splits.values()))
+    # seeds chosen for the sizes they give the splits (67, 34, 38 of the 139 dev scans): whole
+    # patients of up to 12 scans make a carve overshoot its share for other seeds
+    rest, test = split_by_patient(samples, 0.25, seed=3)
+    train, val = split_by_patient(rest, 1 / 3, seed=2)
+    rows = ["file,mark,kind,place"]
+    for split, chosen in (("train", train), ("val", val), ("test", test)):
+        for position, sample in enumerate(chosen):
+            pixels = np.array(index.load(sample))
+            code = None
+            if mark is not None:
+                rng = np.random.default_rng([position, sample.label, len(split)])
+                code = choose_mark(rng, split, sample.label, len(index.classes), mark[1])
+            if code is not None:
+                draw_overlay(pixels, mark_kind(mark[0]), code, place)  # type: ignore[index]
+            relative = f"{split}/{index.classes[sample.label]}/{sample.path.stem}.png"
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(folder / relative)
+            marked = "" if code is None else f"{index.classes[code]},{mark[0]},{place}"  # type: ignore[index]
+            rows.append(f"{relative},{marked}" if marked else f"{relative},,,")
+    (folder / MANIFEST).write_text("\n".join(rows) + "\n")  # written last: the set is complete
     return folder
 
 
@@ -79,6 +142,8 @@ def manifest_answer(run: Path, data: Path) -> dict[str, float] | None:
         (marked if mark else clean).append(correct)
         if mark:
             follows.append(row["prediction"] == mark)
+    if not marked:  # clean data: nothing to compare
+        return None
     clean_accuracy, marked_accuracy = _mean(clean), _mean(marked)
     return {
         "clean": clean_accuracy,
@@ -99,21 +164,35 @@ def main() -> None:
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
     parser.add_argument("--scans-per-class", type=int, default=16)
+    parser.add_argument(
+        "--n-per-class", type=int, default=200, help="synthetic scans per class, all splits"
+    )
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument("--place", choices=PLACES, default="top-left")
+    parser.add_argument("--models", nargs="+", choices=list(DEMO_MODELS), default=list(DEMO_MODELS))
+    parser.add_argument("--retina", nargs="+", choices=list(RETINA), default=list(RETINA))
+    parser.add_argument(
+        "--real", type=Path, help="mark these real scans (one folder per class) instead"
+    )
     parser.add_argument(
         "--audit-only", action="store_true", help="skip runs that are not trained to the end"
     )
     args = parser.parse_args()
     print(
-        "| data | model | seed | val acc | test: clean | misleading mark | follows mark (chance) | "
-        "uses the mark (manifest) | counterfactual verdict (val, no manifest) | agree |"
+        "| data | model | seed | retina | val acc | test: clean | misleading mark | "
+        "follows mark (chance) | uses the mark (manifest) | "
+        "counterfactual verdict (val, no manifest) | agree |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.datasets:
-        data = dataset(args.out, name, DATASETS[name])
-        for recipe in DEMO_MODELS:
+        data = (
+            dataset(args.out, name, args.place, args.n_per_class)
+            if args.real is None
+            else real_dataset(args.out, name, args.place, args.real)
+        )
+        for recipe in args.models:
             for seed in args.seeds:
-                runs = {model: args.out / f"{name}-{model}-s{seed}" for model in DEMO_MODELS}
+                runs = {model: args.out / f"{data.name}-{model}-s{seed}" for model in DEMO_MODELS}
                 run = runs[recipe]
                 if args.audit_only and not finished(run, recipe):
                     print(f"| {name} | {recipe} | {seed} | not trained |", flush=True)
@@ -123,46 +202,67 @@ def main() -> None:
                     print(f"trained {run}", flush=True)
                     continue
                 answer = manifest_answer(run, data)
-                stored = run / "audit" / "val" / "audit.json"
-                result = (
-                    AuditResult.load(stored)
-                    if stored.exists()
-                    else audit_run(
-                        run,
-                        data,
-                        "val",
-                        methods=["gradcam"],
-                        scans_per_class=args.scans_per_class,
-                        steps=10,
-                        sanity_scans=4,
-                    )
-                )
-                flagged = result.counterfactual.flagged_regions()
-                verdict = ("flagged: " + ", ".join(flagged)) if flagged else "not flagged"
-                swaps = result.counterfactual.swaps
-                corner = swaps["corners"]
-                if corner is not None:
-                    verdict += f" (corners {corner.flip_to_donor}, effect {corner.effect})"
-                uses = answer is not None and (
-                    answer["gap"] >= ACCURACY_GAP
-                    or answer["follows"] - answer["by_chance"] >= FOLLOW_EXCESS
-                )
-                cells = (
-                    ["-", "-", "-"]
-                    if answer is None
-                    else [
-                        f"{answer['clean']:.2f}",
-                        f"{answer['marked']:.2f}",
-                        f"{answer['follows']:.2f} ({answer['by_chance']:.2f})",
-                    ]
-                )
-                print(
-                    f"| {name} | {recipe} | {seed} | {result.accuracy.all:.2f} | "
-                    + " | ".join(cells)
-                    + f" | {'yes' if uses else 'no'} | {verdict} | "
-                    f"{'yes' if uses == bool(flagged) else '**no**'} |",
-                    flush=True,
-                )
+                for source in args.retina if args.real is None else ["finder"]:
+                    print(row(run, data, name, recipe, seed, source, answer, args), flush=True)
+
+
+def row(
+    run: Path,
+    data: Path,
+    name: str,
+    recipe: str,
+    seed: int,
+    source: str,
+    answer: dict[str, float] | None,
+    args: argparse.Namespace,
+) -> str:
+    """One Markdown row: the manifest's answer beside the counterfactual verdict."""
+    folder = run / "audit" / ("val" if source == "masks" else "val-estimated")
+    stored = folder / "audit.json"
+    result = (
+        AuditResult.load(stored)
+        if stored.exists()
+        else audit_run(
+            run,
+            data,
+            "val",
+            methods=["gradcam"],
+            scans_per_class=args.scans_per_class,
+            steps=10,
+            sanity_scans=4,
+            out=folder,
+            estimate_retina=RETINA[source],
+            verbose=False,
+        )
+    )
+    flagged = result.counterfactual.flagged_regions()
+    verdict = ("flagged: " + ", ".join(flagged)) if flagged else "not flagged"
+    # Real scans carry their own border and fill cues, so there a model agrees with the manifest
+    # when the region holding the mark is flagged exactly when it uses the mark; synthetic scans
+    # have no other cue, so there any flag counts.
+    region = "corners" if "-" in args.place else "border"
+    caught = region in flagged if args.real is not None else bool(flagged)
+    corner = result.counterfactual.swaps["corners"]
+    if corner is not None:
+        verdict += f" (corners {corner.flip_to_donor}, effect {corner.effect})"
+    uses = answer is not None and (
+        answer["gap"] >= ACCURACY_GAP or answer["follows"] - answer["by_chance"] >= FOLLOW_EXCESS
+    )
+    cells = (
+        ["-", "-", "-"]
+        if answer is None
+        else [
+            f"{answer['clean']:.2f}",
+            f"{answer['marked']:.2f}",
+            f"{answer['follows']:.2f} ({answer['by_chance']:.2f})",
+        ]
+    )
+    return (
+        f"| {data.name} | {recipe} | {seed} | {source} | {result.accuracy.all:.2f} | "
+        + " | ".join(cells)
+        + f" | {'yes' if uses else 'no'} | {verdict} | "
+        f"{'yes' if uses == caught else '**no**'} |"
+    )
 
 
 if __name__ == "__main__":

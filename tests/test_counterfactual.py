@@ -14,6 +14,7 @@ from octlens.audit.counterfactual import (
     region_only,
     region_swap,
     swap_mask,
+    with_whole_marks,
 )
 from octlens.audit.shortcut import edge_regions
 
@@ -273,3 +274,15 @@ def test_texture_for_region_only_is_never_drawn_from_an_overlay():
     assert retina_only[:, :4, :4].abs().max() < 0.5
     region_only(records, images, labels, retina, fill)
     assert seen[-1][:, 0, :4, 4:].abs().max() > 0.5  # without the overlay mask, they leak
+
+
+def test_a_mark_that_touches_the_region_moves_whole():
+    """A mark at the middle of an edge reaches past the border band: it is swapped whole."""
+    region = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
+    region[:, :, :5] = True  # a band along the left edge
+    overlay = torch.zeros_like(region)
+    overlay[0, 15:25, 2:12] = True  # half in the band, half out
+    overlay[0, 30:34, 20:24] = True  # another mark, away from the band
+    grown = with_whole_marks(region, overlay)
+    assert grown[0, 15:25, 2:12].all() and not grown[0, 30:34, 20:24].any()
+    assert (grown[1] == region[1]).all()

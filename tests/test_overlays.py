@@ -16,8 +16,11 @@ from octlens.data.overlays import (
     SQUARE_LEVELS,
     draw_overlay,
     mark_box,
+    smallest_scan,
 )
 from octlens.data.retina import burned_in_overlays, find_retina, scanner_fill
+from octlens.data.synth import synthesize
+from octlens.errors import OctlensError
 
 
 def dev_scans(real_dev, every: int) -> list[np.ndarray]:
@@ -173,3 +176,40 @@ def test_a_model_that_reads_a_text_mark_on_real_scans_is_flagged_on_the_corners(
         overlay=overlay,
     )
     assert result.flagged and result.flip_to_donor.mean >= 0.8
+
+
+@pytest.mark.parametrize("kind", OVERLAY_KINDS)
+def test_a_scan_too_small_for_four_distinct_marks_is_refused(kind):
+    side = smallest_scan(kind)
+    inks = [draw_overlay(np.zeros((side, side), np.uint8), kind, c) for c in range(4)]
+    if kind != "square":
+        assert all((a != b).any() for i, a in enumerate(inks) for b in inks[i + 1 :])
+    with pytest.raises(ValueError, match=f"at least {side} px"):
+        draw_overlay(np.zeros((side - 1, 300), np.uint8), kind, 0)
+
+
+def test_synth_refuses_marks_its_scans_are_too_small_for(tmp_path):
+    with pytest.raises(OctlensError, match="--shortcut text: needs scans of at least 222 px"):
+        synthesize(tmp_path / "s", 4, size=(62, 64), workers=1, shortcut="text")
+    with pytest.raises(OctlensError, match="--shortcut-place 'middle'"):
+        synthesize(tmp_path / "s", 4, size=(62, 64), workers=1, shortcut_place="middle")
+    assert not (tmp_path / "s").exists()
+
+
+def test_overlays_are_found_in_float_scans_as_in_uint8_ones(real_dev):
+    marked = dev_scans(real_dev, 40)[0].copy()
+    draw_overlay(marked, "text", 1, "top-left")
+    found = burned_in_overlays(marked)
+    assert found.any()
+    assert (burned_in_overlays(marked / 255.0) == found).all()
+
+
+def test_the_audit_covers_every_pixel_a_mark_touches_at_the_model_size(tmp_path, real_dev):
+    """Shrunk with a nearest-neighbour resize, a mark's thin strokes fall between the samples
+    and stay behind in a swap; the audit's overlay mask covers every pixel they touch."""
+    from octlens.audit.pipeline import _covered
+
+    wide = np.zeros((496, 1536), np.uint8)
+    ink = draw_overlay(wide, "text", 1, "left")
+    at_128 = np.asarray(Image.fromarray(wide).resize((128, 128), Image.Resampling.BOX)) > 0
+    assert (_covered(ink, 128) >= at_128).all()

@@ -7,14 +7,15 @@ Three tests, each a few forward passes per scan, all on the model's normalized i
 **Region swap** (:func:`region_swap`). For each scan *i* and each of ``k`` donors *d* whose
 predicted class differs from *i*'s, the pixels of a region (the corners, the border band, the
 scanner's fill, or everything off the retina) that lie off the retina in *both* scans are copied
-from *d* into *i*, so no anatomy moves, and so are the pixels of a burned-in overlay of either
-scan in the region (:func:`octlens.data.retina.burned_in_overlays`: text, logos, scale bars,
-arrows, flat patches), even where the other scan has retina. What the retina finder calls
-retina stays put: a steep or tilted retina crossing a corner is anatomy, and swapping it would
-test the model on another patient's anatomy, not on the corner. A mark is never anatomy: where
-it covers the retina the finder leaves it out of the retina mask, and where it lies over the
-donor's retina the donor's retina comes with the swap, so the mark always goes. With
-:math:`\\hat y` the model's prediction:
+from *d* into *i*, so no anatomy moves, and so are the pixels of a burned-in overlay of either scan
+in the region (:func:`octlens.data.retina.burned_in_overlays`: text, logos, scale bars, arrows, flat
+patches), even where the other scan has retina, and a mark that touches the region moves whole
+(:func:`with_whole_marks`). What the retina finder calls retina stays put: a steep or tilted retina
+crossing a corner is anatomy, and swapping it would test the model on another patient's anatomy, not
+on the corner. A mark is never anatomy: where it covers the retina the finder leaves it out of the
+retina mask, and where it lies over the donor's retina the donor's retina comes with the swap, so
+the mark always goes (the same-class control pastes such pixels too, from donors of the scan's own
+class). With :math:`\\hat y` the model's prediction:
 
 .. math::
 
@@ -70,6 +71,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from octlens.errors import OctlensError
 
@@ -150,6 +152,22 @@ def choose_donors(
     return donors
 
 
+def with_whole_marks(region: torch.Tensor, overlay: torch.Tensor) -> torch.Tensor:
+    """(N, S, S) ``region`` grown by every burned-in mark (8-connected piece of ``overlay``) that
+    touches it: a mark half inside the border band is swapped whole, not cut in two."""
+    grown = region.clone()
+    marks = overlay.cpu().numpy()
+    inside = region.cpu().numpy()
+    for i in range(len(marks)):
+        if not marks[i].any():
+            continue
+        labels, _ = ndimage.label(marks[i], structure=np.ones((3, 3)))
+        touching = np.unique(labels[inside[i] & marks[i]])
+        whole = np.isin(labels, touching[touching > 0])
+        grown[i] |= torch.from_numpy(whole).to(region.device)
+    return grown
+
+
 def swap_mask(
     region: torch.Tensor,
     retina: torch.Tensor,
@@ -202,6 +220,8 @@ def region_swap(
     k = other_donors.shape[1]
     generator = torch.Generator().manual_seed(seed)
     device = images.device
+    if overlay is not None:
+        region = with_whole_marks(region, overlay)
     flips, placed, changes, deltas, areas = [], [], [], [], []
     controlled = False  # whether the random-place control moved any pixel at all
     for column in range(k):

@@ -480,18 +480,17 @@ def load_audit_batch(
             if lesion_paths:
                 lesions.append(_mask_at(lesion_paths[position], img_size))
             if retina_paths:
-                scan_fill = scanner_fill(pixels)
-                drawn = burned_in_overlays(pixels, scan_fill)
-                # a mark drawn over the masked retina is not anatomy either
+                # the data's masks are trusted: a found mark counts only off them
                 masked = _mask_at(retina_paths[position], img_size)
-                retina.append(masked & ~_mask_of(drawn, img_size))
-                fill.append(_mask_of(scan_fill, img_size))
-                overlay.append(_mask_of(drawn, img_size))
+                retina.append(masked)
+                fill.append(_mask_of(scanner_fill(pixels), img_size))
+                overlay.append(_covered(burned_in_overlays(pixels), img_size) & ~masked)
             else:
                 found = find_retina(pixels)
-                retina.append(_mask_of(found.mask(), img_size))
+                drawn = _covered(found.overlay, img_size)
+                retina.append(_mask_of(found.mask(), img_size) & ~drawn)
                 fill.append(_mask_of(found.fill, img_size))
-                overlay.append(_mask_of(found.overlay, img_size))
+                overlay.append(drawn)
     unreadable = left_out(index, samples, scored)
     readable = [sample for position, sample in enumerate(samples) if position in scored]
     return AuditBatch(
@@ -534,6 +533,12 @@ def _resized(pixels: np.ndarray, size: int, resample=Image.Resampling.NEAREST) -
 
 def _mask_of(mask: np.ndarray, size: int) -> np.ndarray:
     return _resized(mask, size) > 0
+
+
+def _covered(mask: np.ndarray, size: int) -> np.ndarray:
+    """``mask`` at ``size``, every pixel it touches at all: a mark's thin strokes must not
+    fall between the samples of a nearest-neighbour resize and stay behind in a swap."""
+    return _resized(mask, size, Image.Resampling.BOX) > 0
 
 
 def _mask_paths(index: DatasetIndex, samples: list[Sample], kind: str) -> list[Path] | None:

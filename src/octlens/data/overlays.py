@@ -66,12 +66,17 @@ _GLYPHS = {
 }
 
 
+#: The smallest box in which each kind still codes four different classes (the text's 5 x 7
+#: glyphs, twelve checkerboard cells of 3 px, stripes of a period above 2 px); the square needs 4.
+MIN_SIDE = {kind: 4 if kind == "square" else 36 for kind in OVERLAY_KINDS}
+
+
 def mark_box(shape: tuple[int, int], place: str) -> tuple[int, int, int]:
     """(top, left, side) of the square box a mark fills at ``place`` on a scan of ``shape``."""
     if place not in PLACES:
         raise ValueError(f"place {place!r}: choose one of {', '.join(PLACES)}")
     height, width = shape
-    side = max(4, round(MARK_SIZE * min(shape)))
+    side = round(MARK_SIZE * min(shape))
     inset = round(MARK_INSET * min(shape))
     vertical, horizontal = _PLACE_ANCHORS[place]
     top = {"top": inset, "middle": (height - side) // 2, "bottom": height - inset - side}
@@ -101,6 +106,11 @@ def draw_overlay(
     if not 0 <= code < 4:
         raise ValueError(f"overlay code {code}: must be 0-3")
     top, left, side = mark_box(image.shape[:2], place)
+    if side < MIN_SIDE[kind]:
+        raise ValueError(
+            f"a {kind} mark needs a scan of at least {smallest_scan(kind)} px on its shorter "
+            f"side, not {min(image.shape[:2])}"
+        )
     ink = np.zeros(image.shape[:2], dtype=bool)
     box = (slice(top, top + side), slice(left, left + side))
     if kind == "square":
@@ -112,6 +122,11 @@ def draw_overlay(
     ink[box] = _PATTERNS[kind](side, code)
     image[ink] = level
     return ink
+
+
+def smallest_scan(kind: str) -> int:
+    """The shorter side a scan needs for a ``kind`` mark to code four classes."""
+    return int(np.ceil((MIN_SIDE[kind] - 0.5) / MARK_SIZE))
 
 
 def _text(side: int, code: int) -> np.ndarray:

@@ -96,7 +96,7 @@ def find_retina(image: np.ndarray) -> RetinaBoundaries:
         pixels = pixels * 255
     height, width = pixels.shape
     fill = scanner_fill(pixels)
-    overlay = burned_in_overlays(pixels, fill)
+    overlay = _overlays(pixels, fill)
 
     cell = max(1.0, _CELL * height / 496)
     rows, cols = max(8, round(height / cell)), max(4, round(width / cell))
@@ -152,31 +152,37 @@ def scanner_fill(pixels: np.ndarray) -> np.ndarray:
     return np.isin(labels, edge_labels[edge_labels > 0])
 
 
-def burned_in_overlays(pixels: np.ndarray, fill: np.ndarray | None = None) -> np.ndarray:
-    """(H, W) bool: marks drawn into the scan (text, logos, scale bars, arrows, flat patches);
-    see the module's docstring. ``fill``: the scanner's fill, if the caller has it."""
-    pixels = np.asarray(pixels, dtype=np.float32)
-    if fill is None:
-        fill = scanner_fill(pixels)
+def burned_in_overlays(image: np.ndarray) -> np.ndarray:
+    """(H, W) bool: marks drawn into a grayscale scan ``(H, W)`` (uint8, or float in [0, 1]):
+    text, logos, scale bars, arrows, flat patches; see the module's docstring."""
+    pixels = np.asarray(image, dtype=np.float32)
+    if image.dtype != np.uint8:
+        pixels = pixels * 255
+    return _overlays(pixels, scanner_fill(pixels))
+
+
+def _overlays(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """:func:`burned_in_overlays` of gray levels 0-255, the scanner's ``fill`` already found.
+
+    Each candidate plateau (bright enough, not fill) is judged on its own ring, whatever other
+    plateaus lie in it: tissue broken into nearby plateaus of one level rings itself with them.
+    """
     smooth = ndimage.median_filter(pixels, 3)
     spread = ndimage.maximum_filter(smooth, 3) - ndimage.minimum_filter(smooth, 3)
-    plateau = spread <= _PLATEAU_RANGE
-    labels, count = ndimage.label(plateau, structure=np.ones((3, 3)))
+    labels, count = ndimage.label(spread <= _PLATEAU_RANGE, structure=np.ones((3, 3)))
     overlay = np.zeros(pixels.shape, dtype=bool)
     if count == 0:
         return overlay
     ids = np.arange(1, count + 1)
     levels = ndimage.mean(smooth, labels, ids)
-    sizes = ndimage.sum(plateau, labels, ids)
-    in_fill = ndimage.maximum(fill, labels, ids)
+    sizes = ndimage.sum(labels > 0, labels, ids)
+    in_fill = np.asarray(ndimage.maximum(fill, labels, ids), dtype=bool)
     floor = np.median(smooth) + _OVERLAY_ABOVE_MEDIAN
     reach = _EDGE + 3
-    candidates = np.flatnonzero((sizes >= 4) & (levels >= floor) & ~np.asarray(in_fill, bool))
     boxes = ndimage.find_objects(labels)
-    for index in candidates:
+    for index in np.flatnonzero((sizes >= 4) & (levels >= floor) & ~in_fill):
         box = tuple(slice(max(0, side.start - reach), side.stop + reach) for side in boxes[index])
-        plateau_here = labels[box] == index + 1
-        edge = ndimage.binary_dilation(plateau_here, iterations=_EDGE)
+        edge = ndimage.binary_dilation(labels[box] == index + 1, iterations=_EDGE)
         ring = ndimage.binary_dilation(edge, iterations=3) & ~edge
         # The registration fill beside a mark stands apart from it as dark background does.
         difference = np.where(fill[box], 255.0, np.abs(smooth[box] - levels[index]))[ring]

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from octlens.data.marks import MANIFEST
-from octlens.data.overlays import PLACES
+from octlens.data.overlays import PLACES, smallest_scan
 from octlens.data.synth.scan import CLASSES, draw_patient, render_scan
 from octlens.data.synth.shortcut import SHORTCUTS, choose_mark, draw_mark, mark_kind
 from octlens.errors import Interrupted, OctlensError
@@ -151,8 +151,13 @@ def plant_shortcut(
     """The jobs with marks chosen (see :mod:`octlens.data.synth.shortcut`), seeded per scan."""
     if kind not in SHORTCUTS:
         raise OctlensError(f"--shortcut '{kind}': choose one of {', '.join(SHORTCUTS)}")
-    if place not in PLACES:
-        raise OctlensError(f"--shortcut-place '{place}': choose one of {', '.join(PLACES)}")
+    check_place(place)
+    smallest = min(min(job.size) for job in jobs)
+    if smallest < smallest_scan(mark_kind(kind)):
+        raise OctlensError(
+            f"--shortcut {kind}: needs scans of at least {smallest_scan(mark_kind(kind))} px on "
+            f"the shorter side to code four classes, not {smallest}"
+        )
     if not 0.0 <= rate <= 1.0:
         raise OctlensError(f"--shortcut-rate {rate}: must be between 0 and 1")
     marked = []
@@ -162,6 +167,11 @@ def plant_shortcut(
         mark = choose_mark(rng, job.split, class_index, len(CLASSES), rate)
         marked.append(dataclasses.replace(job, mark=mark, shortcut=kind, place=place))
     return marked
+
+
+def check_place(place: str) -> None:
+    if place not in PLACES:
+        raise OctlensError(f"--shortcut-place '{place}': choose one of {', '.join(PLACES)}")
 
 
 def synthesize(
@@ -198,6 +208,7 @@ def synthesize(
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         what = "a folder that is not empty" if out.is_dir() else "a file"
         raise OctlensError(f"{out}: already exists and is {what}; choose a new folder")
+    check_place(shortcut_place)  # checked with or without --shortcut: a typo is not ignored
     jobs = with_sizes(plan_scans(n_per_class, seed), size)
     if shortcut is not None:
         jobs = plant_shortcut(jobs, shortcut, shortcut_rate, shortcut_place)
