@@ -23,8 +23,8 @@ corner, or ``--place``) at rate 0.9 (and the square at 0.5), then per model:
 **Real scans** (``--real ../shared/data/oct2017-real/dev``): the same protocol on real OCT2017
 scans, with the marks drawn into them (PNG, lossless) and the label-free finder the only retina
 there is: the scans split by patient, about 50% train, 25% val (marks of the scan's own class at the
-rate, as a real confound would be; the audit's split), 25% test (a wrong class's mark on every
-second scan; the manifest's split).
+rate, as a real confound would be; the audit's split), 25% test (every scan twice, clean and with a
+wrong class's mark: the manifest's split, paired).
 
 It prints one Markdown row per model and retina source and whether the two agree: on synthetic scans
 any flag counts; on real scans, which carry their own border and fill cues, only a flag of the
@@ -81,8 +81,14 @@ def dataset(out: Path, name: str, place: str, n_per_class: int) -> Path:
 
 
 def real_dataset(out: Path, name: str, place: str, source: Path) -> Path:
-    """``source``'s scans (one folder per class) split by patient into train/val/test and marked
-    as :func:`octlens.data.synth.writer.plant_shortcut` marks synthetic scans, as PNG files."""
+    """``source``'s scans (one folder per class) split by patient into train/val/test, as PNG.
+
+    Train and val scans are marked as :func:`octlens.data.synth.writer.plant_shortcut` marks
+    synthetic ones (their own class at the rate). Every test scan is written twice, clean and
+    with a mark of a wrong class, so the manifest's answer compares the same scans with and
+    without a misleading mark (paired: a few dozen real test scans are too few for two
+    independent halves).
+    """
     mark = DATASETS[name]
     folder = out / "data" / (f"real-{name}" if mark is None else f"real-{name}-{place}")
     if (folder / MANIFEST).exists():
@@ -94,20 +100,34 @@ def real_dataset(out: Path, name: str, place: str, source: Path) -> Path:
     rest, test = split_by_patient(samples, 0.25, seed=3)
     train, val = split_by_patient(rest, 1 / 3, seed=2)
     rows = ["file,mark,kind,place"]
+
+    def write(relative: str, pixels: np.ndarray, code: int | None) -> None:
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        if code is not None:
+            pixels = pixels.copy()
+            draw_overlay(pixels, mark_kind(mark[0]), code, place)  # type: ignore[index]
+        Image.fromarray(pixels).save(folder / relative)
+        marked = "" if code is None else f"{index.classes[code]},{mark[0]},{place}"  # type: ignore[index]
+        rows.append(f"{relative},{marked}" if marked else f"{relative},,,")
+
+    n_classes = len(index.classes)
     for split, chosen in (("train", train), ("val", val), ("test", test)):
         for position, sample in enumerate(chosen):
             pixels = np.array(index.load(sample))
-            code = None
+            relative = f"{split}/{index.classes[sample.label]}/{sample.path.stem}"
+            rng = np.random.default_rng([position, sample.label, len(split)])
+            if split != "test":
+                code = (
+                    None
+                    if mark is None
+                    else choose_mark(rng, split, sample.label, n_classes, mark[1])
+                )
+                write(f"{relative}.png", pixels, code)
+                continue
+            write(f"{relative}.png", pixels, None)
             if mark is not None:
-                rng = np.random.default_rng([position, sample.label, len(split)])
-                code = choose_mark(rng, split, sample.label, len(index.classes), mark[1])
-            if code is not None:
-                draw_overlay(pixels, mark_kind(mark[0]), code, place)  # type: ignore[index]
-            relative = f"{split}/{index.classes[sample.label]}/{sample.path.stem}.png"
-            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(folder / relative)
-            marked = "" if code is None else f"{index.classes[code]},{mark[0]},{place}"  # type: ignore[index]
-            rows.append(f"{relative},{marked}" if marked else f"{relative},,,")
+                wrong = int((sample.label + rng.integers(1, n_classes)) % n_classes)
+                write(f"{relative}-marked.png", pixels, wrong)
     (folder / MANIFEST).write_text("\n".join(rows) + "\n")  # written last: the set is complete
     return folder
 
