@@ -132,16 +132,22 @@ def real_dataset(out: Path, name: str, place: str, source: Path) -> Path:
     return folder
 
 
-def finished(run: Path, recipe: str) -> bool:
+def finished(run: Path, recipe: str, epochs: int | None = None) -> bool:
     last = run / "last.json"
-    return last.exists() and read_json(last)["epoch"] >= DEMO_MODELS[recipe]["epochs"]
+    wanted = epochs or DEMO_MODELS[recipe]["epochs"]
+    return last.exists() and read_json(last)["epoch"] >= wanted
 
 
-def trained(data: Path, runs: dict[str, Path], recipe: str, seed: int) -> Path:
-    """``runs[recipe]`` trained to the end (a distilled recipe's teacher is ``runs``' too)."""
+def trained(
+    data: Path, runs: dict[str, Path], recipe: str, seed: int, epochs: int | None = None
+) -> Path:
+    """``runs[recipe]`` trained to the end (a distilled recipe's teacher is ``runs``' too), for
+    the demo's epochs or ``epochs``."""
     run = runs[recipe]
-    if not finished(run, recipe):
+    if not finished(run, recipe, epochs):
         config = demo_config(recipe, data, run, seed, runs)
+        if epochs:
+            config = config.model_copy(update={"epochs": epochs})
         train(config, resume=(run / "last.json").exists(), verbose=False)
     return run
 
@@ -195,6 +201,12 @@ def main() -> None:
         "--real", type=Path, help="mark these real scans (one folder per class) instead"
     )
     parser.add_argument(
+        "--epochs",
+        type=int,
+        help="train this long instead of the demo's epochs (a few dozen "
+        "real scans make two steps an epoch)",
+    )
+    parser.add_argument(
         "--audit-only", action="store_true", help="skip runs that are not trained to the end"
     )
     args = parser.parse_args()
@@ -214,10 +226,10 @@ def main() -> None:
             for seed in args.seeds:
                 runs = {model: args.out / f"{data.name}-{model}-s{seed}" for model in DEMO_MODELS}
                 run = runs[recipe]
-                if args.audit_only and not finished(run, recipe):
+                if args.audit_only and not finished(run, recipe, args.epochs):
                     print(f"| {name} | {recipe} | {seed} | not trained |", flush=True)
                     continue
-                trained(data, runs, recipe, seed)
+                trained(data, runs, recipe, seed, args.epochs)
                 if args.train_only:
                     print(f"trained {run}", flush=True)
                     continue
