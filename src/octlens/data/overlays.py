@@ -99,8 +99,9 @@ _PLACE_ANCHORS = {
 def draw_overlay(
     image: np.ndarray, kind: str, code: int, place: str = "top-left", level: int = BRIGHT
 ) -> np.ndarray:
-    """Draw the ``kind`` mark coding class ``code`` (0-3) into ``image`` (H, W) uint8 in place;
-    returns the (H, W) bool mask of the pixels it set (its ink)."""
+    """Draw the ``kind`` mark coding class ``code`` (0-3) into ``image`` (H, W) uint8 in place,
+    its ink at gray ``level`` (the square's levels code its class instead); returns the (H, W)
+    bool mask of the pixels it set (its ink). A scan too small for the kind is a ValueError."""
     if kind not in OVERLAY_KINDS:
         raise ValueError(f"overlay kind {kind!r}: choose one of {', '.join(OVERLAY_KINDS)}")
     if not 0 <= code < 4:
