@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,7 +40,7 @@ def atomic_write(path: Path, write: Callable[[str], object]) -> None:
     (full disk, no permission) becomes a one-line :class:`OctlensError` naming ``path``.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}{_TEMP_SUFFIX}")
+    tmp = _temporary(path.parent, f".{path.name}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(str(tmp))
@@ -113,12 +114,18 @@ def require_writable_folder(folder: Path, what: str = "--out") -> Path:
         raise OctlensError(f"{folder}: {what} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-check{_TEMP_SUFFIX}"
+        probe = _temporary(folder, ".write-check")
         probe.write_bytes(b"octlens")
         probe.unlink()
     except OSError as error:
         raise OctlensError(f"{folder}: {what} is not writable ({_reason(error)})") from None
     return folder
+
+
+def _temporary(folder: Path, stem: str) -> Path:
+    """A temporary file's name in ``folder`` that no other writer uses: ``octlens tune``'s
+    workers share a folder and may write the same file at the same moment."""
+    return folder / f"{stem}.{uuid.uuid4().hex[:12]}{_TEMP_SUFFIX}"
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:
