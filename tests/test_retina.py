@@ -10,8 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from octlens.data.retina import _best_path, find_retina, retina_mask, scanner_fill
+from octlens.data.retina import (
+    _best_path,
+    burned_in_overlays,
+    find_retina,
+    retina_mask,
+    scanner_fill,
+)
 from octlens.data.synth import plan_scans, render_job
+from octlens.errors import OctlensError
 
 
 def test_mean_iou_against_synthetic_retina_masks_is_at_least_0_9():
@@ -93,3 +100,34 @@ def test_best_path_scores_as_high_as_any_path_found_by_brute_force(columns, max_
         if all(abs(a - b) <= max_jump for a, b in itertools.pairwise(rows))
     )
     assert sum(score[row, column] for column, row in enumerate(path)) == best
+
+
+@pytest.mark.parametrize("bits", [10, 12, 16])
+def test_detector_data_is_scaled_by_its_range_not_taken_for_fill(bits):
+    """12-bit data in a 16-bit array is read as the same scan, as files of it are."""
+    scan = render_job(plan_scans(4, seed=1)[0])
+    expected = find_retina(scan.image)
+    high = 2**bits - 1
+    # values 0..high, so the range that holds them is `bits`
+    deep = np.round(scan.image.astype(np.float64) * high / 255).astype(np.uint16)
+    deep[0, 0] = high
+    found = find_retina(deep)
+    iou = (found.mask() & expected.mask()).sum() / (found.mask() | expected.mask()).sum()
+    assert iou >= 0.99
+    float_255 = find_retina(scan.image.astype(np.float32))  # float [0, 255] as files give it
+    assert (float_255.mask() == expected.mask()).all()
+
+
+@pytest.mark.parametrize(
+    ("pixels", "message"),
+    [
+        (np.full((64, 64), np.nan, dtype=np.float32), "NaN or infinity"),
+        (np.full((64, 64), -3, dtype=np.int16), "negative pixel values"),
+        (np.full((64, 64), 300.0), r"floating-point pixels in \[300, 300\]"),
+    ],
+)
+def test_pixels_that_are_not_gray_levels_are_refused(pixels, message):
+    with pytest.raises(OctlensError, match=message):
+        find_retina(pixels)
+    with pytest.raises(OctlensError, match=message):
+        burned_in_overlays(pixels)

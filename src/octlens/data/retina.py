@@ -42,6 +42,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from octlens.data.images import pixel_scale
+
 #: Grid cell size, in pixels of a 496-row scan (scaled with the scan height).
 _CELL = 4
 #: Most rows (of the coarse grid) a boundary moves between neighbouring columns.
@@ -88,12 +90,12 @@ class RetinaBoundaries:
 
 
 def find_retina(image: np.ndarray) -> RetinaBoundaries:
-    """Boundaries of the retina on one grayscale B-scan ``(H, W)`` (uint8, or float in [0, 1])."""
+    """Boundaries of the retina on one grayscale B-scan ``(H, W)``: uint8, 16-bit detector data
+    (10-16 bits), or float in [0, 1] or [0, 255], scaled as :func:`octlens.data.images.pixel_scale`
+    scales a file's pixels."""
     if image.ndim != 2:
         raise ValueError(f"expected a grayscale image (H, W), got shape {image.shape}")
-    pixels = np.asarray(image, dtype=np.float32)
-    if image.dtype != np.uint8:
-        pixels = pixels * 255
+    pixels = _gray_levels(image)
     height, width = pixels.shape
     fill = scanner_fill(pixels)
     overlay = _overlays(pixels, fill)
@@ -153,12 +155,16 @@ def scanner_fill(pixels: np.ndarray) -> np.ndarray:
 
 
 def burned_in_overlays(image: np.ndarray) -> np.ndarray:
-    """(H, W) bool: marks drawn into a grayscale scan ``(H, W)`` (uint8, or float in [0, 1]):
-    text, logos, scale bars, arrows, flat patches; see the module's docstring."""
-    pixels = np.asarray(image, dtype=np.float32)
-    if image.dtype != np.uint8:
-        pixels = pixels * 255
+    """(H, W) bool: marks drawn into a grayscale scan ``(H, W)`` (any type :func:`find_retina`
+    takes): text, logos, scale bars, arrows, flat patches; see the module's docstring."""
+    pixels = _gray_levels(image)
     return _overlays(pixels, scanner_fill(pixels))
+
+
+def _gray_levels(image: np.ndarray) -> np.ndarray:
+    """``image`` as float gray levels 0-255, the finder's thresholds' scale. Scaled by its type
+    and range, never assumed: 12-bit data multiplied as if in [0, 1] would be all fill."""
+    return np.asarray(image, dtype=np.float32) * pixel_scale(np.asarray(image), "scan")
 
 
 def _overlays(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
