@@ -190,7 +190,15 @@ def test_audit_writes_every_number_and_figure(marked_run):
     assert 0.0 < result.area_share["lesion"] < 0.5  # chance level for energy in lesion
     assert len(gradcam.sanity.spearman_median) == len(gradcam.sanity.stages)
     assert result.best_method in (None, "gradcam", "layercam")
-    assert isinstance(result.flagged, bool)
+    # the verdict is its reasons: every flagged swap's sentence, and the mark rules' thresholds
+    expected_flag = (
+        bool(result.counterfactual.flagged_regions())
+        or (accuracy.clean_minus_marked or 0) >= ACCURACY_GAP
+        or (accuracy.follows_mark or 0) - (accuracy.follows_by_chance or 0) >= FOLLOW_EXCESS
+    )
+    assert result.flagged == expected_flag == bool(result.flag_reasons)
+    for sentence in result.counterfactual.flagged_regions().values():
+        assert sentence in result.flag_reasons
     counts = Counter(w.scan for w in gradcam.worst_off_retina)
     assert len(counts) == len(gradcam.worst_off_retina)
     evidence = result.counterfactual
@@ -252,8 +260,11 @@ def test_audit_cli_prints_the_table_and_verdict(marked_run, tmp_path):
     assert completed.returncode == 0, completed.stderr
     assert "gradcam" in completed.stdout and "planted marks: clean scans" in completed.stdout
     assert "counterfactual region swaps" in completed.stdout
-    assert "flagged" in completed.stdout.lower()
-    assert (tmp_path / "audit.json").exists()
+    saved = AuditResult.load(tmp_path / "audit.json")
+    lines = completed.stdout.splitlines()
+    # the printed verdict is the saved one ("not flagged" would also match a bare "flagged")
+    assert sum("FLAGGED:" in line for line in lines) == len(saved.flag_reasons)
+    assert sum("not flagged:" in line for line in lines) == (0 if saved.flagged else 1)
 
 
 def test_audit_refuses_other_classes_and_unknown_methods(marked_run, tmp_path):
