@@ -344,3 +344,21 @@ def test_train_takes_a_config_file_with_overrides(monkeypatch, capsys, tiny_data
         config.write_text(content)
         status, _, err = _in_process(monkeypatch, capsys, "train", "--config", str(config))
         assert status == 2 and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("command", ["evaluate", "audit", "explain"])
+def test_a_missing_run_is_refused_before_torch_is_imported(command, tmp_path):
+    """A typo in RUN answers at once, not after the seconds torch takes to import."""
+    missing = tmp_path / "no-such-run"
+    extra = ["--data", str(tmp_path)] if command != "explain" else [str(tmp_path), "--out", "o"]
+    probe = (
+        "import sys\nfrom octlens.cli import main\n"
+        f"sys.argv = ['octlens', {command!r}, {str(missing)!r}, *{extra!r}]\n"
+        "try:\n    main()\nexcept SystemExit as stop:\n    code = stop.code\n"
+        "print('torch' in sys.modules, code)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False
+    )
+    assert result.stdout.split() == ["False", "2"], result.stderr
+    assert result.stderr.strip() == f"error: {missing}: no such run folder or checkpoint"

@@ -270,9 +270,18 @@ _train.__signature__ = _train_signature()  # type: ignore[attr-defined]
 app.command(name="train")(_train)
 
 
+def _existing_run(run: Path) -> Path:
+    """Refuse a missing run before the command imports torch (seconds on a small machine)."""
+    if not run.exists():
+        raise OctlensError(f"{run}: no such run folder or checkpoint")
+    return run
+
+
 @app.command()
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="run folder or checkpoint file")],
+    run: Annotated[
+        Path, typer.Argument(help="run folder or checkpoint file", callback=_existing_run)
+    ],
     data: Annotated[Path, typer.Option(help="dataset folder or MedMNIST .npz")],
     split: str = "test",
     out: Annotated[Path | None, typer.Option(help="default: RUN/eval/<split>")] = None,
@@ -292,7 +301,9 @@ def evaluate(
 
 @app.command()
 def explain(
-    run: Annotated[Path, typer.Argument(help="run folder or checkpoint file")],
+    run: Annotated[
+        Path, typer.Argument(help="run folder or checkpoint file", callback=_existing_run)
+    ],
     images: Annotated[list[Path], typer.Argument(help="scans to explain (files; globs work)")],
     out: Annotated[Path, typer.Option(help="folder for overlays, .npy maps and grid.png")],
     methods: Annotated[
@@ -336,7 +347,9 @@ def explain(
 
 @app.command()
 def audit(
-    run: Annotated[Path, typer.Argument(help="run folder or checkpoint file")],
+    run: Annotated[
+        Path, typer.Argument(help="run folder or checkpoint file", callback=_existing_run)
+    ],
     data: Annotated[Path, typer.Option(help="dataset folder (retina/ and masks/ used if present)")],
     split: str = "test",
     methods: Annotated[
