@@ -40,7 +40,7 @@ def without_overlay_detection():
     def nothing(pixels: np.ndarray, fill: np.ndarray | None = None) -> np.ndarray:
         return np.zeros(np.shape(pixels), dtype=bool)
 
-    with mock.patch.object(finder, "burned_in_overlays", nothing):
+    with mock.patch.object(finder, "_overlays", nothing):
         yield
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -93,6 +95,40 @@ def test_clean_real_scans_have_no_overlay_in_their_retina(real_dev):
         rows = np.arange(pixels.shape[0])[:, None]
         between = (rows >= found.ilm[None]) & (rows <= found.bruch[None])
         assert (found.overlay & between).sum() <= 0.01 * between.sum()
+
+
+def jpeg_round_trip(pixels: np.ndarray, quality: int = 90) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=quality)
+    return np.asarray(Image.open(buffer))
+
+
+def test_text_over_tissue_of_its_own_gray_is_found_after_jpeg(real_dev):
+    """Mid-gray text over the retina at a side edge, JPEG-compressed with the scan: its strokes'
+    surroundings are tissue of about their own gray, so most glyphs do not stand out alone (81%
+    of the ink was taken for retina); they are found as ink of the level of the glyphs that do,
+    and the strokes JPEG broke up as pixels of that level."""
+    image = np.asarray(Image.open(next(real_dev.rglob("DME-7749420-104.jpeg"))).convert("L"))
+    image = image.copy()
+    ink = draw_overlay(image, "text", 1, "right", 128)
+    found = find_retina(jpeg_round_trip(image))
+    assert (found.mask() & ink).sum() <= 0.02 * ink.sum()
+    assert (found.overlay & ink).sum() >= 0.95 * ink.sum()
+
+
+def test_a_mark_is_found_through_its_own_gray_level_but_not_camouflaged_alone():
+    """Two flat 128 squares 10 px apart on a 496-row scan: one over dark background (it stands
+    out), one over noisy tissue of 100-156 (it does not). Alone, the camouflaged one is not
+    called a mark; beside the other, it is ink of the same level close to a mark, and it is."""
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 30, size=(496, 496))
+    image[:, 240:340] = rng.uniform(100, 156, size=(496, 100))
+    image[200:240, 250:290] = 128  # over tissue of its own gray
+    camouflaged = np.zeros(image.shape, dtype=bool)
+    camouflaged[200:240, 250:290] = True
+    assert not (burned_in_overlays(image.astype(np.uint8)) & camouflaged).any()
+    image[200:240, 200:240] = 128  # a twin over the dark background, 10 px to its left
+    assert burned_in_overlays(image.astype(np.uint8))[camouflaged].all()
 
 
 def test_a_mark_on_the_registration_fill_is_an_overlay_not_fill():
