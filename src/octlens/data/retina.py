@@ -76,7 +76,7 @@ _OVERLAY_ABOVE_MEDIAN = 30
 _EDGE = 2
 #: A mark standing out by at least this much, or this large (px), is ink beyond doubt, and the
 #: rest of its ink is looked for around it. Of the 77 plateaus passing the contrast test on the
-#: clean dev scans (tissue), 9 are either; most are a few pixels (median 6).
+#: clean dev scans (tissue), at most 9 are either; most are a few pixels (median 6).
 _INK_SEED_CONTRAST = 60
 _INK_SEED_SIZE = 24
 #: Plateaus within this many gray levels of such ink's level and this close to it (px at 496
@@ -219,11 +219,14 @@ def _overlays(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
     marks = contrast >= _OVERLAY_CONTRAST
     if not marks.any():
         return overlay
+    marked = np.isin(labels, np.flatnonzero(marks) + 1)
     ink = marks & ((contrast >= _INK_SEED_CONTRAST) | (sizes >= _INK_SEED_SIZE))
+    if not ink.any():  # no mark sure enough to follow (nor a distance to measure from)
+        return ndimage.binary_dilation(marked, near)
     scale = pixels.shape[0] / 496
     _add_plateaus_of_the_inks_level(labels, levels, ink, candidates, _INK_REACH * scale)
     grown = _add_pixels_of_the_inks_level(smooth, labels, levels, ink, _STROKE_REACH * scale)
-    return ndimage.binary_dilation(grown | np.isin(labels, np.flatnonzero(marks) + 1), near)
+    return ndimage.binary_dilation(grown | marked, near)
 
 
 def _nearest_ink(
