@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from octlens.audit import AuditResult, audit_run
+from octlens.audit.counterfactual import Interval
 from octlens.audit.result import COLUMNS, REGION_WORDS
 from octlens.audit.shortcut import (
     ACCURACY_GAP,
@@ -24,6 +26,7 @@ from octlens.audit.shortcut import (
     FOLLOW_EXCESS,
     attention_notes,
     edge_regions,
+    mark_effects,
     shortcut_flags,
 )
 from octlens.data.marks import MANIFEST
@@ -113,15 +116,49 @@ def _method(corners: float, off_retina: float, passed: bool = True) -> dict:
     }
 
 
+def _sure(mean: float) -> Interval:
+    return Interval(mean, mean - 0.05, mean + 0.05)
+
+
 def test_flag_rule_both_sides():
     assert shortcut_flags({}, accuracy_gap=None) == []
-    assert shortcut_flags({}, accuracy_gap=ACCURACY_GAP - 0.01) == []
-    assert "misleading mark" in shortcut_flags({}, accuracy_gap=ACCURACY_GAP)[0]
+    assert shortcut_flags({}, accuracy_gap=_sure(ACCURACY_GAP - 0.01)) == []
+    assert "misleading mark" in shortcut_flags({}, accuracy_gap=_sure(ACCURACY_GAP))[0]
     swaps = {"corners": "corner content moves 31% of predictions"}
     assert shortcut_flags(swaps, accuracy_gap=None) == [swaps["corners"]]
     # a model at chance on clean scans that follows the mark: little accuracy to lose
-    assert shortcut_flags({}, accuracy_gap=0.06, follow_excess=FOLLOW_EXCESS - 0.01) == []
-    assert "more often" in shortcut_flags({}, accuracy_gap=0.06, follow_excess=0.18)[0]
+    below = _sure(FOLLOW_EXCESS - 0.01)
+    assert shortcut_flags({}, accuracy_gap=_sure(0.06), follow_excess=below) == []
+    flags = shortcut_flags({}, accuracy_gap=_sure(0.06), follow_excess=_sure(0.18))
+    assert "more often" in flags[0]
+    # a large difference whose interval reaches zero is not enough: it may be the scans drawn
+    unsure = Interval(0.25, 0.0, 0.5)
+    assert shortcut_flags({}, accuracy_gap=unsure, follow_excess=unsure) == []
+
+
+def test_mark_effects_by_hand():
+    right, wrong = torch.ones(40, dtype=torch.bool), torch.zeros(40, dtype=torch.bool)
+    # every clean scan right, every misleading one wrong and answered with the mark's class
+    effects = mark_effects(right, wrong, right, n_classes=4)
+    assert (effects["gap"].mean, effects["gap"].low, effects["gap"].high) == (1.0, 1.0, 1.0)
+    assert effects["follow_excess"].mean == 1.0  # clean errors would give the mark's class 0
+    # half right on clean scans: errors would land on one of 3 other classes 1/6 of the time
+    half = torch.arange(40) % 2 == 0
+    effects = mark_effects(half, half, wrong, n_classes=4)
+    assert effects["gap"].mean == 0.0 and effects["gap"].low < 0 < effects["gap"].high
+    assert effects["follow_excess"].mean == pytest.approx(-1 / 6)
+    # 3 of 4 clean right against 1 of 4 misleading: a gap of 0.5 that 8 scans cannot establish
+    few = mark_effects(
+        torch.tensor([1, 1, 1, 0]), torch.tensor([1, 0, 0, 0]), torch.tensor([0, 1, 0, 0]), 4
+    )
+    assert few["gap"].mean == 0.5 and few["gap"].low <= 0
+    assert shortcut_flags({}, accuracy_gap=few["gap"], follow_excess=few["follow_excess"]) == []
+    # the same shares over 200 scans are established
+    many = mark_effects(
+        torch.arange(100) % 4 != 3, torch.arange(100) % 4 == 0, torch.arange(100) % 4 == 1, 4
+    )
+    assert many["gap"].low > 0
+    assert "misleading mark" in shortcut_flags({}, accuracy_gap=many["gap"])[0]
 
 
 def test_attention_notes_support_but_do_not_flag():
@@ -191,11 +228,14 @@ def test_audit_writes_every_number_and_figure(marked_run):
     assert len(gradcam.sanity.spearman_median) == len(gradcam.sanity.stages)
     assert result.best_method in (None, "gradcam", "layercam")
     # the verdict is its reasons: every flagged swap's sentence, and the mark rules' thresholds
-    expected_flag = (
-        bool(result.counterfactual.flagged_regions())
-        or (accuracy.clean_minus_marked or 0) >= ACCURACY_GAP
-        or (accuracy.follows_mark or 0) - (accuracy.follows_by_chance or 0) >= FOLLOW_EXCESS
+    expected_flag = bool(result.counterfactual.flagged_regions()) or bool(
+        shortcut_flags({}, accuracy.clean_minus_marked_interval, accuracy.follow_excess)
     )
+    gap, excess = accuracy.clean_minus_marked_interval, accuracy.follow_excess
+    assert gap is not None and gap.mean == pytest.approx(accuracy.clean_minus_marked)
+    assert gap.low <= gap.mean <= gap.high
+    assert excess is not None
+    assert excess.mean == pytest.approx(accuracy.follows_mark - accuracy.follows_by_chance)
     assert result.flagged == expected_flag == bool(result.flag_reasons)
     for sentence in result.counterfactual.flagged_regions().values():
         assert sentence in result.flag_reasons

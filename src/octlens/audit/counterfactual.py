@@ -126,10 +126,10 @@ def interval(values: torch.Tensor, seed: int = 0) -> Interval:
     """Mean of per-scan ``values`` (N,) with its bootstrap interval."""
     values = values.double().cpu()
     means = bootstrap(lambda rows: values[rows].mean(dim=1), len(values), seed)
-    return _interval(values.mean().item(), means)
+    return percentile_interval(values.mean().item(), means)
 
 
-def _interval(mean: float, resampled: torch.Tensor) -> Interval:
+def percentile_interval(mean: float, resampled: torch.Tensor) -> Interval:
     low, high = torch.quantile(resampled.double(), torch.tensor([0.025, 0.975], dtype=torch.double))
     return Interval(mean, low.item(), high.item())
 
@@ -257,7 +257,7 @@ def region_swap(
 
     count = int(valid.sum())
     probability_change = per_scan(deltas).mean().item()
-    effect_interval = _interval(
+    effect_interval = percentile_interval(
         effect(torch.arange(count)[None]).item(), bootstrap(effect, count, seed)
     )
     return SwapResult(
@@ -359,7 +359,7 @@ def kappa_interval(first: torch.Tensor, second: torch.Tensor, seed: int = 0) -> 
     resampled = bootstrap(
         lambda rows: cohen_kappa(first[rows], second[rows], n_classes), len(first), seed
     )
-    return _interval(mean, resampled)
+    return percentile_interval(mean, resampled)
 
 
 def reacquired(pixels: np.ndarray, width: int) -> np.ndarray:

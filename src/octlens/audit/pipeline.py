@@ -17,7 +17,7 @@ from :func:`octlens.data.retina.find_retina`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ from octlens.audit.result import (
     CounterfactualSummary,
     Curves,
     FaithfulnessProtocol,
+    IntervalSummary,
     MethodSummary,
     SanitySummary,
     Scores,
@@ -56,6 +57,7 @@ from octlens.audit.shortcut import (
     area_shares,
     attention_notes,
     attention_shares,
+    mark_effects,
     region_masks,
     shortcut_flags,
 )
@@ -339,10 +341,9 @@ def summarize(
         for name, method in scored.items()
     }
     accuracy = _accuracy(audit.labels, audit.predictions, marks, classes)
-    excess = None
-    if accuracy.follows_mark is not None and accuracy.follows_by_chance is not None:
-        excess = accuracy.follows_mark - accuracy.follows_by_chance
-    reasons = shortcut_flags(evidence.flagged_regions(), accuracy.clean_minus_marked, excess)
+    reasons = shortcut_flags(
+        evidence.flagged_regions(), accuracy.clean_minus_marked_interval, accuracy.follow_excess
+    )
     notes = attention_notes(
         {
             name: {
@@ -576,6 +577,16 @@ def _accuracy(
     ]
     clean = correct[unmarked].float().mean().item() if unmarked.any() else None
     on_marked = correct[marked].float().mean().item() if marked.any() else None
+    effects = (
+        {
+            name: IntervalSummary(**asdict(value))
+            for name, value in mark_effects(
+                correct[unmarked], correct[marked], torch.tensor(follows), len(classes)
+            ).items()
+        }
+        if unmarked.any() and marked.any()
+        else {}
+    )
     return AccuracySummary(
         all=overall,
         clean=clean,
@@ -585,6 +596,8 @@ def _accuracy(
         follows_mark=float(np.mean(follows)) if follows else None,
         follows_by_chance=None if clean is None else (1 - clean) / (len(classes) - 1),
         clean_minus_marked=None if clean is None or on_marked is None else clean - on_marked,
+        clean_minus_marked_interval=effects.get("gap"),
+        follow_excess=effects.get("follow_excess"),
     )
 
 

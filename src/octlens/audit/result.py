@@ -45,6 +45,17 @@ class MethodSummary(_Strict):
     worst_off_retina: list[WorstScan]
 
 
+class IntervalSummary(_Strict):
+    """A mean over scans with its 95% bootstrap interval."""
+
+    mean: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.mean:.0%} [{self.low * 100:.0f}, {self.high * 100:.0f}]"
+
+
 class AccuracySummary(_Strict):
     """Accuracy on the audited scans, and, on data with planted marks, on clean and marked ones."""
 
@@ -56,17 +67,10 @@ class AccuracySummary(_Strict):
     follows_mark: float | None = None
     follows_by_chance: float | None = None  # (1 - clean) / (K - 1): clean errors on one class
     clean_minus_marked: float | None = None
-
-
-class IntervalSummary(_Strict):
-    """A mean over scans with its 95% bootstrap interval."""
-
-    mean: float
-    low: float
-    high: float
-
-    def __str__(self) -> str:
-        return f"{self.mean:.0%} [{self.low * 100:.0f}, {self.high * 100:.0f}]"
+    # with its 95% bootstrap interval, and the mark's class answered beyond chance: the flag
+    # rule's two differences (octlens.audit.shortcut.mark_effects)
+    clean_minus_marked_interval: IntervalSummary | None = None
+    follow_excess: IntervalSummary | None = None
 
 
 class SwapSummary(_Strict):
@@ -233,8 +237,10 @@ class AuditResult(_Strict):
             lines.append(
                 f"planted marks: clean scans {_number(accuracy.clean)} (n={accuracy.n_clean}), "
                 f"scans with a misleading mark {_number(accuracy.marked)} "
-                f"(n={accuracy.n_marked}); follows the mark {_number(accuracy.follows_mark)} "
-                f"(by chance {_number(accuracy.follows_by_chance)})"
+                f"(n={accuracy.n_marked}{_bounds(accuracy.clean_minus_marked_interval)}); "
+                f"follows the mark {_number(accuracy.follows_mark)} "
+                f"(by chance {_number(accuracy.follows_by_chance)}"
+                f"{_bounds(accuracy.follow_excess, 'excess')})"
             )
         return lines
 
@@ -321,3 +327,10 @@ def table_rows(result: AuditResult) -> list[Row]:
 
 def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _bounds(value: IntervalSummary | None, name: str = "gap") -> str:
+    """``, gap 0.120 [-0.020, 0.250]``; nothing for a result stored before intervals were."""
+    if value is None:
+        return ""
+    return f", {name} {value.mean:.3f} [{value.low:.3f}, {value.high:.3f}]"
