@@ -17,7 +17,14 @@ from PIL import Image
 
 from octlens.audit import AuditResult, audit_run
 from octlens.audit.counterfactual import Interval
-from octlens.audit.result import COLUMNS, REGION_WORDS
+from octlens.audit.result import (
+    COLUMNS,
+    REGION_WORDS,
+    IntervalSummary,
+    SwapSummary,
+    swap_cells,
+    swap_sentence,
+)
 from octlens.audit.shortcut import (
     ACCURACY_GAP,
     BORDER,
@@ -344,3 +351,29 @@ def test_report_shows_the_audit_table_verdict_and_figures(marked_run, tmp_path):
     assert "<h3>Counterfactual region swaps</h3>" in page
     assert "<h3>Explanation clusters</h3>" in page
     assert "Scans with the most attention off the retina" in page
+
+
+def test_a_swap_flagged_on_its_changes_says_so_and_old_audits_still_render():
+    def bounds(mean: float) -> IntervalSummary:
+        return IntervalSummary(mean=mean, low=mean - 0.03, high=mean + 0.03)
+
+    common = {
+        "n_scans": 64,
+        "area": 0.16,
+        "flip_to_donor": bounds(0.04),
+        "random_place": bounds(0.03),
+        "same_class": bounds(0.02),
+        "effect": bounds(0.01),
+        "probability_change": -0.2,
+        "flagged": True,
+    }
+    changes = SwapSummary(**common, changed=bounds(0.3), change_effect=bounds(0.25))
+    sentence = swap_sentence("corners", changes)
+    assert "changes 30% [27, 33] of predictions, 4% to the donor's class" in sentence
+    assert "effect 25% [22, 28]" in sentence
+    assert swap_cells(changes)[5] == "30% (25% [22, 28])"
+    stored_before = SwapSummary(**common)  # an audit.json written before the change effect
+    assert "moves 4% [1, 7] of predictions to the donor's class" in swap_sentence(
+        "corners", stored_before
+    )
+    assert swap_cells(stored_before)[5] == "-"

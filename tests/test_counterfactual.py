@@ -9,6 +9,7 @@ import torch
 from octlens.audit.counterfactual import (
     choose_donors,
     cohen_kappa,
+    large_effect,
     moved,
     reacquired,
     region_only,
@@ -286,3 +287,28 @@ def test_a_mark_that_touches_the_region_moves_whole():
     grown = with_whole_marks(region, overlay)
     assert grown[0, 15:25, 2:12].all() and not grown[0, 30:34, 20:24].any()
     assert (grown[1] == region[1]).all()
+
+
+def test_a_model_a_foreign_mark_disturbs_is_flagged_on_its_changes():
+    """Answers the retina's class while the corner agrees with it, and otherwise the lowest class
+    that is neither: another class's corner never moves it to the donor's class, yet changes
+    every answer. The flips stay within their controls; the changes do not."""
+
+    def disturbed(images: torch.Tensor) -> torch.Tensor:
+        by_retina = retina_reader(images)
+        retina_class, corner_class = by_retina.argmax(dim=1), corner_reader(images).argmax(dim=1)
+        taken = torch.nn.functional.one_hot(retina_class, CLASSES) | torch.nn.functional.one_hot(
+            corner_class, CLASSES
+        )
+        neither = (taken == 0).float().argmax(dim=1)  # the first class free of both
+        answer = torch.where(retina_class == corner_class, retina_class, neither)
+        return 0.1 * by_retina + 0.9 * torch.nn.functional.one_hot(answer, CLASSES).float()
+
+    result = swap(disturbed, edge_regions(SIZE, SIZE)["corners"])
+    assert result.flip_to_donor.mean == 0.0 and not large_effect(result.effect)
+    assert result.changed.mean == 1.0  # every foreign corner changes the answer
+    assert result.same_class.mean == 0.0 and result.change_effect.mean == 1.0
+    assert result.flagged and result.probability_change < -0.5
+    # a reader of the retina alone changes nothing: no change effect either
+    calm = swap(retina_reader, edge_regions(SIZE, SIZE)["corners"])
+    assert calm.changed.mean == 0.0 and calm.change_effect.mean == 0.0 and not calm.flagged

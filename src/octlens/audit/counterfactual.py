@@ -50,9 +50,15 @@ changes far from the scan's own width are expected of any model; neighbouring wi
 **Verdict** (:attr:`SwapResult.flagged`): a region is flagged when its swap's *effect*,
 :math:`\\overline{\\text{flip}} - \\max(\\overline{\\text{flip}}_{\\text{random place}},
 \\overline{\\text{changed}}_{\\text{same class}})`, is at least :data:`MIN_EFFECT` and the lower end
-of its 95% bootstrap interval (scans resampled) is above zero, its random-place control
-exists, and the swap lowers the probability of the predicted class by at least
-:data:`MIN_PROBABILITY_DROP` on average. The last condition separates reading a region from
+of its 95% bootstrap interval (scans resampled) is above zero, or its *change effect* is (the
+same with any change of prediction in place of a flip to the donor's class, for the swap and the
+random-place control alike), its random-place control exists, and the swap lowers the probability
+of the predicted class by at least :data:`MIN_PROBABILITY_DROP` on average. The change effect
+sees a model that uses a region's class-coded content without answering the class it codes
+(one that reads a mark only to rule a class out, or that a mark disagreeing with the retina
+throws to a third class): if the model uses nothing of the region's content that goes with the
+class, a corner from another class's scan changes its answer no more often than one from a scan
+of its own class. The last condition separates reading a region from
 tipping at a tie: a model whose outputs are nearly uniform (a clean ViT-tiny at chance, in the
 calibration) flips to the donor's class for 16% of border swaps more than the controls while the
 probability of its answer moves by 0.004; models that read a planted mark lose 0.013 to 0.28 of
@@ -68,6 +74,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -111,6 +118,24 @@ class SwapResult:
     probability_change: float  # mean change of the originally predicted class's probability
     area: float  # mean share of the image swapped
     flagged: bool
+    changed: Interval  # rate of any change of prediction (to the donor's class or not)
+    change_effect: Interval  # changed - max(changed when placed at random, same_class)
+
+
+class Bounded(Protocol):
+    """A mean with the ends of its interval (an :class:`Interval` or a stored summary)."""
+
+    @property
+    def mean(self) -> float: ...
+    @property
+    def low(self) -> float: ...
+    @property
+    def high(self) -> float: ...
+
+
+def large_effect(effect: Bounded) -> bool:
+    """Whether an effect flags: at least :data:`MIN_EFFECT`, its interval above zero."""
+    return effect.mean >= MIN_EFFECT and effect.low > 0
 
 
 def bootstrap(
@@ -223,6 +248,7 @@ def region_swap(
     if overlay is not None:
         region = with_whole_marks(region, overlay)
     flips, placed, changes, deltas, areas = [], [], [], [], []
+    moved_away, placed_moved = [], []  # any change of prediction, not only to the donor's class
     controlled = False  # whether the random-place control moved any pixel at all
     for column in range(k):
         donors = other_donors[:, column].to(device)
@@ -230,12 +256,15 @@ def region_swap(
         mask = swap_mask(region, retina, mine, overlay)
         swapped = predict(pasted(images, mine, mask))
         flips.append(swapped.argmax(dim=1) == predicted[mine])
+        moved_away.append(swapped.argmax(dim=1) != predicted)
         deltas.append(swapped.gather(1, predicted[:, None])[:, 0] - probabilities.max(dim=1).values)
         areas.append(mask.flatten(1).float().mean(dim=1))
         outside = ~(region | region[mine]) & ~retina & ~retina[mine]
         elsewhere = moved(mask.cpu(), generator).to(device) & outside
         controlled = controlled or bool(elsewhere.any())
-        placed.append(predict(pasted(images, mine, elsewhere)).argmax(dim=1) == predicted[mine])
+        placed_answer = predict(pasted(images, mine, elsewhere)).argmax(dim=1)
+        placed.append(placed_answer == predicted[mine])
+        placed_moved.append(placed_answer != predicted)
         same = same_donors[:, column].to(device)
         alike = same.clamp(min=0)
         changed = predict(pasted(images, alike, swap_mask(region, retina, alike, overlay)))
@@ -250,28 +279,38 @@ def region_swap(
     flip, random_place = per_scan(flips), per_scan(placed)
     has_same = (same_donors[:, 0] >= 0).to(device)[valid].cpu()
     same_class = torch.where(has_same, per_scan(changes), torch.nan)
-
-    def effect(rows: torch.Tensor) -> torch.Tensor:
-        same = same_class[rows].nanmean(dim=1).nan_to_num(0.0)
-        return flip[rows].mean(dim=1) - torch.maximum(random_place[rows].mean(dim=1), same)
-
     count = int(valid.sum())
-    probability_change = per_scan(deltas).mean().item()
-    effect_interval = percentile_interval(
-        effect(torch.arange(count)[None]).item(), bootstrap(effect, count, seed)
+
+    def effect_of(tested: torch.Tensor, control: torch.Tensor) -> Interval:
+        """``tested`` beyond the larger of the ``control`` and same-class rates, per resample."""
+
+        def effect(rows: torch.Tensor) -> torch.Tensor:
+            same = same_class[rows].nanmean(dim=1).nan_to_num(0.0)
+            return tested[rows].mean(dim=1) - torch.maximum(control[rows].mean(dim=1), same)
+
+        return percentile_interval(
+            effect(torch.arange(count)[None]).item(), bootstrap(effect, count, seed)
+        )
+
+    changed = per_scan(moved_away)
+    effect, change_effect = (
+        effect_of(flip, random_place),
+        effect_of(changed, per_scan(placed_moved)),
     )
+    probability_change = per_scan(deltas).mean().item()
     return SwapResult(
         n_scans=count,
         flip_to_donor=interval(flip, seed),
         random_place=interval(random_place, seed),
         same_class=interval(same_class[has_same] if has_same.any() else torch.zeros(1), seed),
-        effect=effect_interval,
+        effect=effect,
         probability_change=probability_change,
         area=per_scan(areas).mean().item(),
         flagged=controlled
-        and effect_interval.mean >= MIN_EFFECT
-        and effect_interval.low > 0
+        and (large_effect(effect) or large_effect(change_effect))
         and -probability_change >= MIN_PROBABILITY_DROP,
+        changed=interval(changed, seed),
+        change_effect=change_effect,
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from octlens.audit.counterfactual import large_effect
 from octlens.files import read_model, write_json
 
 #: Mean of each metric over a group of scans (None: no scan of the group has it, e.g. the
@@ -84,6 +85,9 @@ class SwapSummary(_Strict):
     effect: IntervalSummary
     probability_change: float
     flagged: bool
+    # any change of prediction and its effect beyond the controls (None in audits stored before)
+    changed: IntervalSummary | None = None
+    change_effect: IntervalSummary | None = None
 
 
 class OnlySummary(_Strict):
@@ -145,6 +149,7 @@ SWAP_HEADINGS = (
     "random places",
     "same class",
     "effect",
+    "any change (effect)",
     "p(predicted) change",
 )
 
@@ -157,15 +162,25 @@ def swap_cells(swap: SwapSummary) -> tuple[str, ...]:
         f"{swap.random_place.mean:.0%}",
         f"{swap.same_class.mean:.0%}",
         str(swap.effect),
+        "-" if swap.changed is None else f"{swap.changed.mean:.0%} ({swap.change_effect})",
         f"{swap.probability_change:+.2f}",
     )
 
 
 def swap_sentence(region: str, swap: SwapSummary) -> str:
+    """What the swap does: the flips to the donor's class, or, where those stay within their
+    controls but other changes do not, the changes."""
+    words = REGION_WORDS.get(region, region)
+    if swap.changed is None or swap.change_effect is None or large_effect(swap.effect):
+        return (
+            f"{words} moves {swap.flip_to_donor} of predictions to the "
+            f"donor's class (controls: random places {swap.random_place.mean:.0%}, same class "
+            f"{swap.same_class.mean:.0%}; effect {swap.effect}, n={swap.n_scans})"
+        )
     return (
-        f"{REGION_WORDS.get(region, region)} moves {swap.flip_to_donor} of predictions to the "
-        f"donor's class (controls: random places {swap.random_place.mean:.0%}, same class "
-        f"{swap.same_class.mean:.0%}; effect {swap.effect}, n={swap.n_scans})"
+        f"{words} from another class's scan changes {swap.changed} of predictions, "
+        f"{swap.flip_to_donor.mean:.0%} to the donor's class (controls: same class "
+        f"{swap.same_class.mean:.0%}; effect {swap.change_effect}, n={swap.n_scans})"
     )
 
 

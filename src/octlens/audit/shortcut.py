@@ -34,11 +34,10 @@ off-retina area share or more.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
 
 import torch
 
-from octlens.audit.counterfactual import RESAMPLES, Interval, percentile_interval
+from octlens.audit.counterfactual import RESAMPLES, Bounded, Interval, percentile_interval
 from octlens.audit.localization import mass_share
 
 #: Width of the border band, and side of each corner square, as shares of the image side.
@@ -84,14 +83,6 @@ def attention_shares(
 def area_shares(regions: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """(B,) share of the image each region covers: what an even map would put there."""
     return {name: mask.flatten(1).float().mean(dim=1) for name, mask in regions.items()}
-
-
-class Bounded(Protocol):
-    """A mean with the ends of its interval (an ``Interval`` or a stored ``IntervalSummary``)."""
-
-    mean: float
-    low: float
-    high: float
 
 
 def mark_effects(
