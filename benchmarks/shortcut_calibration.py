@@ -8,11 +8,12 @@ same data and seed; 128 px) with two seeds each on clean synthetic data and on d
 planted mark of each kind (``square``, ``text``, ``checkerboard``, ``logo``, ``scalebar``; top-left
 corner, or ``--place``) at rate 0.9 (and the square at 0.5), then per model:
 
-- **the manifest's answer**: on the test split, whose marks code a *wrong* class, accuracy on
-  clean and on misleading-mark scans (``shortcut.csv``) and how often the answer is the mark's
+- **the manifest's answer**: on the test scans that carry a mark of a *wrong* class
+  (``shortcut.csv``), accuracy on the same scans without it (the clean dataset of the same seed
+  holds them: see :func:`manifest_answer`) and with it, and how often the answer is the mark's
   class; the model uses the mark when the audit's manifest rule says so (the accuracy gap is at
   least ``ACCURACY_GAP``, or it follows the mark ``FOLLOW_EXCESS`` more often than its clean-scan
-  errors would, ``(1 - clean) / 3``);
+  errors would, ``(1 - clean) / 3``), here on pairs of the same scans;
 - **the counterfactual verdict**, which never reads the manifest: ``octlens audit`` on the
   validation split, whose marks code the scan's own class as a real confound would (on the test
   split a same-class donor carries a misleading mark as often as any other, so the same-class
@@ -48,8 +49,9 @@ from octlens.data.index import scan
 from octlens.data.marks import MANIFEST
 from octlens.data.overlays import PLACES, draw_overlay
 from octlens.data.splits import split_by_patient
-from octlens.data.synth import read_record, synthesize
+from octlens.data.synth import CLASSES, plan_scans, read_record, synthesize
 from octlens.data.synth.shortcut import choose_mark, mark_kind
+from octlens.data.synth.writer import render_job, with_sizes
 from octlens.demo import DEMO_MODELS, demo_config
 from octlens.evaluate import evaluate_run
 from octlens.files import read_json
@@ -65,6 +67,10 @@ DATASETS: dict[str, tuple[str, float] | None] = {
 SEEDS = [0, 1]
 #: Where the retina comes from in each audit: the generator's masks, or the label-free finder.
 RETINA = {"masks": False, "finder": True}
+#: How each test scan is written for the manifest's answer: the file name's suffix -> the mark.
+VERSIONS = {"": None, "-truthful": "its own class", "-misleading": "a wrong class"}
+#: The JPEG quality octlens.data.synth.writer saves scans at.
+SYNTH_JPEG_QUALITY = 95
 
 
 def dataset(out: Path, name: str, place: str, n_per_class: int) -> Path:
@@ -84,10 +90,8 @@ def real_dataset(out: Path, name: str, place: str, source: Path) -> Path:
     """``source``'s scans (one folder per class) split by patient into train/val/test, as PNG.
 
     Train and val scans are marked as :func:`octlens.data.synth.writer.plant_shortcut` marks
-    synthetic ones (their own class at the rate). Every test scan is written twice, clean and
-    with a mark of a wrong class, so the manifest's answer compares the same scans with and
-    without a misleading mark (paired: a few dozen real test scans are too few for two
-    independent halves).
+    synthetic ones (their own class at the rate). Every test scan is written in each of the
+    :func:`versions` (paired: a few dozen real test scans are too few for independent groups).
     """
     mark = DATASETS[name]
     folder = out / "data" / (f"real-{name}" if mark is None else f"real-{name}-{place}")
@@ -124,10 +128,50 @@ def real_dataset(out: Path, name: str, place: str, source: Path) -> Path:
                 )
                 write(f"{relative}.png", pixels, code)
                 continue
-            write(f"{relative}.png", pixels, None)
-            if mark is not None:
-                wrong = int((sample.label + rng.integers(1, n_classes)) % n_classes)
-                write(f"{relative}-marked.png", pixels, wrong)
+            for suffix, code in versions(sample.label, n_classes, rng, mark is not None):
+                write(f"{relative}{suffix}.png", pixels, code)
+    (folder / MANIFEST).write_text("\n".join(rows) + "\n")  # written last: the set is complete
+    return folder
+
+
+def versions(
+    label: int, n_classes: int, rng: np.random.Generator, marked: bool = True
+) -> list[tuple[str, int | None]]:
+    """(file-name suffix, class of the mark or None) of each version of a test scan in
+    :data:`VERSIONS`: clean, with its own class's mark, with a wrong class's (drawn by ``rng``);
+    only the clean one for clean data."""
+    wrong = int((label + rng.integers(1, n_classes)) % n_classes)
+    codes = {"": None, "-truthful": label, "-misleading": wrong}
+    return [(suffix, codes[suffix]) for suffix in VERSIONS if marked or codes[suffix] is None]
+
+
+def synthetic_test_versions(out: Path, name: str, place: str, n_per_class: int) -> Path:
+    """The test scans of the synthetic dataset ``name`` (seed 0), re-rendered by the generator
+    and written in each of the :func:`versions`, the marks drawn before JPEG as the generator
+    draws them: the same scans clean, with a truthful mark and with a misleading one."""
+    kind = DATASETS[name][0]  # type: ignore[index]
+    folder = out / "data" / f"{name}-{place}-test-versions"
+    if (folder / MANIFEST).exists():
+        return folder
+    rows = ["file,mark,kind,place"]
+    for job in with_sizes(plan_scans(n_per_class, seed=0), None):
+        if job.split != "test":
+            continue
+        label = CLASSES.index(job.label)
+        rng = np.random.default_rng([job.patient, job.scan, label, 3])
+        rendered = render_job(job).image
+        for suffix, code in versions(label, len(CLASSES), rng):
+            pixels = rendered.copy()
+            if code is not None:
+                draw_overlay(pixels, mark_kind(kind), code, place)
+            relative = f"test/{job.label}/{job.relative_path.stem}{suffix}.jpeg"
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(folder / relative, quality=SYNTH_JPEG_QUALITY)
+            rows.append(
+                f"{relative},{CLASSES[code]},{kind},{place}"
+                if code is not None
+                else f"{relative},,,"
+            )
     (folder / MANIFEST).write_text("\n".join(rows) + "\n")  # written last: the set is complete
     return folder
 
@@ -152,36 +196,72 @@ def trained(
     return run
 
 
-def manifest_answer(run: Path, data: Path) -> dict[str, float] | None:
-    """Accuracy on clean and misleading-mark test scans, and how often the mark is followed."""
-    if not (data / MANIFEST).exists():
+def manifest_answer(run: Path, versions_folder: Path) -> dict | None:
+    """The model's answers on the same test scans clean, with a truthful mark and with a
+    misleading one (``versions_folder``'s test split, :func:`versions`).
+
+    The model *reads the mark's class* when its accuracy with a truthful mark exceeds that with
+    a misleading one by ``ACCURACY_GAP``, or it answers the misleading mark's class
+    ``FOLLOW_EXCESS`` more often than its clean-scan errors would, each with the lower end of its
+    95% bootstrap interval (pairs resampled) above zero. Clean against misleading, the audit's
+    own planted-mark rule, also counts a model that any mark disturbs whatever its class.
+    """
+    with open(versions_folder / MANIFEST, newline="") as handle:
+        marks = {row["file"]: row["mark"] for row in csv.DictReader(handle) if row["mark"]}
+    misleading_files = [file for file in marks if Path(file).stem.endswith("-misleading")]
+    if not misleading_files:  # clean data: nothing to compare
         return None
-    evaluate_run(run, data, "test")
-    with open(data / MANIFEST, newline="") as handle:
-        marks = {row["file"]: row["mark"] for row in csv.DictReader(handle)}
-    with open(run / "eval" / "test" / "predictions.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    clean, marked, follows = [], [], []
-    for row in rows:
-        mark = marks.get(Path(row["path"]).relative_to(data).as_posix())
-        correct = row["label"] == row["prediction"]
-        (marked if mark else clean).append(correct)
-        if mark:
-            follows.append(row["prediction"] == mark)
-    if not marked:  # clean data: nothing to compare
-        return None
-    clean_accuracy, marked_accuracy = _mean(clean), _mean(marked)
+    predicted = _predictions(run, versions_folder)
+    columns: dict[str, list[bool]] = {"clean": [], "truthful": [], "misleading": [], "follows": []}
+    for file in misleading_files:
+        label, answer = predicted[file]
+        columns["clean"].append(predicted[file.replace("-misleading", "")][1] == label)
+        columns["truthful"].append(predicted[file.replace("-misleading", "-truthful")][1] == label)
+        columns["misleading"].append(answer == label)
+        columns["follows"].append(answer == marks[file])
+    clean, truthful, misleading, follows = (np.array(v, dtype=float) for v in columns.values())
+    rows = np.random.default_rng(0).integers(0, len(clean), (2000, len(clean)))
+
+    def with_interval(values: np.ndarray) -> tuple[float, float, float]:
+        low, high = np.quantile(values[rows].mean(axis=1), [0.025, 0.975])
+        return float(values.mean()), float(low), float(high)
+
     return {
-        "clean": clean_accuracy,
-        "marked": marked_accuracy,
-        "follows": _mean(follows),
-        "by_chance": (1 - clean_accuracy) / 3,
-        "gap": clean_accuracy - marked_accuracy,
+        "pairs": len(clean),
+        "clean": clean.mean(),
+        "truthful": truthful.mean(),
+        "misleading": misleading.mean(),
+        "follows": follows.mean(),
+        "by_chance": (1 - clean.mean()) / 3,
+        "gap": with_interval(clean - misleading),
+        "class_effect": with_interval(truthful - misleading),
+        "follow_excess": with_interval(follows - (1 - clean) / 3),
     }
 
 
-def _mean(values: list[bool]) -> float:
-    return sum(values) / len(values)
+def reads_the_mark(answer: dict | None) -> bool:
+    """The manifest's answer (see :func:`manifest_answer`)."""
+    if answer is None:
+        return False
+    (effect, effect_low, _), (excess, excess_low, _) = (
+        answer["class_effect"],
+        answer["follow_excess"],
+    )
+    return (effect >= ACCURACY_GAP and effect_low > 0) or (
+        excess >= FOLLOW_EXCESS and excess_low > 0
+    )
+
+
+def _predictions(run: Path, data: Path) -> dict[str, tuple[str, str]]:
+    """``run``'s (label, prediction) on ``data``'s test split by file, evaluated into
+    ``RUN/eval/<data's name>``."""
+    out = run / "eval" / data.name
+    evaluate_run(run, data, "test", out=out, verbose=False)
+    with open(out / "predictions.csv", newline="") as handle:
+        return {
+            Path(row["path"]).relative_to(data).as_posix(): (row["label"], row["prediction"])
+            for row in csv.DictReader(handle)
+        }
 
 
 def main() -> None:
@@ -189,7 +269,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/calibration"))
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
-    parser.add_argument("--scans-per-class", type=int, default=16)
+    parser.add_argument(
+        "--scans-per-class",
+        type=int,
+        help="audit this many validation scans per class (default: all, as octlens audit does: "
+        "on 16 per class a logo-reading ViT's corner effect was 2%% [-4, 6], on all 125 "
+        "scans 6%% [2, 10])",
+    )
     parser.add_argument(
         "--n-per-class", type=int, default=200, help="synthetic scans per class, all splits"
     )
@@ -211,16 +297,21 @@ def main() -> None:
     )
     args = parser.parse_args()
     print(
-        "| data | model | seed | retina | val acc | test: clean | misleading mark | "
-        "follows mark (chance) | uses the mark (manifest) | "
-        "counterfactual verdict (val, no manifest) | agree |"
+        "| data | model | seed | retina | val acc | test, same scans: clean | truthful mark | "
+        "misleading mark | clean - misleading | truthful - misleading | follows mark (chance) | "
+        "reads the mark's class (manifest) | counterfactual verdict (val, no manifest) | agree |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- " * 14 + "|")
     for name in args.datasets:
         data = (
             dataset(args.out, name, args.place, args.n_per_class)
             if args.real is None
             else real_dataset(args.out, name, args.place, args.real)
+        )
+        test_versions = (
+            data
+            if args.real is not None or DATASETS[name] is None
+            else synthetic_test_versions(args.out, name, args.place, args.n_per_class)
         )
         for recipe in args.models:
             for seed in args.seeds:
@@ -233,7 +324,7 @@ def main() -> None:
                 if args.train_only:
                     print(f"trained {run}", flush=True)
                     continue
-                answer = manifest_answer(run, data)
+                answer = manifest_answer(run, test_versions)
                 for source in args.retina if args.real is None else ["finder"]:
                     print(row(run, data, name, recipe, seed, source, answer, args), flush=True)
 
@@ -245,7 +336,7 @@ def row(
     recipe: str,
     seed: int,
     source: str,
-    answer: dict[str, float] | None,
+    answer: dict | None,
     args: argparse.Namespace,
 ) -> str:
     """One Markdown row: the manifest's answer beside the counterfactual verdict."""
@@ -276,16 +367,24 @@ def row(
     caught = region in flagged if args.real is not None else bool(flagged)
     corner = result.counterfactual.swaps["corners"]
     if corner is not None:
-        verdict += f" (corners {corner.flip_to_donor}, effect {corner.effect})"
-    uses = answer is not None and (
-        answer["gap"] >= ACCURACY_GAP or answer["follows"] - answer["by_chance"] >= FOLLOW_EXCESS
-    )
+        verdict += f" (corners {corner.flip_to_donor}, effect {corner.effect}"
+        if corner.changed is not None:
+            verdict += f"; any change {corner.changed.mean:.0%}, effect {corner.change_effect}"
+        verdict += ")"
+    uses = reads_the_mark(answer)
+
+    def with_interval(value: tuple[float, float, float]) -> str:
+        return f"{value[0]:.2f} [{value[1]:.2f}, {value[2]:.2f}]"
+
     cells = (
-        ["-", "-", "-"]
+        ["-"] * 6
         if answer is None
         else [
             f"{answer['clean']:.2f}",
-            f"{answer['marked']:.2f}",
+            f"{answer['truthful']:.2f}",
+            f"{answer['misleading']:.2f} (n={answer['pairs']})",
+            with_interval(answer["gap"]),
+            with_interval(answer["class_effect"]),
             f"{answer['follows']:.2f} ({answer['by_chance']:.2f})",
         ]
     )
