@@ -8,12 +8,12 @@ same data and seed; 128 px) with two seeds each on clean synthetic data and on d
 planted mark of each kind (``square``, ``text``, ``checkerboard``, ``logo``, ``scalebar``; top-left
 corner, or ``--place``) at rate 0.9 (and the square at 0.5), then per model:
 
-- **the manifest's answer**: on the test scans that carry a mark of a *wrong* class
-  (``shortcut.csv``), accuracy on the same scans without it (the clean dataset of the same seed
-  holds them: see :func:`manifest_answer`) and with it, and how often the answer is the mark's
-  class; the model uses the mark when the audit's manifest rule says so (the accuracy gap is at
-  least ``ACCURACY_GAP``, or it follows the mark ``FOLLOW_EXCESS`` more often than its clean-scan
-  errors would, ``(1 - clean) / 3``), here on pairs of the same scans;
+- **the manifest's answer**: the test scans written three times (:func:`versions`: clean, with a
+  mark of their own class, with a wrong class's), and the model *reads the mark's class* when its
+  accuracy with a truthful mark exceeds that with a misleading one by ``ACCURACY_GAP``, or it
+  answers the misleading mark's class ``FOLLOW_EXCESS`` more often than its clean-scan errors
+  would, ``(1 - clean) / 3``, each with its paired bootstrap interval above zero
+  (:func:`manifest_answer`); clean minus misleading is shown beside it;
 - **the counterfactual verdict**, which never reads the manifest: ``octlens audit`` on the
   validation split, whose marks code the scan's own class as a real confound would (on the test
   split a same-class donor carries a misleading mark as often as any other, so the same-class
@@ -196,7 +196,7 @@ def trained(
     return run
 
 
-def manifest_answer(run: Path, versions_folder: Path) -> dict | None:
+def manifest_answer(run: Path, versions_folder: Path) -> dict:
     """The model's answers on the same test scans clean, with a truthful mark and with a
     misleading one (``versions_folder``'s test split, :func:`versions`).
 
@@ -209,8 +209,6 @@ def manifest_answer(run: Path, versions_folder: Path) -> dict | None:
     with open(versions_folder / MANIFEST, newline="") as handle:
         marks = {row["file"]: row["mark"] for row in csv.DictReader(handle) if row["mark"]}
     misleading_files = [file for file in marks if Path(file).stem.endswith("-misleading")]
-    if not misleading_files:  # clean data: nothing to compare
-        return None
     predicted = _predictions(run, versions_folder)
     columns: dict[str, list[bool]] = {"clean": [], "truthful": [], "misleading": [], "follows": []}
     for file in misleading_files:
@@ -324,7 +322,7 @@ def main() -> None:
                 if args.train_only:
                     print(f"trained {run}", flush=True)
                     continue
-                answer = manifest_answer(run, test_versions)
+                answer = None if DATASETS[name] is None else manifest_answer(run, test_versions)
                 for source in args.retina if args.real is None else ["finder"]:
                     print(row(run, data, name, recipe, seed, source, answer, args), flush=True)
 
