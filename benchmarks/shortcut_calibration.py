@@ -41,9 +41,11 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from octlens.audit import AuditResult, audit_run
+from octlens.audit.counterfactual import Interval, interval
 from octlens.audit.shortcut import ACCURACY_GAP, FOLLOW_EXCESS
 from octlens.data.index import scan
 from octlens.data.marks import MANIFEST
@@ -217,23 +219,20 @@ def manifest_answer(run: Path, versions_folder: Path) -> dict:
         columns["truthful"].append(predicted[file.replace("-misleading", "-truthful")][1] == label)
         columns["misleading"].append(answer == label)
         columns["follows"].append(answer == marks[file])
-    clean, truthful, misleading, follows = (np.array(v, dtype=float) for v in columns.values())
-    rows = np.random.default_rng(0).integers(0, len(clean), (2000, len(clean)))
-
-    def with_interval(values: np.ndarray) -> tuple[float, float, float]:
-        low, high = np.quantile(values[rows].mean(axis=1), [0.025, 0.975])
-        return float(values.mean()), float(low), float(high)
-
+    clean, truthful, misleading, follows = (
+        torch.tensor(v, dtype=torch.double) for v in columns.values()
+    )
     return {
         "pairs": len(clean),
-        "clean": clean.mean(),
-        "truthful": truthful.mean(),
-        "misleading": misleading.mean(),
-        "follows": follows.mean(),
-        "by_chance": (1 - clean.mean()) / 3,
-        "gap": with_interval(clean - misleading),
-        "class_effect": with_interval(truthful - misleading),
-        "follow_excess": with_interval(follows - (1 - clean) / 3),
+        "clean": clean.mean().item(),
+        "truthful": truthful.mean().item(),
+        "misleading": misleading.mean().item(),
+        "follows": follows.mean().item(),
+        "by_chance": (1 - clean.mean().item()) / 3,
+        # the versions of a scan are resampled together (the audit's paired bootstrap)
+        "gap": interval(clean - misleading),
+        "class_effect": interval(truthful - misleading),
+        "follow_excess": interval(follows - (1 - clean) / 3),
     }
 
 
@@ -241,12 +240,9 @@ def reads_the_mark(answer: dict | None) -> bool:
     """The manifest's answer (see :func:`manifest_answer`)."""
     if answer is None:
         return False
-    (effect, effect_low, _), (excess, excess_low, _) = (
-        answer["class_effect"],
-        answer["follow_excess"],
-    )
-    return (effect >= ACCURACY_GAP and effect_low > 0) or (
-        excess >= FOLLOW_EXCESS and excess_low > 0
+    effect, excess = answer["class_effect"], answer["follow_excess"]
+    return (effect.mean >= ACCURACY_GAP and effect.low > 0) or (
+        excess.mean >= FOLLOW_EXCESS and excess.low > 0
     )
 
 
@@ -371,8 +367,8 @@ def row(
         verdict += ")"
     uses = reads_the_mark(answer)
 
-    def with_interval(value: tuple[float, float, float]) -> str:
-        return f"{value[0]:.2f} [{value[1]:.2f}, {value[2]:.2f}]"
+    def with_interval(value: Interval) -> str:
+        return f"{value.mean:.2f} [{value.low:.2f}, {value.high:.2f}]"
 
     cells = (
         ["-"] * 6
