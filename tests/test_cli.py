@@ -277,6 +277,42 @@ def test_ctrl_c_during_training_exits_130_with_how_to_resume(tiny_data, tmp_path
     assert (run / "last.safetensors").is_file()
 
 
+def test_the_first_figure_after_an_epoch_imports_no_compiled_module(tmp_path):
+    """A Ctrl-C inside a compiled module's initialisation is an ImportError, not an interrupt:
+    the epoch-end figure must find every compiled module it needs already loaded."""
+    script = f"""
+import importlib.machinery, sys
+from pathlib import Path
+import octlens.training.loop
+from octlens.training.history import plot_learning_curves
+before = set(sys.modules)
+row = dict(epoch=1, train_loss=1.0, val_loss=1.0, train_acc=0.5, val_acc=0.5)
+plot_learning_curves([row], Path({str(tmp_path / "curves.png")!r}))
+suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+new = [name for name in set(sys.modules) - before
+       if str(getattr(sys.modules[name], "__file__", "")).endswith(suffixes)]
+print(sorted(new))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_an_import_broken_by_ctrl_c_is_an_interrupt(monkeypatch, capsys):
+    import octlens.cli
+
+    def interrupted_import(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as interrupt:
+            raise ImportError("initialization failed") from interrupt
+
+    monkeypatch.setattr(octlens.cli, "app", interrupted_import)
+    status, _, err = _in_process(monkeypatch, capsys, "train")
+    assert (status, err.strip()) == (130, "error: interrupted")
+
+
 def test_ctrl_c_during_synthesis_leaves_nothing_and_a_rerun_starts_afresh(tmp_path):
     out = tmp_path / "synth"
     partial = tmp_path / ".synth.partial"

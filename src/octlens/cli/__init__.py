@@ -68,6 +68,12 @@ def main() -> None:
         _fail(f"{error.filename or 'octlens'}: {error.strerror or error}")
     except (KeyboardInterrupt, *_ABORTS):
         _fail("interrupted", INTERRUPTED)
+    except ImportError as error:
+        # A Ctrl-C inside a compiled module's initialisation (pybind11) arrives as this
+        # ImportError with the interrupt as its cause: it is an interrupt, not a broken install.
+        if not isinstance(error.__cause__, KeyboardInterrupt):
+            raise
+        _fail("interrupted", INTERRUPTED)
     except _NO_ARGS as error:
         print(error.ctx.get_help())  # type: ignore[attr-defined]  # click's usage errors
         sys.exit(2)
