@@ -5,8 +5,9 @@
 
 Trains the demo's two recipes (ResNet18, then the ViT-tiny distilled from the ResNet18 of the
 same data and seed; 128 px) with two seeds each on clean synthetic data and on data with a
-planted mark of each kind (``square``, ``text``, ``checkerboard``, ``logo``, ``scalebar``; top-left
-corner, or ``--place``) at rate 0.9 (and the square at 0.5), then per model:
+planted mark of each kind (``square``, ``text``, ``stripes``, ``checkerboard``, ``logo``,
+``scalebar``, ``arrow``; top-left corner, or ``--place``) at rate 0.9 (and the square at 0.5),
+then per model:
 
 - **the manifest's answer**: the test scans written three times (:func:`versions`: clean, with a
   mark of their own class, with a wrong class's), and the model *reads the mark's class* when its
@@ -49,7 +50,7 @@ from octlens.audit.counterfactual import Interval, interval
 from octlens.audit.shortcut import ACCURACY_GAP, FOLLOW_EXCESS
 from octlens.data.index import scan
 from octlens.data.marks import MANIFEST
-from octlens.data.overlays import PLACES, draw_overlay
+from octlens.data.overlays import OVERLAY_KINDS, PLACES, draw_overlay
 from octlens.data.splits import split_by_patient
 from octlens.data.synth import CLASSES, plan_scans, read_record, synthesize
 from octlens.data.synth.shortcut import choose_mark, mark_kind
@@ -59,11 +60,10 @@ from octlens.evaluate import evaluate_run
 from octlens.files import read_json
 from octlens.training import train
 
-KINDS = ("square", "text", "checkerboard", "logo", "scalebar")
 #: name -> (mark kind, rate); None for clean data.
 DATASETS: dict[str, tuple[str, float] | None] = {
     "clean": None,
-    **{f"{kind}-0.9": (kind, 0.9) for kind in KINDS},
+    **{f"{kind}-0.9": (kind, 0.9) for kind in OVERLAY_KINDS},
     "square-0.5": ("square", 0.5),
 }
 SEEDS = [0, 1]
