@@ -1,4 +1,4 @@
-"""Make the README's figures (run from the repository root).
+"""Make the documentation's figures (run from the repository root).
 
 .venv/bin/python docs/make_figures.py                  # synthetic vs real, retina on real
 .venv/bin/python docs/make_figures.py --sheets DIR     # also every dev scan's retina, 36 a page
@@ -72,7 +72,7 @@ def retina_on_real(samples: list[Sample], path: Path, columns: int = 4) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="make the README's figures")
+    parser = argparse.ArgumentParser(description="make the documentation's figures")
     parser.add_argument("--sheets", type=Path, help="also draw every dev scan's retina here")
     args = parser.parse_args()
     synthetic_vs_real()
