@@ -75,14 +75,51 @@ def test_same_seed_same_metrics(tiny_data, tiny_run, tmp_path):
     assert _without_timing(again.history) == _without_timing(tiny_run.history)
 
 
-def test_precision_and_balance_options_train(tiny_data, tmp_path):
-    result = train(
-        _config(tiny_data, tmp_path / "bf16", precision="bf16", balance="sampler", epochs=1),
-        verbose=False,
-    )
-    assert result.history[0]["train_loss"] > 0
-    weighted = train(_config(tiny_data, tmp_path / "w", balance="loss", epochs=1), verbose=False)
-    assert weighted.history[0]["train_loss"] > 0
+def test_bf16_precision_trains(tiny_data, tmp_path):
+    result = train(_config(tiny_data, tmp_path / "bf16", precision="bf16", epochs=1), verbose=False)
+    assert result.precision == "bf16" and 0 < result.history[0]["train_loss"] < 10
+
+
+def test_loss_balance_weights_each_class_by_its_inverse_frequency():
+    from octlens.training.loop import _class_weights
+
+    # 3 scans of class 0, 1 of class 1, none of class 2: total / (classes x count), a missing
+    # class counted as one scan so its weight stays finite (total 5)
+    weights = _class_weights([0, 0, 0, 1], 3)
+    assert weights.tolist() == pytest.approx([5 / 9, 5 / 3, 5 / 3])
+    assert _class_weights([0, 1, 2, 0, 1, 2], 3).tolist() == pytest.approx([1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize(("balance", "rare_share"), [("none", (0.1, 0.1)), ("sampler", (0.4, 0.6))])
+def test_sampler_balance_draws_a_rare_class_as_often_as_a_common_one(tmp_path, balance, rare_share):
+    from octlens.training.distributed import ProcessGroup
+    from octlens.training.loop import _train_loader
+
+    class Labels(torch.utils.data.Dataset):
+        labels = [0] * 900 + [1] * 100
+        epoch_seed = 0
+
+        def __len__(self):
+            return len(self.labels)
+
+    dataset = Labels()
+    config = _config(tmp_path, tmp_path / "run", balance=balance)
+    loader = _train_loader(dataset, config, 0, 1, ProcessGroup())  # type: ignore[arg-type]
+    drawn = [dataset.labels[position] for position in loader.sampler]
+    assert len(drawn) == 1000
+    assert rare_share[0] <= sum(drawn) / len(drawn) <= rare_share[1]
+
+
+def test_loss_balance_changes_training_on_imbalanced_data(tiny_data, tmp_path):
+    import shutil
+
+    data = tmp_path / "imbalanced"
+    shutil.copytree(tiny_data, data)
+    for scan_file in sorted((data / "train" / "NORMAL").iterdir())[1:]:
+        scan_file.unlink()
+    plain = train(_config(data, tmp_path / "plain", epochs=1), verbose=False)
+    weighted = train(_config(data, tmp_path / "weighted", balance="loss", epochs=1), verbose=False)
+    assert weighted.history[0]["train_loss"] != pytest.approx(plain.history[0]["train_loss"])
 
 
 def test_a_vit_trains_and_stops_early_when_val_loss_stalls(tiny_data, tmp_path):
