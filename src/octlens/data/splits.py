@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from octlens.data.index import DatasetIndex, DataWarning, Sample
+from octlens.data.index import SINGLE_SPLIT, DatasetIndex, DataWarning, Sample
 from octlens.errors import OctlensError
 from octlens.files import read_json, write_text
 from octlens.progress import counted, progress_bar
@@ -161,3 +161,74 @@ def split_samples(index: DatasetIndex, split: str, run_dir: Path | None = None) 
 
 def _relative(sample: Sample, index: DatasetIndex) -> str:
     return sample.path.relative_to(index.root).as_posix()
+
+
+@dataclass(frozen=True)
+class TrainingSplits:
+    """The scans a run trains and validates on, and those it carved by patient from the
+    training split (recorded with :func:`write_carved` so that evaluation finds them again)."""
+
+    train_split: str
+    train: list[Sample]
+    val: list[Sample]
+    carved: dict[str, list[Sample]]
+
+
+def training_splits(
+    index: DatasetIndex,
+    train_split: str,
+    val_split: str,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> TrainingSplits:
+    """The training and validation scans of ``index``, carving what the data lacks.
+
+    A dataset of one split (an ImageFolder, ``all``) trains on it. Validation is ``val_split``,
+    or a carve of ``val_fraction`` of the training split when there is none; with
+    ``test_fraction``, a test split is carved first when the data has none. Patients shared
+    between the training split and another are warned about (their scores are optimistic).
+    """
+    if train_split not in index.splits and list(index.splits) == [SINGLE_SPLIT]:
+        train_split = SINGLE_SPLIT
+    train = index.split(train_split)
+    missing = index.missing_classes(train)
+    if missing:
+        raise OctlensError(
+            f"{index.root}: the training split '{train_split}' has no images of "
+            f"{', '.join(missing)}; a model cannot learn a class it never sees"
+        )
+    carved: dict[str, list[Sample]] = {}
+    if test_fraction > 0 and "test" not in index.splits:
+        train, carved["test"] = split_by_patient(train, test_fraction, seed=seed + 1)
+    if val_split in index.splits and val_split != train_split:
+        val = index.split(val_split)
+    else:
+        train, val = split_by_patient(train, val_fraction, seed=seed)
+        carved["val"] = val
+    for name, samples in (("training", train), ("validation", val)):
+        if not samples:
+            raise OctlensError(f"{index.root}: no readable {name} images")
+    missing = index.missing_classes(train)
+    if missing:
+        raise OctlensError(
+            f"{index.root}: carving {' and '.join(carved)} by patient left no training images of "
+            f"{', '.join(missing)} (too few patients); give more scans or a '{val_split}' split"
+        )
+    _warn_training_leakage(index, train_split)
+    return TrainingSplits(train_split, train, val, carved)
+
+
+def _warn_training_leakage(index: DatasetIndex, train_split: str) -> None:
+    """Warn when other splits share patients with the training split."""
+    leaks = [leak for leak in find_leakage(index) if train_split in leak.splits]
+    if not leaks:
+        return
+    shown = "; ".join(f"{leak.key} in {', '.join(leak.splits)}" for leak in leaks[:3])
+    more = f" and {len(leaks) - 3} more" if len(leaks) > 3 else ""
+    warnings.warn(
+        f"{index.root}: {len(leaks)} patient(s) have scans in '{train_split}' and another split "
+        f"({shown}{more}): scores on those splits will be optimistic (see 'octlens inspect')",
+        DataWarning,
+        stacklevel=3,
+    )

@@ -35,6 +35,20 @@ def read_history(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
+def best_epoch(rows: list[dict[str, Any]]) -> int:
+    """The epoch with the lowest validation loss, the first of equals: a later epoch must
+    improve on it to take its place, as early stopping counts an improvement. ``best`` is this
+    epoch's checkpoint, and the learning curves mark it."""
+    return min(rows, key=lambda row: row["val_loss"])["epoch"]
+
+
+def patience_exhausted(rows: list[dict[str, Any]], patience: int | None) -> bool:
+    """No validation-loss improvement in the last ``patience`` epochs (never without one)."""
+    if patience is None or not rows:
+        return False
+    return rows[-1]["epoch"] - best_epoch(rows) >= patience
+
+
 def plot_learning_curves(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
     """Train vs validation loss and accuracy per epoch; the best epoch (lowest val loss) marked.
 
@@ -42,7 +56,7 @@ def plot_learning_curves(rows: list[dict[str, Any]], path: Path, title: str = ""
     this is the picture that shows it.
     """
     epochs = [row["epoch"] for row in rows]
-    best = min(rows, key=lambda row: row["val_loss"])["epoch"]
+    best = best_epoch(rows)
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
     for axis, metric, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
         axis.plot(epochs, [row[f"train_{metric}"] for row in rows], "o-", label="train")
