@@ -4,11 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test docs lint bench clean
+.PHONY: demo test test-fast docs lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,docs]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[app,tune,test,docs]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -19,6 +19,11 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 	$(MAKE) docs
+
+# The inner loop: everything but the tests marked slow (`make test` runs them all).
+test-fast: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The documentation site into site/, strict: a broken link, anchor or API reference fails
 # (not --quiet: it hides the warnings that strict mode counts).

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import TINY_VIT, tiny_config
 from octlens.data.synth import synthesize
-from octlens.training import TrainConfig, train
+from octlens.training import train
 
 REAL_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "oct2017-real" / "dev"
 
@@ -35,8 +36,7 @@ def tiny_resnet_run(tiny_data, tmp_path_factory) -> Path:
     """A ResNet18 trained for one epoch on ``tiny_data`` at 32 px: a run to start from
     (fine-tuning) or to learn from (distillation). Tests only read it."""
     out = tmp_path_factory.mktemp("runs") / "resnet"
-    settings = {"img_size": 32, "epochs": 1, "batch_size": 8, "num_workers": 0, "seed": 5}
-    train(TrainConfig(data=tiny_data, out=out, model="resnet18", **settings), verbose=False)
+    train(tiny_config(tiny_data, out, model="resnet18"), verbose=False)
     return out
 
 
@@ -45,10 +45,6 @@ def tiny_vit_run(tiny_data, tmp_path_factory) -> Path:
     """A 2-block ViT (patch 8, width 32) trained for one epoch on ``tiny_data`` at 32 px.
     Tests only read it."""
     out = tmp_path_factory.mktemp("runs") / "vit"
-    settings = {"img_size": 32, "epochs": 1, "batch_size": 8, "num_workers": 0, "seed": 5}
-    kwargs = {"embed_dim": 32, "depth": 2, "num_heads": 2}
-    config = TrainConfig(
-        data=tiny_data, out=out, model="vit_tiny", patch_size=8, model_kwargs=kwargs, **settings
-    )
+    config = tiny_config(tiny_data, out, model="vit_tiny", patch_size=8, model_kwargs=TINY_VIT)
     train(config, verbose=False)
     return out

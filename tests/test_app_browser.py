@@ -27,6 +27,9 @@ from octlens.app import background_server, build_app
 from octlens.app.server import example_scans
 from octlens.training.run import Run
 
+#: a real browser against a live server: many seconds each
+pytestmark = pytest.mark.slow
+
 # Drag and drop as a browser does it: a DataTransfer holding the files, dropped on the zone.
 DROP = """files => {
     const transfer = new DataTransfer();

@@ -279,6 +279,7 @@ def test_audit_estimates_the_retina_on_data_without_masks(tmp_path, marked_run, 
     assert 0.3 < result.area_share["off_retina"] < 0.95
 
 
+@pytest.mark.slow
 def test_audit_cli_prints_the_table_and_verdict(marked_run, tmp_path):
     completed = subprocess.run(
         [
@@ -325,6 +326,7 @@ def test_audit_refuses_other_classes_and_unknown_methods(marked_run, tmp_path):
         audit_run(marked_run / "run", other, out=tmp_path)
 
 
+@pytest.mark.slow
 def test_report_shows_the_audit_table_verdict_and_figures(marked_run, tmp_path):
     from octlens.report import write_report
 

@@ -9,29 +9,23 @@ from pathlib import Path
 
 import pytest
 
-OCTLENS = [sys.executable, "-c", "from octlens.cli import main; main()"]
+from helpers import OCTLENS, run_cli, run_cli_in_process, tiny_config
 
 
-def _octlens(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run(
-        [*OCTLENS, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
-    )
-
-
+@pytest.mark.slow
 def test_synth_inspect_train_evaluate(tmp_path):
     data = tmp_path / "data"
-    result = _octlens("synth", str(data), "--n-per-class", "6", "--size", "62x64", "--seed", "1")
+    result = run_cli("synth", str(data), "--n-per-class", "6", "--size", "62x64", "--seed", "1")
     assert result.returncode == 0, result.stderr
     assert "wrote 24 scans" in result.stdout
     assert (data / "masks" / "train").is_dir() and (data / "retina" / "test").is_dir()
 
-    result = _octlens("inspect", str(data), "--hashes")
+    result = run_cli("inspect", str(data), "--hashes")
     assert result.returncode == 0, result.stderr
     assert "no leakage between splits" in result.stdout
 
     run = tmp_path / "run"
-    result = _octlens(
+    result = run_cli(
         "train",
         "--data",
         str(data),
@@ -61,7 +55,7 @@ def test_synth_inspect_train_evaluate(tmp_path):
     meta = json.loads((run / "best.json").read_text())
     assert meta["model"]["kwargs"] == {"depth": 2, "embed_dim": 32, "num_heads": 2}
 
-    result = _octlens("evaluate", str(run), "--data", str(data), "--split", "test")
+    result = run_cli("evaluate", str(run), "--data", str(data), "--split", "test")
     assert result.returncode == 0, result.stderr
     assert "sensitivity" in result.stdout and (run / "eval" / "test" / "metrics.json").is_file()
 
@@ -77,7 +71,7 @@ def test_synth_inspect_train_evaluate(tmp_path):
     ],
 )
 def test_user_errors_are_one_line(tmp_path, args, message):
-    result = _octlens(*args, cwd=tmp_path)
+    result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().startswith(message), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -86,29 +80,14 @@ def test_user_errors_are_one_line(tmp_path, args, message):
 
 @pytest.fixture(scope="module")
 def cli_run(tiny_data, tmp_path_factory) -> Path:
-    from octlens.training import TrainConfig, train
+    from octlens.training import train
 
     out = tmp_path_factory.mktemp("cli") / "run"
     train(
-        TrainConfig(data=tiny_data, out=out, img_size=32, epochs=1, batch_size=8, num_workers=0),
+        tiny_config(tiny_data, out, seed=0),
         verbose=False,
     )
     return out
-
-
-def _in_process(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run the CLI in this process (fast: no interpreter start): status, stdout, stderr."""
-    from octlens.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["octlens", *args])
-    monkeypatch.setenv("COLUMNS", "200")
-    try:
-        main()
-        status = 0
-    except SystemExit as exit_:
-        status = exit_.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 @pytest.mark.parametrize(
@@ -130,13 +109,13 @@ def _in_process(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     ],
 )
 def test_usage_errors_are_one_line(monkeypatch, capsys, args, message):
-    status, _, err = _in_process(monkeypatch, capsys, *args)
+    status, _, err = run_cli_in_process(monkeypatch, capsys, *args)
     assert status == 2
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
 
 
 def test_no_arguments_prints_help_and_exits_2(monkeypatch, capsys):
-    status, out, err = _in_process(monkeypatch, capsys)
+    status, out, err = run_cli_in_process(monkeypatch, capsys)
     assert status == 2 and "Usage: " in out and "train" in out and "Traceback" not in err
 
 
@@ -184,7 +163,7 @@ def test_bad_options_are_one_line_errors(
         filled += ["--data", str(tiny_data), "--out", str(tmp_path / "r"), "--img-size", "32"]
     if filled[0] in ("evaluate", "audit"):
         filled += ["--data", str(tiny_data)]
-    status, _, err = _in_process(monkeypatch, capsys, *filled)
+    status, _, err = run_cli_in_process(monkeypatch, capsys, *filled)
     assert status == 2, err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
 
@@ -212,11 +191,12 @@ def test_files_where_folders_belong_are_one_line_errors(
         (["serve", str(tmp_path)], f"{tmp_path / 'best.safetensors'}: no such checkpoint"),
         (["serve", str(cli_run), "--max-files", "0"], "--max-files 0: a whole number, at least 1"),
     ):
-        status, _, err = _in_process(monkeypatch, capsys, *args)
+        status, _, err = run_cli_in_process(monkeypatch, capsys, *args)
         assert status == 2 and message in err and err.count("\n") == 1, err
     assert a_file.read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_a_name_with_a_newline_or_markup_stays_on_one_line(tmp_path):
     data = tmp_path / "data"
     (data / "A").mkdir(parents=True)
@@ -227,7 +207,7 @@ def test_a_name_with_a_newline_or_markup_stays_on_one_line(tmp_path):
         Image.new("L", (16, 16), 90).save(data / folder / "good.png")
     (data / "A" / "bad\nname.png").write_bytes(b"not an image")
     (data / "B" / "[bold]x.png").write_bytes(b"not an image")
-    result = _octlens("inspect", str(data))
+    result = run_cli("inspect", str(data))
     assert result.returncode == 0, result.stderr
     lines = result.stderr.strip().splitlines()
     assert all(line.startswith("warning:") for line in lines), result.stderr
@@ -263,6 +243,7 @@ def _interrupt(args: list[str], ready, timeout: float = 240) -> subprocess.Compl
     return subprocess.CompletedProcess(args, process.returncode, out, err)
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_training_exits_130_with_how_to_resume(tiny_data, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--data", str(tiny_data), "--out", str(run), "--img-size", "32"]
@@ -309,10 +290,11 @@ def test_an_import_broken_by_ctrl_c_is_an_interrupt(monkeypatch, capsys):
             raise ImportError("initialization failed") from interrupt
 
     monkeypatch.setattr(octlens.cli, "app", interrupted_import)
-    status, _, err = _in_process(monkeypatch, capsys, "train")
+    status, _, err = run_cli_in_process(monkeypatch, capsys, "train")
     assert (status, err.strip()) == (130, "error: interrupted")
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_synthesis_leaves_nothing_and_a_rerun_starts_afresh(tmp_path):
     out = tmp_path / "synth"
     partial = tmp_path / ".synth.partial"
@@ -322,7 +304,7 @@ def test_ctrl_c_during_synthesis_leaves_nothing_and_a_rerun_starts_afresh(tmp_pa
     expected = f"error: {out}: interrupted; nothing was written (run again to start over)"
     assert result.stderr.strip() == expected
     assert not out.exists() and not partial.exists()
-    again = _octlens("synth", str(out), "--n-per-class", "4", "--size", "62x64")
+    again = run_cli("synth", str(out), "--n-per-class", "4", "--size", "62x64")
     assert again.returncode == 0, again.stderr
     assert json.loads((out / "synth.json").read_text())["n_per_class"] == 4
 
@@ -337,7 +319,7 @@ def test_a_full_disk_anywhere_is_one_line(monkeypatch, capsys, cli_run, tiny_dat
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
     out = tmp_path / "eval"
-    status, _, err = _in_process(
+    status, _, err = run_cli_in_process(
         monkeypatch, capsys, "evaluate", str(cli_run), "--data", str(tiny_data), "--out", str(out)
     )
     assert status == 2 and err.startswith("error: ") and "No space left on device" in err, err
@@ -353,7 +335,7 @@ def test_train_takes_a_config_file_with_overrides(monkeypatch, capsys, tiny_data
     config = tmp_path / "config.json"
     config.write_text(json.dumps(settings))
     run = tmp_path / "run"
-    status, _, err = _in_process(
+    status, _, err = run_cli_in_process(
         monkeypatch,
         capsys,
         "train",
@@ -371,14 +353,14 @@ def test_train_takes_a_config_file_with_overrides(monkeypatch, capsys, tiny_data
     assert saved["epochs"] == 1 and saved["img_size"] == 32 and saved["out"] == str(run)
     assert saved["num_workers"] == 0 and saved["lr"] == TrainConfig.model_fields["lr"].default
     assert json.loads((run / "config.json").read_text()) == saved  # the run's own settings file
-    status, _, err = _in_process(monkeypatch, capsys, "train", "--out", str(tmp_path / "x"))
+    status, _, err = run_cli_in_process(monkeypatch, capsys, "train", "--out", str(tmp_path / "x"))
     assert status == 2 and err.startswith("error: --data: Field required"), err
     for content, message in (
         ("[1, 2]", "must hold a JSON object"),
         ('{"data": "d", "out": "o", "bogus": 1}', "--bogus: Extra inputs are not permitted"),
     ):
         config.write_text(content)
-        status, _, err = _in_process(monkeypatch, capsys, "train", "--config", str(config))
+        status, _, err = run_cli_in_process(monkeypatch, capsys, "train", "--config", str(config))
         assert status == 2 and message in err and err.count("\n") == 1, err
 
 
@@ -398,3 +380,28 @@ def test_a_missing_run_is_refused_before_torch_is_imported(command, tmp_path):
     )
     assert result.stdout.split() == ["False", "2"], result.stderr
     assert result.stderr.strip() == f"error: {missing}: no such run folder or checkpoint"
+
+
+@pytest.mark.parametrize(
+    ("missing", "args", "extra"),
+    [
+        ("fastapi", ["serve", "runs/none"], "app"),
+        ("uvicorn", ["serve", "RUN"], "app"),
+        ("optuna", ["tune", "--data", "d", "--out", "o"], "tune"),
+    ],
+)
+def test_a_command_without_its_extra_names_the_extra(missing, args, extra, tiny_resnet_run):
+    args = [str(tiny_resnet_run) if arg == "RUN" else arg for arg in args]
+    # the package made unimportable, as on an install without the extra
+    script = (
+        f"import sys; sys.modules[{missing!r}] = None; sys.argv = ['octlens', *{args!r}]; "
+        "from octlens.cli import main; main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        f"error: octlens {args[0]} needs the '{extra}' extra ({missing} is not installed): "
+        f"pip install 'octlens[{extra}]'"
+    )

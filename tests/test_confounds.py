@@ -115,6 +115,7 @@ def test_data_it_cannot_test_is_one_line(clean, tmp_path):
         confound_scan(one_patient, tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_cli_needs_an_out_folder_and_prints_the_table(clean, tmp_path):
     command = [*OCTLENS, "inspect", str(clean), "--confounds"]
     refused = subprocess.run(command, capture_output=True, text=True)
@@ -150,6 +151,7 @@ def test_the_report_section_escapes_and_refuses_edited_files(clean, tmp_path):
         confounds_html(tmp_path)
 
 
+@pytest.mark.slow
 def test_broken_scans_are_left_out_and_named_and_bad_options_are_one_line(clean, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(clean, data)

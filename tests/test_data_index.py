@@ -186,7 +186,7 @@ def test_an_unreadable_folder_is_a_one_line_error(tmp_path, monkeypatch):
 
 
 def test_strict_decodes_and_finds_a_broken_png_the_crc_check_passes(tmp_path):
-    from test_images import broken_png
+    from helpers import broken_png
 
     _write_scan(tmp_path / "A" / "A-1-1.png")
     broken_png(tmp_path / "A" / "A-1-2.png")

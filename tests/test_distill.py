@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from helpers import TINY_VIT, tiny_config
 from octlens.data.transforms import Normalization, renormalize
 from octlens.errors import OctlensError
 from octlens.runtime import resolve_precision
@@ -20,8 +21,7 @@ FP32 = resolve_precision("fp32", torch.device("cpu"))
 
 
 def _config(data: Path, out: Path, **overrides) -> TrainConfig:
-    settings = {"img_size": 32, "epochs": 1, "batch_size": 8, "num_workers": 0, "seed": 3}
-    return TrainConfig(data=data, out=out, **{**settings, **overrides})
+    return tiny_config(data, out, **{"seed": 3, **overrides})
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -106,7 +106,7 @@ def test_a_distilled_run_records_its_teacher_learns_otherwise_and_leaves_the_tea
     vit = {
         "model": "vit_tiny",
         "patch_size": 8,
-        "model_kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 2},
+        "model_kwargs": TINY_VIT,
     }
     distill = {"teacher": tiny_resnet_run, "distill_weight": 0.7, "distill_temperature": 3.0}
 

@@ -22,6 +22,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import TINY_VIT
 from octlens.data.dataset import OCTDataset
 from octlens.data.index import scan
 from octlens.data.transforms import Normalization, train_transform
@@ -214,6 +215,7 @@ def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_one_run_as_one_process_does(tiny_data, tmp_path):
     run = tmp_path / "ddp"
     args = ["--data", str(tiny_data), "--out", str(run), *VIT, *COMMON, "--seed", "3"]
@@ -233,7 +235,7 @@ def test_torchrun_two_processes_train_one_run_as_one_process_does(tiny_data, tmp
             model="vit_tiny",
             patch_size=8,
             img_size=32,
-            model_kwargs={"embed_dim": 32, "depth": 2, "num_heads": 2},
+            model_kwargs=TINY_VIT,
             batch_size=8,
             precision="fp32",
             device="cpu",
@@ -271,6 +273,7 @@ def _rank_of(pid: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the ranks through /proc")
 def test_a_killed_rank_ends_the_job_with_one_line_and_a_resumable_last(tiny_data, tmp_path):
     run = tmp_path / "ddp"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
@@ -22,6 +24,7 @@ def run_blocks(page: Path, folder: Path, monkeypatch) -> dict[str, object]:
     return namespace
 
 
+@pytest.mark.slow
 def test_every_python_block_of_the_docs_runs(tmp_path, monkeypatch):
     pages = [page for page in PAGES if python_blocks(page)]
     assert ROOT / "docs" / "python-api.md" in pages

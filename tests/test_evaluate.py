@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
+from helpers import tiny_config
 from octlens.errors import OctlensError
 from octlens.evaluate import calibration_bins, classification_metrics, evaluate_run
-from octlens.training import TrainConfig, train
+from octlens.training import train
 
 CLASSES = ["CNV", "DME", "DRUSEN", "NORMAL"]
 
@@ -73,7 +74,7 @@ def test_expected_calibration_error_by_hand():
 def test_evaluate_run_writes_metrics_predictions_and_figures(tiny_data, tmp_path):
     run = tmp_path / "run"
     train(
-        TrainConfig(data=tiny_data, out=run, img_size=32, epochs=1, batch_size=8, num_workers=0),
+        tiny_config(tiny_data, run, seed=0),
         verbose=False,
     )
     metrics = evaluate_run(run, tiny_data, "test")

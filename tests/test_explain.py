@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import TINY_VIT as SHARED_TINY_VIT
 from octlens.errors import OctlensError
 from octlens.explain import (
     AttentionRollout,
@@ -20,7 +21,8 @@ from octlens.explain import (
 )
 from octlens.models import create_model, is_vit
 
-TINY_VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0}
+#: the shared tiny ViT with a narrower MLP: faster for the many explainer oracles
+TINY_VIT = {**SHARED_TINY_VIT, "mlp_ratio": 2.0}
 OURS_TO_ORACLE = {
     GradCAM: "GradCAM",
     HiResCAM: "HiResCAM",

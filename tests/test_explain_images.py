@@ -151,12 +151,12 @@ def test_output_names_are_distinct_relative_and_name_their_scan(entries):
 def test_the_explain_command_streams_a_test_set(
     monkeypatch, capsys, tiny_data, tiny_resnet_run, tmp_path
 ):
-    from test_cli import _in_process
+    from helpers import run_cli_in_process
 
     scans = sorted((tiny_data / "test").glob("*/*.jpeg"))  # test/*/*.jpeg
     out = tmp_path / "out"
     options = ["--batch-size", "2", "--device", "cpu", "--grid-per-class", "1"]
-    status, printed, err = _in_process(
+    status, printed, err = run_cli_in_process(
         monkeypatch, capsys, "explain", str(tiny_resnet_run), *map(str, scans), "--out", str(out),
         *options,
     )  # fmt: skip

@@ -10,17 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import TINY_VIT, tiny_config
 from octlens.errors import OctlensError
 from octlens.models import create_model
 from octlens.training import TrainConfig, load_checkpoint, train
 from octlens.training.finetune import InitRun, parameter_groups
-
-TINY_VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2}
-
-
-def _config(data: Path, out: Path, **overrides) -> TrainConfig:
-    settings = {"img_size": 32, "epochs": 1, "batch_size": 8, "num_workers": 0, "seed": 5}
-    return TrainConfig(data=data, out=out, **{**settings, **overrides})
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
@@ -77,7 +71,7 @@ def test_a_run_from_init_inherits_the_recipe_and_normalization_and_records_its_s
 
 
 def test_freeze_backbone_trains_the_classifier_only(tiny_data, tiny_resnet_run, tmp_path):
-    config = _config(
+    config = tiny_config(
         tiny_data, tmp_path / "probe", init=tiny_resnet_run, freeze="backbone", epochs=2
     )
     train(config, verbose=False)
@@ -123,7 +117,7 @@ def _image_folder(root: Path, classes: tuple[str, ...], per_class: int = 6) -> P
 def test_other_classes_get_a_new_head_and_keep_the_body(tiny_resnet_run, tmp_path):
     data = _image_folder(tmp_path / "two", ("CNV", "NORMAL"))
     out = tmp_path / "two-class"
-    train(_config(data, out, init=tiny_resnet_run, lr=1e-12), verbose=False)
+    train(tiny_config(data, out, init=tiny_resnet_run, lr=1e-12), verbose=False)
     meta = json.loads((out / "last.json").read_text())
     assert meta["fine_tuning"]["init"]["head"] == "new" and meta["classes"] == ["CNV", "NORMAL"]
     before, after = _state(tiny_resnet_run), _state(out / "last.safetensors")
@@ -133,7 +127,7 @@ def test_other_classes_get_a_new_head_and_keep_the_body(tiny_resnet_run, tmp_pat
 
 def test_a_vit_fine_tunes_at_another_image_size(tiny_data, tiny_vit_run, tmp_path):
     out = tmp_path / "bigger"
-    train(_config(tiny_data, out, init=tiny_vit_run, img_size=48, lr=1e-12), verbose=False)
+    train(tiny_config(tiny_data, out, init=tiny_vit_run, img_size=48, lr=1e-12), verbose=False)
     model = load_checkpoint(out / "last.safetensors").build_model()
     assert model(torch.randn(1, 1, 48, 48)).shape == (1, 4)
 
@@ -142,18 +136,19 @@ def test_fine_tuning_mistakes_are_one_line_errors(
     tiny_data, tiny_resnet_run, tiny_vit_run, tmp_path
 ):
     with pytest.raises(OctlensError, match="no such checkpoint"):
-        train(_config(tiny_data, tmp_path / "a", init=tmp_path / "nowhere"), verbose=False)
+        train(tiny_config(tiny_data, tmp_path / "a", init=tmp_path / "nowhere"), verbose=False)
     with pytest.raises(OctlensError, match=r"best.safetensors.*another model size|belong"):
         train(
-            _config(tiny_data, tmp_path / "b", init=tiny_resnet_run, model="resnet50"),
+            tiny_config(tiny_data, tmp_path / "b", init=tiny_resnet_run, model="resnet50"),
             verbose=False,
         )
     with pytest.raises(OctlensError, match=r"best.safetensors.*(another model size|belong)"):
         # another model named: the ViT's patch size is not inherited, its weights do not fit
         train(
-            _config(tiny_data, tmp_path / "v", init=tiny_vit_run, model="resnet18"), verbose=False
+            tiny_config(tiny_data, tmp_path / "v", init=tiny_vit_run, model="resnet18"),
+            verbose=False,
         )
     with pytest.raises(ValueError, match="not both"):
-        _config(tiny_data, tmp_path / "c", init=tiny_resnet_run, pretrained="hub")
+        tiny_config(tiny_data, tmp_path / "c", init=tiny_resnet_run, pretrained="hub")
     with pytest.raises(ValueError, match="--freeze needs weights"):
-        _config(tiny_data, tmp_path / "d", freeze="backbone")
+        tiny_config(tiny_data, tmp_path / "d", freeze="backbone")

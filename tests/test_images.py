@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from helpers import broken_png
 from octlens.data.images import UnreadableImageError, check_image, load_grayscale, to_uint8
 
 
@@ -141,25 +142,6 @@ def test_a_png_with_a_broken_deflate_stream_passes_the_crc_check_but_not_decodin
         load_grayscale(path)
     with pytest.raises(UnreadableImageError, match=r"broken\.png"):
         check_image(path, decode=True)
-
-
-def broken_png(path: Path, size: tuple[int, int] = (32, 32)) -> None:
-    """A PNG whose chunks all carry valid CRCs but whose image data is not a deflate stream."""
-    width, height = size
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    garbage = bytes(range(256)) * 2
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", garbage)
-        + chunk(b"IEND", b"")
-    )
 
 
 _VALID = {}

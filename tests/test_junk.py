@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from helpers import run_cli_in_process
 from octlens.app.service import run_summary
 from octlens.errors import OctlensError
 from octlens.evaluate import classification_metrics, invalid_metrics
@@ -31,7 +32,6 @@ from octlens.training import TrainConfig, load_checkpoint
 from octlens.training.checkpoint import save_checkpoint
 from octlens.training.config import MAX_SEED, max_workers
 from octlens.training.run import Run
-from test_cli import _in_process
 
 DEEP = 100_000  # levels of nesting: far past Python's recursion limit
 
@@ -68,7 +68,7 @@ def test_json_nested_too_deep_is_one_line(tmp_path):
 def test_a_config_nested_too_deep_is_one_line(monkeypatch, capsys, tmp_path):
     config = tmp_path / "config.json"
     config.write_text('{"seed": ' + _deep() + "}")
-    status, _, err = _in_process(monkeypatch, capsys, "train", "--config", str(config))
+    status, _, err = run_cli_in_process(monkeypatch, capsys, "train", "--config", str(config))
     assert status == 2 and err.startswith(f"error: {config}: not a readable JSON"), err
     assert err.count("\n") == 1
 
@@ -153,7 +153,7 @@ def test_settings_out_of_bounds_are_one_line_before_the_run_starts(
 ):
     out = tmp_path / "run"
     common = ["--data", str(tiny_data), "--out", str(out), "--img-size", "32", "--epochs", "1"]
-    status, _, err = _in_process(monkeypatch, capsys, "train", *common, *args)
+    status, _, err = run_cli_in_process(monkeypatch, capsys, "train", *common, *args)
     assert status == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err, err
     assert not out.exists()

@@ -71,6 +71,7 @@ def test_bad_kind_code_or_place_is_refused():
         draw_overlay(image, "text", 0, "centre")
 
 
+@pytest.mark.slow
 def test_no_overlay_kind_is_taken_for_retina_on_real_scans(real_dev):
     """The issue's failure: the finder took 58-93% of a textured corner mark for retina. Every
     kind, bright and mid-gray, at a corner and an edge (where it may cover the retina)."""

@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from helpers import run_cli
 from octlens.data.index import DataWarning, scan
 from octlens.data.patients import PatientSource, is_patient_id
 from octlens.data.splits import find_leakage
 from octlens.errors import OctlensError
-from test_cli import _octlens
 
 PATTERN = r"(P-\d+[a-z]?)_"
 # (split, class, file): P-007a has scans in train and test; the others stay on one side.
@@ -248,15 +248,16 @@ def test_a_manifest_of_any_bytes_gives_valid_ids_or_one_line(own_data, tmp_path,
     assert all(not patient or is_patient_id(patient) for patient in _patients(index).values())
 
 
+@pytest.mark.slow
 def test_inspect_reads_patients_and_says_when_there_are_none(own_data, tmp_path):
-    result = _octlens("inspect", str(own_data), "--patient-pattern", PATTERN)
+    result = run_cli("inspect", str(own_data), "--patient-pattern", PATTERN)
     assert result.returncode == 0, result.stderr
     assert "leak: patient P-007a in test, train" in result.stdout
-    result = _octlens("inspect", str(own_data))
+    result = run_cli("inspect", str(own_data))
     assert result.returncode == 0, result.stderr
     assert "no leakage between splits" not in result.stdout
     assert "leakage not checked: no scan has a patient id" in result.stdout
     assert result.stderr.count("no scan has a patient id") == 1
-    result = _octlens("inspect", str(own_data), "--patient-pattern", r"P-\d+")
+    result = run_cli("inspect", str(own_data), "--patient-pattern", r"P-\d+")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "has no group" in result.stderr

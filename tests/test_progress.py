@@ -102,6 +102,7 @@ def test_explaining_shows_scans_explained(terminal, tiny_resnet_run, tiny_data, 
     assert re.search(r"explaining .*5/5 scans", _bars(terminal))
 
 
+@pytest.mark.slow
 def test_the_audit_shows_each_method_and_test(terminal, tiny_resnet_run, tiny_data, tmp_path):
     from octlens.audit import audit_run
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import tiny_config
 from octlens.data.index import DataWarning
 from octlens.errors import OctlensError
 from octlens.report import explain_images
@@ -44,7 +45,7 @@ def test_html_report_is_self_contained_with_both_models(tiny_data, tiny_vit_run,
 
     resnet = tmp_path / "resnet"
     train(
-        TrainConfig(data=tiny_data, out=resnet, img_size=32, epochs=1, batch_size=8, num_workers=0),
+        tiny_config(tiny_data, resnet, seed=0),
         verbose=False,
     )
     path = write_report([resnet, tiny_vit_run], tmp_path / "report.html", data=tiny_data)
@@ -78,6 +79,7 @@ def test_a_report_on_medmnist_data_evaluates_and_skips_file_explanations(tmp_pat
     assert "Explanations" not in text
 
 
+@pytest.mark.slow
 def test_report_without_data_uses_the_runs_own_data_and_says_so(tiny_data, tiny_vit_run, tmp_path):
     import os
     import subprocess

@@ -16,22 +16,19 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from helpers import broken_png, tiny_config
 from octlens.audit import audit_run
 from octlens.data.index import DataWarning
 from octlens.errors import OctlensError
 from octlens.evaluate import evaluate_run
 from octlens.report import explain_images, write_report
-from octlens.training import TrainConfig, load_checkpoint, train
-from test_images import broken_png
+from octlens.training import load_checkpoint, train
 
 
 @pytest.fixture(scope="module")
 def run(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "resnet"
-    config = TrainConfig(
-        data=tiny_data, out=out, img_size=32, epochs=1, batch_size=8, num_workers=0
-    )
-    train(config, verbose=False)
+    train(tiny_config(tiny_data, out, seed=0), verbose=False)
     return out
 
 
@@ -191,6 +188,7 @@ def test_the_report_does_not_show_metrics_of_other_data(evaluated, tiny_data, tm
     assert json.loads((evaluated / "eval" / "test" / "metrics.json").read_text()) == stored
 
 
+@pytest.mark.slow
 def test_the_report_refuses_an_audit_of_other_data(evaluated, tiny_data, tmp_path):
     audit_dir = evaluated / "audit" / "test"
     audit_run(evaluated, tiny_data, "test", methods=["gradcam"], steps=2, sanity_scans=2)

@@ -13,12 +13,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from helpers import TINY_VIT
 from octlens.data.index import DataWarning, patient_id, scan
 from octlens.data.synth import synthesize
 from octlens.errors import OctlensError
 from octlens.training import TrainConfig, load_checkpoint, train
+from octlens.training.epoch import warmup_cosine
 from octlens.training.history import read_history
-from octlens.training.loop import warmup_cosine
 
 TIMING = ("seconds", "images_per_s")
 
@@ -81,19 +82,19 @@ def test_bf16_precision_trains(tiny_data, tmp_path):
 
 
 def test_loss_balance_weights_each_class_by_its_inverse_frequency():
-    from octlens.training.loop import _class_weights
+    from octlens.training.epoch import class_weights
 
     # 3 scans of class 0, 1 of class 1, none of class 2: total / (classes x count), a missing
     # class counted as one scan so its weight stays finite (total 5)
-    weights = _class_weights([0, 0, 0, 1], 3)
+    weights = class_weights([0, 0, 0, 1], 3)
     assert weights.tolist() == pytest.approx([5 / 9, 5 / 3, 5 / 3])
-    assert _class_weights([0, 1, 2, 0, 1, 2], 3).tolist() == pytest.approx([1.0, 1.0, 1.0])
+    assert class_weights([0, 1, 2, 0, 1, 2], 3).tolist() == pytest.approx([1.0, 1.0, 1.0])
 
 
 @pytest.mark.parametrize(("balance", "rare_share"), [("none", (0.1, 0.1)), ("sampler", (0.4, 0.6))])
 def test_sampler_balance_draws_a_rare_class_as_often_as_a_common_one(tmp_path, balance, rare_share):
     from octlens.training.distributed import ProcessGroup
-    from octlens.training.loop import _train_loader
+    from octlens.training.epoch import train_loader
 
     class Labels(torch.utils.data.Dataset):
         labels = [0] * 900 + [1] * 100
@@ -104,7 +105,7 @@ def test_sampler_balance_draws_a_rare_class_as_often_as_a_common_one(tmp_path, b
 
     dataset = Labels()
     config = _config(tmp_path, tmp_path / "run", balance=balance)
-    loader = _train_loader(dataset, config, 0, 1, ProcessGroup())  # type: ignore[arg-type]
+    loader = train_loader(dataset, config, 0, 1, ProcessGroup())  # type: ignore[arg-type]
     drawn = [dataset.labels[position] for position in loader.sampler]
     assert len(drawn) == 1000
     assert rare_share[0] <= sum(drawn) / len(drawn) <= rare_share[1]
@@ -131,7 +132,7 @@ def test_a_vit_trains_and_stops_early_when_val_loss_stalls(tiny_data, tmp_path):
         lr=1e-12,
         epochs=6,
         patience=1,
-        model_kwargs={"embed_dim": 32, "depth": 2, "num_heads": 2},
+        model_kwargs=TINY_VIT,
     )
     result = train(config, verbose=False)
     # With no learning, val loss never improves on epoch 1: epoch 2 is the last.
@@ -160,6 +161,7 @@ train(config, verbose=False)
 """
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_epoch_resumes_to_the_same_result(tiny_data, tmp_path):
     config = _config(tiny_data, tmp_path / "killed", epochs=4)
     reference = train(_config(tiny_data, tmp_path / "whole", epochs=4), verbose=False)
@@ -298,6 +300,7 @@ def _stopped(config: TrainConfig, after: int, resume: bool = False) -> TrainConf
     return config
 
 
+@pytest.mark.slow
 def test_resume_accepts_another_spelling_of_the_path_and_a_moved_run(tiny_data, tmp_path):
     config = _stopped(_config(tiny_data, tmp_path / "run", epochs=4), after=1)
     other_spelling = _config(
@@ -386,7 +389,7 @@ def test_a_carve_that_takes_a_class_s_only_patient_says_so(tmp_path):
 
 
 def test_validation_leaves_out_a_scan_that_cannot_be_decoded(tiny_data, tmp_path):
-    from test_images import broken_png
+    from helpers import broken_png
 
     data = tmp_path / "data"
     subprocess.run(["cp", "-a", str(tiny_data), str(data)], check=True)

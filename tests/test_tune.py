@@ -62,6 +62,7 @@ def test_a_callback_exception_stops_training_with_finished_epochs_saved(tiny_dat
     assert read_json(tmp_path / "run" / "last.json")["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_tune_runs_trials_as_run_folders_and_the_report_shows_the_study(
     tiny_data, tiny_resnet_run, tmp_path
 ):
@@ -108,6 +109,7 @@ def test_a_database_url_holds_the_study(tiny_data, tmp_path):
     assert not (tmp_path / "s" / JOURNAL).exists()
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_journal_without_losing_or_duplicating_trials(tiny_data, tmp_path):
     out = tmp_path / "shared"
     command = [

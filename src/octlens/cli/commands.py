@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import typing
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from inspect import Parameter, Signature
 from pathlib import Path
 from typing import Annotated
@@ -495,8 +497,9 @@ def tune(
     workers: int | None = None,
 ) -> None:
     """Search learning rate, weight decay, batch size, smoothing, augmentation and warm-up."""
-    from octlens.training.tune import described
-    from octlens.training.tune import tune as tune_study
+    with needs_extra("tune", "tune"):
+        from octlens.training.tune import described
+        from octlens.training.tune import tune as tune_study
 
     settings = _settings(config)
     given = {
@@ -537,15 +540,38 @@ def serve(
     precision: str = "auto",
 ) -> None:
     """A local web app: drop a scan, see each run's answer and explanations side by side."""
-    from octlens.app import Limits
-    from octlens.app import serve as serve_app
+    with needs_extra("app", "serve"):  # uvicorn is imported when the server starts
+        from octlens.app import Limits
+        from octlens.app import serve as serve_app
 
-    names = None if methods is None else parse_methods(methods)
-    limits = Limits(max_upload_mb, max_files)
-    serve_app(
-        runs, host, port, names, limits, device, precision,
-        announce=console.print, allow_hosts=allow_host or (),
-    )  # fmt: skip
+        names = None if methods is None else parse_methods(methods)
+        limits = Limits(max_upload_mb, max_files)
+        serve_app(
+            runs, host, port, names, limits, device, precision,
+            announce=console.print, allow_hosts=allow_host or (),
+        )  # fmt: skip
+
+
+#: The optional parts of octlens (``pip install 'octlens[EXTRA]'``) and the packages they bring.
+EXTRAS = {
+    "app": ("fastapi", "starlette", "uvicorn", "multipart", "python_multipart"),
+    "tune": ("optuna",),
+}
+
+
+@contextmanager
+def needs_extra(extra: str, command: str) -> Iterator[None]:
+    """A package of ``extra`` missing is one line naming the extra to install, not an
+    ImportError from deep inside; any other missing module is a bug and stays one."""
+    try:
+        yield
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in EXTRAS[extra]:
+            raise
+        raise OctlensError(
+            f"octlens {command} needs the '{extra}' extra ({error.name} is not installed): "
+            f"pip install 'octlens[{extra}]'"
+        ) from None
 
 
 def parse_methods(text: str) -> list[str]:
