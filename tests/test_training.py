@@ -404,3 +404,26 @@ def test_validation_leaves_out_a_scan_that_cannot_be_decoded(tiny_data, tmp_path
     n_val = len(scan(data).split("val"))
     for row in result.history:  # accuracy over the readable scans: a multiple of 1 / (n - 1)
         assert round(row["val_acc"] * (n_val - 1), 4) == round(row["val_acc"] * (n_val - 1))
+
+
+def test_the_best_epoch_is_the_first_of_equal_losses_and_best_is_saved_only_then(tmp_path):
+    from octlens.training.history import best_epoch, patience_exhausted
+    from octlens.training.saver import CheckpointSaver
+
+    rows = [{"epoch": e, "val_loss": loss} for e, loss in ((1, 0.9), (2, 0.5), (3, 0.5))]
+    assert best_epoch(rows) == 2
+    assert patience_exhausted(rows, 1) and not patience_exhausted(rows, 2)
+    assert not patience_exhausted(rows, None) and not patience_exhausted([], 1)
+
+    written = []
+    saver = CheckpointSaver(tmp_path, "t")
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    row = {"lr": 0.1, "train_loss": 1, "train_acc": 0, "val_acc": 0, "seconds": 1}
+    for epoch in (1, 2, 3):
+        history = [{**row, **r, "images_per_s": 1} for r in rows[:epoch]]
+        saver.save(model, {"epoch": epoch, "history": history}, optimizer, scheduler,
+                   torch.amp.GradScaler("cpu", enabled=False))  # fmt: skip
+        written.append(json.loads((tmp_path / "best.json").read_text())["epoch"])
+    assert written == [1, 2, 2]  # epoch 3 ties epoch 2 and does not replace it
