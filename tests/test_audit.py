@@ -16,12 +16,10 @@ import torch
 from PIL import Image
 
 from octlens.audit import AuditResult, audit_run
-from octlens.audit.counterfactual import Interval
+from octlens.audit.counterfactual import Interval, SwapResult
 from octlens.audit.result import (
     COLUMNS,
     REGION_WORDS,
-    IntervalSummary,
-    SwapSummary,
     swap_cells,
     swap_sentence,
 )
@@ -124,7 +122,7 @@ def _method(corners: float, off_retina: float, passed: bool = True) -> dict:
 
 
 def _sure(mean: float) -> Interval:
-    return Interval(mean, mean - 0.05, mean + 0.05)
+    return Interval(mean=mean, low=mean - 0.05, high=mean + 0.05)
 
 
 def test_flag_rule_both_sides():
@@ -139,7 +137,7 @@ def test_flag_rule_both_sides():
     flags = shortcut_flags({}, accuracy_gap=_sure(0.06), follow_excess=_sure(0.18))
     assert "more often" in flags[0]
     # a large difference whose interval reaches zero is not enough: it may be the scans drawn
-    unsure = Interval(0.25, 0.0, 0.5)
+    unsure = Interval(mean=0.25, low=0.0, high=0.5)
     assert shortcut_flags({}, accuracy_gap=unsure, follow_excess=unsure) == []
 
 
@@ -356,8 +354,8 @@ def test_report_shows_the_audit_table_verdict_and_figures(marked_run, tmp_path):
 
 
 def test_a_swap_flagged_on_its_changes_says_so_and_old_audits_still_render():
-    def bounds(mean: float) -> IntervalSummary:
-        return IntervalSummary(mean=mean, low=mean - 0.03, high=mean + 0.03)
+    def bounds(mean: float) -> Interval:
+        return Interval(mean=mean, low=mean - 0.03, high=mean + 0.03)
 
     common = {
         "n_scans": 64,
@@ -369,12 +367,12 @@ def test_a_swap_flagged_on_its_changes_says_so_and_old_audits_still_render():
         "probability_change": -0.2,
         "flagged": True,
     }
-    changes = SwapSummary(**common, changed=bounds(0.3), change_effect=bounds(0.25))
+    changes = SwapResult(**common, changed=bounds(0.3), change_effect=bounds(0.25))
     sentence = swap_sentence("corners", changes)
     assert "changes 30% [27, 33] of predictions, 4% to the donor's class" in sentence
     assert "effect 25% [22, 28]" in sentence
     assert swap_cells(changes)[5] == "30% (25% [22, 28])"
-    stored_before = SwapSummary(**common)  # an audit.json written before the change effect
+    stored_before = SwapResult(**common)  # an audit.json written before the change effect
     assert "moves 4% [1, 7] of predictions to the donor's class" in swap_sentence(
         "corners", stored_before
     )

@@ -73,11 +73,10 @@ reported beside it, not flagged on their own: a retina-shaped hole still shows t
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict
 from scipy import ndimage
 
 from octlens.errors import OctlensError
@@ -94,8 +93,13 @@ RESAMPLES = 2000
 Predict = Callable[[torch.Tensor], torch.Tensor]
 
 
-@dataclass(frozen=True)
-class Interval:
+class _Record(BaseModel):
+    """A result ``audit.json`` stores as it is: immutable, no field it does not know."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Interval(_Record):
     """A mean over scans and its 95% percentile-bootstrap interval."""
 
     mean: float
@@ -103,37 +107,28 @@ class Interval:
     high: float
 
     def __str__(self) -> str:
-        return f"{self.mean:.0%} [{self.low:.0%}-{self.high:.0%}]"
+        return f"{self.mean:.0%} [{self.low * 100:.0f}, {self.high * 100:.0f}]"
 
 
-@dataclass(frozen=True)
-class SwapResult:
-    """One region's swap and its controls; rates are means over the scans with a donor."""
+class SwapResult(_Record):
+    """One region's swap (:func:`region_swap`) and its controls; rates are means over the scans
+    with a donor."""
 
     n_scans: int
+    area: float  # mean share of the image swapped
     flip_to_donor: Interval
     random_place: Interval  # flip-to-donor rate when the donor pixels land at random places
     same_class: Interval  # rate of any change when the donor has the scan's predicted class
     effect: Interval  # flip_to_donor - max(random_place, same_class)
     probability_change: float  # mean change of the originally predicted class's probability
-    area: float  # mean share of the image swapped
     flagged: bool
-    changed: Interval  # rate of any change of prediction (to the donor's class or not)
-    change_effect: Interval  # changed - max(changed when placed at random, same_class)
+    # any change of prediction, and its effect: changed - max(changed when placed at random,
+    # same_class) (None in audits stored before they were measured)
+    changed: Interval | None = None
+    change_effect: Interval | None = None
 
 
-class Bounded(Protocol):
-    """A mean with the ends of its interval (an :class:`Interval` or a stored summary)."""
-
-    @property
-    def mean(self) -> float: ...
-    @property
-    def low(self) -> float: ...
-    @property
-    def high(self) -> float: ...
-
-
-def large_effect(effect: Bounded) -> bool:
+def large_effect(effect: Interval) -> bool:
     """Whether an effect flags: at least :data:`MIN_EFFECT`, its interval above zero."""
     return effect.mean >= MIN_EFFECT and effect.low > 0
 
@@ -156,7 +151,7 @@ def interval(values: torch.Tensor, seed: int = 0) -> Interval:
 
 def percentile_interval(mean: float, resampled: torch.Tensor) -> Interval:
     low, high = torch.quantile(resampled.double(), torch.tensor([0.025, 0.975], dtype=torch.double))
-    return Interval(mean, low.item(), high.item())
+    return Interval(mean=mean, low=low.item(), high=high.item())
 
 
 def choose_donors(
@@ -337,9 +332,8 @@ def background_texture(
     return texture[:, None]
 
 
-@dataclass(frozen=True)
-class OnlyResult:
-    """The model on one kind of changed scan."""
+class OnlyResult(_Record):
+    """The model on one kind of changed scan (:func:`region_only`)."""
 
     accuracy: Interval
     kappa: Interval  # agreement with the original predictions beyond chance

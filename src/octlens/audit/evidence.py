@@ -9,7 +9,6 @@ region; region-only two more, the aspect test one per width plus one for its bas
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,19 +17,13 @@ from PIL import Image
 
 from octlens.audit.counterfactual import (
     Interval,
-    SwapResult,
     choose_donors,
     interval,
     reacquired,
     region_only,
     region_swap,
 )
-from octlens.audit.result import (
-    CounterfactualSummary,
-    IntervalSummary,
-    OnlySummary,
-    SwapSummary,
-)
+from octlens.audit.result import CounterfactualSummary
 
 if TYPE_CHECKING:
     from octlens.audit.pipeline import PreparedAudit
@@ -52,18 +45,16 @@ def counterfactual_evidence(
     same = choose_donors(audit.predictions, donors, same_class=True, seed=seed + 1)
     unchanged = audit.predict(audit.images)  # shared by the four swaps
     swaps = {
-        region: _swap(
-            region_swap(
-                audit.predict,
-                audit.images,
-                audit.regions[region].to(device),
-                retina,
-                other,
-                same,
-                seed,
-                unchanged,
-                overlay,
-            )
+        region: region_swap(
+            audit.predict,
+            audit.images,
+            audit.regions[region].to(device),
+            retina,
+            other,
+            same,
+            seed,
+            unchanged,
+            overlay,
         )
         for region in SWAP_REGIONS
     }
@@ -73,15 +64,12 @@ def counterfactual_evidence(
         donors_per_scan=donors,
         chance=max(counts.values()) / len(audit.labels),
         swaps=swaps,
-        region_only={
-            name: OnlySummary(accuracy=_interval(r.accuracy), kappa=_interval(r.kappa))
-            for name, r in only.items()
-        },
+        region_only=only,
         aspect=aspect_changes(audit, seed),
     )
 
 
-def aspect_changes(audit: PreparedAudit, seed: int = 0) -> dict[str, IntervalSummary]:
+def aspect_changes(audit: PreparedAudit, seed: int = 0) -> dict[str, Interval]:
     """Per width: the share of scans of another width whose prediction changes when presented
     as if acquired at that width. Scans are re-read a batch at a time, so memory stays bounded."""
     samples = audit.batch.samples
@@ -104,15 +92,7 @@ def aspect_changes(audit: PreparedAudit, seed: int = 0) -> dict[str, IntervalSum
                 moved = predicted([reacquired(originals[j], width) for j in others])
                 changed[width].append(moved != baseline[others])
     return {
-        str(width): _interval(interval(torch.cat(flags).double(), seed))
+        str(width): interval(torch.cat(flags).double(), seed)
         for width, flags in changed.items()
         if flags
     }
-
-
-def _interval(value: Interval) -> IntervalSummary:
-    return IntervalSummary(**asdict(value))
-
-
-def _swap(result: SwapResult | None) -> SwapSummary | None:
-    return None if result is None else SwapSummary.model_validate(asdict(result))

@@ -17,7 +17,7 @@ from :func:`octlens.data.retina.find_retina`.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,6 @@ from octlens.audit.result import (
     CounterfactualSummary,
     Curves,
     FaithfulnessProtocol,
-    IntervalSummary,
     MethodSummary,
     SanitySummary,
     Scores,
@@ -578,12 +577,7 @@ def _accuracy(
     clean = correct[unmarked].float().mean().item() if unmarked.any() else None
     on_marked = correct[marked].float().mean().item() if marked.any() else None
     effects = (
-        {
-            name: IntervalSummary(**asdict(value))
-            for name, value in mark_effects(
-                correct[unmarked], correct[marked], torch.tensor(follows), len(classes)
-            ).items()
-        }
+        mark_effects(correct[unmarked], correct[marked], torch.tensor(follows), len(classes))
         if unmarked.any() and marked.any()
         else {}
     )

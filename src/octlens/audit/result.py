@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from octlens.audit.counterfactual import large_effect
+from octlens.audit.counterfactual import Interval, OnlyResult, SwapResult, large_effect
 from octlens.files import read_model, write_json
 
 #: Mean of each metric over a group of scans (None: no scan of the group has it, e.g. the
@@ -46,17 +46,6 @@ class MethodSummary(_Strict):
     worst_off_retina: list[WorstScan]
 
 
-class IntervalSummary(_Strict):
-    """A mean over scans with its 95% bootstrap interval."""
-
-    mean: float
-    low: float
-    high: float
-
-    def __str__(self) -> str:
-        return f"{self.mean:.0%} [{self.low * 100:.0f}, {self.high * 100:.0f}]"
-
-
 class AccuracySummary(_Strict):
     """Accuracy on the audited scans, and, on data with planted marks, on clean and marked ones."""
 
@@ -70,29 +59,8 @@ class AccuracySummary(_Strict):
     clean_minus_marked: float | None = None
     # with its 95% bootstrap interval, and the mark's class answered beyond chance: the flag
     # rule's two differences (octlens.audit.shortcut.mark_effects)
-    clean_minus_marked_interval: IntervalSummary | None = None
-    follow_excess: IntervalSummary | None = None
-
-
-class SwapSummary(_Strict):
-    """One region's swap (:func:`octlens.audit.counterfactual.region_swap`)."""
-
-    n_scans: int
-    area: float
-    flip_to_donor: IntervalSummary
-    random_place: IntervalSummary
-    same_class: IntervalSummary
-    effect: IntervalSummary
-    probability_change: float
-    flagged: bool
-    # any change of prediction and its effect beyond the controls (None in audits stored before)
-    changed: IntervalSummary | None = None
-    change_effect: IntervalSummary | None = None
-
-
-class OnlySummary(_Strict):
-    accuracy: IntervalSummary
-    kappa: IntervalSummary
+    clean_minus_marked_interval: Interval | None = None
+    follow_excess: Interval | None = None
 
 
 #: How the verdict names each swapped region.
@@ -111,9 +79,9 @@ class CounterfactualSummary(_Strict):
 
     donors_per_scan: int
     chance: float  # accuracy of always answering the most frequent class
-    swaps: dict[str, SwapSummary | None]
-    region_only: dict[str, OnlySummary]
-    aspect: dict[str, IntervalSummary]
+    swaps: dict[str, SwapResult | None]
+    region_only: dict[str, OnlyResult]
+    aspect: dict[str, Interval]
 
     def flagged_regions(self) -> dict[str, str]:
         """Each flagged region and the sentence that says how large its effect is."""
@@ -154,7 +122,7 @@ SWAP_HEADINGS = (
 )
 
 
-def swap_cells(swap: SwapSummary) -> tuple[str, ...]:
+def swap_cells(swap: SwapResult) -> tuple[str, ...]:
     """One region's row of the swap table after its name, in :data:`SWAP_HEADINGS` order."""
     return (
         f"{swap.area:.2f}",
@@ -167,7 +135,7 @@ def swap_cells(swap: SwapSummary) -> tuple[str, ...]:
     )
 
 
-def swap_sentence(region: str, swap: SwapSummary) -> str:
+def swap_sentence(region: str, swap: SwapResult) -> str:
     """What the swap does: the flips to the donor's class, or, where those stay within their
     controls but other changes do not, the changes."""
     words = REGION_WORDS.get(region, region)
@@ -344,7 +312,7 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _bounds(value: IntervalSummary | None, name: str = "gap") -> str:
+def _bounds(value: Interval | None, name: str = "gap") -> str:
     """``, gap 0.120 [-0.020, 0.250]``; nothing for a result stored before intervals were."""
     if value is None:
         return ""

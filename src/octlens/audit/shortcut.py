@@ -37,7 +37,7 @@ from collections.abc import Mapping
 
 import torch
 
-from octlens.audit.counterfactual import RESAMPLES, Bounded, Interval, percentile_interval
+from octlens.audit.counterfactual import RESAMPLES, Interval, percentile_interval
 from octlens.audit.localization import mass_share
 
 #: Width of the border band, and side of each corner square, as shares of the image side.
@@ -121,8 +121,8 @@ def mark_effects(
 
 def shortcut_flags(
     swaps: Mapping[str, str],
-    accuracy_gap: Bounded | None,
-    follow_excess: Bounded | None = None,
+    accuracy_gap: Interval | None,
+    follow_excess: Interval | None = None,
 ) -> list[str]:
     """The reasons a model is flagged (empty: not flagged): ``swaps`` maps each region whose swap
     is flagged to the sentence describing it; on data with planted marks ``accuracy_gap`` is the
