@@ -25,17 +25,15 @@ from octlens.audit.result import (
 )
 from octlens.audit.shortcut import (
     ACCURACY_GAP,
-    BORDER,
-    CORNER,
     CORNER_ENRICHMENT,
     FOLLOW_EXCESS,
     attention_notes,
-    edge_regions,
     mark_effects,
     shortcut_flags,
 )
 from octlens.data.marks import MANIFEST
 from octlens.data.overlays import MARK_INSET, MARK_SIZE, OVERLAY_KINDS, SQUARE_LEVELS
+from octlens.data.regions import BORDER, CORNER, edge_regions
 from octlens.data.synth import CLASSES, plan_scans, synthesize
 from octlens.data.synth.shortcut import SHORTCUTS, draw_mark
 from octlens.data.synth.writer import plant_shortcut
@@ -65,9 +63,9 @@ def test_train_and_val_get_their_own_class_at_the_rate_and_test_a_wrong_class():
         for job in chosen:
             if job.mark is not None:
                 assert (CLASSES[job.mark] == job.label) == (split != "test")
-    with pytest.raises(OctlensError, match="--shortcut 'banner'"):
+    with pytest.raises(OctlensError, match="shortcut 'banner'"):
         plant_shortcut(jobs, "banner", 0.5)
-    with pytest.raises(OctlensError, match="--shortcut-place 'centre'"):
+    with pytest.raises(OctlensError, match="shortcut_place 'centre'"):
         plant_shortcut(jobs, "text", 0.5, place="centre")
 
 

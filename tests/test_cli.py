@@ -405,3 +405,12 @@ def test_a_command_without_its_extra_names_the_extra(missing, args, extra, tiny_
         f"error: octlens {args[0]} needs the '{extra}' extra ({missing} is not installed): "
         f"pip install 'octlens[{extra}]'"
     )
+
+
+def test_an_error_names_arguments_to_python_and_options_to_the_command_line():
+    from octlens.cli.commands import option
+    from octlens.errors import OctlensError, arg
+
+    error = OctlensError(f"{arg('batch_size')} 0 with {arg('num_workers')} 2: a path/--x stays")
+    assert str(error) == "batch_size 0 with num_workers 2: a path/--x stays"
+    assert error.naming(option) == "--batch-size 0 with --workers 2: a path/--x stays"

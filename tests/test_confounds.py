@@ -14,8 +14,8 @@ from sklearn.linear_model import RidgeClassifier
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.preprocessing import StandardScaler
 
-from octlens.audit import confound_scan
-from octlens.audit.confounds import (
+from octlens.data import confound_scan
+from octlens.data.confounds import (
     RIDGE_ALPHA,
     ConfoundReport,
     balanced_accuracy,
@@ -180,7 +180,7 @@ def test_broken_scans_are_left_out_and_named_and_bad_options_are_one_line(clean,
 def test_a_scan_swapped_for_another_format_after_decoding_is_unreadable_not_decoded(tmp_path):
     """The scan is read a second time for its file facts; a file replaced by then (an EPS
     under the scan's name) is left out as unreadable, and Ghostscript's plugin is never used."""
-    from octlens.audit.confounds import _file_facts
+    from octlens.data.confounds import _file_facts
     from octlens.data.images import UnreadableImageError
     from octlens.data.index import Sample
 

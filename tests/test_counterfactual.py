@@ -17,7 +17,7 @@ from octlens.audit.counterfactual import (
     swap_mask,
     with_whole_marks,
 )
-from octlens.audit.shortcut import edge_regions
+from octlens.data.regions import edge_regions
 
 SIZE, CLASSES = 40, 4
 LEVELS = torch.tensor([0.0, 1.0, 2.0, 3.0])

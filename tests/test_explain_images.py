@@ -116,10 +116,10 @@ def test_the_grid_shows_a_bounded_sample_per_predicted_class(
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"batch_size": 0}, "--batch-size 0: must be at least 1"),
-        ({"grid_per_class": 0}, "--grid-per-class 0: must be at least 1"),
-        ({"device": "banana"}, "--device 'banana': not a device"),
-        ({"device": "cpu", "precision": "fp16"}, "--precision fp16 is for CUDA"),
+        ({"batch_size": 0}, "^batch_size 0: must be at least 1"),
+        ({"grid_per_class": 0}, "^grid_per_class 0: must be at least 1"),
+        ({"device": "banana"}, "^device 'banana': not a device"),
+        ({"device": "cpu", "precision": "fp16"}, "^precision fp16 is for CUDA"),
     ],
 )
 def test_bad_explain_options_are_one_line_errors(

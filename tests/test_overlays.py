@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from octlens.audit.counterfactual import choose_donors, region_swap
-from octlens.audit.shortcut import edge_regions
 from octlens.data.overlays import (
     BRIGHT,
     OVERLAY_KINDS,
@@ -20,6 +19,7 @@ from octlens.data.overlays import (
     mark_box,
     smallest_scan,
 )
+from octlens.data.regions import edge_regions
 from octlens.data.retina import burned_in_overlays, find_retina, scanner_fill
 from octlens.data.synth import synthesize
 from octlens.errors import OctlensError
@@ -224,9 +224,9 @@ def test_a_scan_too_small_for_four_distinct_marks_is_refused(kind):
 
 
 def test_synth_refuses_marks_its_scans_are_too_small_for(tmp_path):
-    with pytest.raises(OctlensError, match="--shortcut text: needs scans of at least 222 px"):
+    with pytest.raises(OctlensError, match=r"^shortcut text: needs scans of at least 222 px"):
         synthesize(tmp_path / "s", 4, size=(62, 64), workers=1, shortcut="text")
-    with pytest.raises(OctlensError, match="--shortcut-place 'middle'"):
+    with pytest.raises(OctlensError, match=r"^shortcut_place 'middle'"):
         synthesize(tmp_path / "s", 4, size=(62, 64), workers=1, shortcut_place="middle")
     assert not (tmp_path / "s").exists()
 

@@ -144,7 +144,7 @@ def test_a_run_resumes_with_its_manifest_named_by_another_path(tiny_data, tmp_pa
 
 
 def test_the_confound_scan_folds_by_the_given_patients(tiny_data, tmp_path):
-    from octlens.audit import confound_scan
+    from octlens.data import confound_scan
 
     data = tmp_path / "own"
     rows = ["file,patient"]

@@ -122,7 +122,7 @@ def test_the_audit_shows_each_method_and_test(terminal, tiny_resnet_run, tiny_da
 
 
 def test_the_confound_scan_shows_scans_and_groups(terminal, tiny_data, tmp_path):
-    from octlens.audit import confound_scan
+    from octlens.data import confound_scan
 
     report = confound_scan(tiny_data, tmp_path, permutations=9)
     drawn = _bars(terminal)

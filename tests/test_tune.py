@@ -94,9 +94,9 @@ def test_tune_runs_trials_as_run_folders_and_the_report_shows_the_study(
 
 
 def test_tune_errors_are_one_line(tiny_data, tmp_path):
-    with pytest.raises(OctlensError, match="--trials 0"):
+    with pytest.raises(OctlensError, match=r"^trials 0"):
         tune(_base(tiny_data, tmp_path / "b"), tmp_path / "s", trials=0)
-    with pytest.raises(OctlensError, match="--pruner 'fast'"):
+    with pytest.raises(OctlensError, match=r"^pruner 'fast'"):
         tune(_base(tiny_data, tmp_path / "b"), tmp_path / "s", trials=1, pruner="fast")
     with pytest.raises(OctlensError, match="database URL"):
         tune(_base(tiny_data, tmp_path / "b"), tmp_path / "s", trials=1, storage="study.db")

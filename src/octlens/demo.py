@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from octlens.audit import AuditResult, audit_run, confound_scan
+from octlens.audit import AuditResult, audit_run
+from octlens.data import confound_scan
 from octlens.data.synth import GENERATOR, RECORD, read_record, synthesize
 from octlens.errors import Interrupted, OctlensError
 from octlens.evaluate import evaluate_run

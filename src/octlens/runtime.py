@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from octlens.errors import OctlensError
+from octlens.errors import OctlensError, arg
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PRECISIONS = ("auto", *_DTYPES)
@@ -60,10 +60,12 @@ def resolve_precision(
     """The plan for ``requested`` (``auto``, ``fp32``, ``bf16``, ``fp16``) on ``device``;
     ``measuring=True`` makes ``auto`` fp32 on CPUs (see the module docstring)."""
     if requested not in PRECISIONS:
-        raise OctlensError(f"--precision '{requested}': choose one of {', '.join(PRECISIONS)}")
+        raise OctlensError(
+            f"{arg('precision')} '{requested}': choose one of {', '.join(PRECISIONS)}"
+        )
     if requested != "auto":
         if requested == "fp16" and device.type == "cpu":
-            raise OctlensError("--precision fp16 is for CUDA; use bf16 or fp32 on the CPU")
+            raise OctlensError(f"{arg('precision')} fp16 is for CUDA; use bf16 or fp32 on the CPU")
         return PrecisionPlan(requested, device)
     if device.type == "cuda":
         return PrecisionPlan("bf16" if torch.cuda.is_bf16_supported() else "fp16", device)
@@ -90,16 +92,16 @@ def resolve_device(requested: str | None) -> torch.device:
         device = torch.device(requested)
     except RuntimeError:
         raise OctlensError(
-            f"--device '{requested}': not a device (expected cpu, cuda or cuda:N)"
+            f"{arg('device')} '{requested}': not a device (expected cpu, cuda or cuda:N)"
         ) from None
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise OctlensError(f"--device '{requested}': no CUDA GPU is available here")
+            raise OctlensError(f"{arg('device')} '{requested}': no CUDA GPU is available here")
         if device.index is not None and device.index >= count:
-            raise OctlensError(f"--device '{requested}': there are only {count} CUDA GPU(s)")
+            raise OctlensError(f"{arg('device')} '{requested}': there are only {count} CUDA GPU(s)")
     elif device.type not in ("cpu", "mps"):
-        raise OctlensError(f"--device '{requested}': octlens runs on cpu or cuda")
+        raise OctlensError(f"{arg('device')} '{requested}': octlens runs on cpu or cuda")
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise OctlensError(f"--device '{requested}': MPS is not available here")
+        raise OctlensError(f"{arg('device')} '{requested}': MPS is not available here")
     return device

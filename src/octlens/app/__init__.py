@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from octlens.app.guard import LOOPBACK, served_names
 from octlens.app.server import Limits, create_app, example_scans
 from octlens.app.service import ScanService
-from octlens.errors import OctlensError
+from octlens.errors import OctlensError, arg
 
 
 def build_app(
@@ -56,7 +56,7 @@ def serve(
     import uvicorn
 
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise OctlensError(f"--port {port}: a port number from 1 to 65535")
+        raise OctlensError(f"{arg('port')} {port}: a port number from 1 to 65535")
     hosts = served_names(host, allow_hosts)
     app = build_app(runs, methods, limits, device, precision, hosts)
     announce(f"octlens: serving {len(runs)} run(s) at http://{host}:{port}/ (Ctrl-C stops)")

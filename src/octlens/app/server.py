@@ -52,7 +52,7 @@ from octlens.app.guard import LOOPBACK, Guard, served_names
 from octlens.app.service import Panel, RunAnswer, ScanService
 from octlens.app.uploads import UploadedScan, UploadError, display_name, read_upload
 from octlens.data.images import UnreadableImageError, check_image, is_image_file
-from octlens.errors import OctlensError
+from octlens.errors import OctlensError, arg
 from octlens.viz.overlays import CMAP, overlay_rgb
 
 MEDIA_TYPES = {".jpeg": "image/jpeg", ".jpg": "image/jpeg", ".png": "image/png",
@@ -77,12 +77,12 @@ class Limits:
     def __post_init__(self) -> None:
         if not _number_in(self.max_upload_mb, 0, MAX_UPLOAD_MB):
             raise OctlensError(
-                f"--max-upload-mb {self.max_upload_mb}: a number of MB above 0 and at most "
+                f"{arg('max_upload_mb')} {self.max_upload_mb}: a number of MB above 0 and at most "
                 f"{MAX_UPLOAD_MB}"
             )
         whole = isinstance(self.max_files, int) and not isinstance(self.max_files, bool)
         if not whole or self.max_files < 1:
-            raise OctlensError(f"--max-files {self.max_files}: a whole number, at least 1")
+            raise OctlensError(f"{arg('max_files')} {self.max_files}: a whole number, at least 1")
         for name in ("body_seconds", "idle_seconds"):
             if not _number_in(getattr(self, name), 0, math.inf):
                 raise OctlensError(f"{name} {getattr(self, name)}: a number of seconds above 0")

@@ -21,13 +21,8 @@ from PIL import Image
 
 from octlens.app.uploads import UploadedScan
 from octlens.audit.result import AuditResult
-from octlens.audit.shortcut import (
-    CORNER_ENRICHMENT,
-    OFF_RETINA_ENRICHMENT,
-    area_shares,
-    attention_shares,
-    edge_regions,
-)
+from octlens.audit.shortcut import CORNER_ENRICHMENT, OFF_RETINA_ENRICHMENT, attention_shares
+from octlens.data.regions import Region, area_shares, edge_regions
 from octlens.errors import OctlensError
 from octlens.evaluate import invalid_metrics, invalid_note
 from octlens.explain import EXPLAINERS, Explainer, check_methods, default_methods
@@ -38,8 +33,11 @@ from octlens.training.inference import prepare_input
 from octlens.training.run import Run
 
 #: Regions whose attention share is reported for each map.
-REGIONS = ("off_retina", "corners")
-_ENRICHMENT = {"off_retina": OFF_RETINA_ENRICHMENT, "corners": CORNER_ENRICHMENT}
+REGIONS: tuple[str, ...] = (Region.OFF_RETINA, Region.CORNERS)
+_ENRICHMENT: dict[str, float] = {
+    Region.OFF_RETINA: OFF_RETINA_ENRICHMENT,
+    Region.CORNERS: CORNER_ENRICHMENT,
+}
 
 
 @dataclass
@@ -153,7 +151,10 @@ class ScanService:
         )
         retina = torch.from_numpy(np.stack([_resized(scan.retina, size) for scan in scans]))
         edges = edge_regions(size, size)
-        regions = {"off_retina": ~retina, "corners": edges["corners"].expand_as(retina)}
+        regions: dict[str, torch.Tensor] = {
+            Region.OFF_RETINA: ~retina,
+            Region.CORNERS: edges[Region.CORNERS].expand_as(retina),
+        }
         areas = area_shares(regions)
         maps = {
             method: explainer(images, chosen.to(self.plan.device)).raw.cpu()
@@ -198,7 +199,7 @@ def attention_warning(shares: dict[str, float], areas: dict[str, float]) -> str 
     for region in REGIONS:
         limit = _ENRICHMENT[region] * areas[region]
         if areas[region] > 0 and shares[region] >= min(limit, 0.95):
-            where = "off the retina" if region == "off_retina" else "in the corners"
+            where = "off the retina" if region == Region.OFF_RETINA else "in the corners"
             return (
                 f"{shares[region]:.0%} of this map's attention is {where} "
                 f"({areas[region]:.0%} of the image; warned at {min(limit, 0.95):.0%})"

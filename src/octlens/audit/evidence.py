@@ -24,6 +24,7 @@ from octlens.audit.counterfactual import (
     region_swap,
 )
 from octlens.audit.result import CounterfactualSummary
+from octlens.data.regions import Region
 
 if TYPE_CHECKING:
     from octlens.audit.pipeline import PreparedAudit
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 DONORS = 4
 #: The widths OCT2017 scans come in (496 px high), tested besides those seen in the data.
 OCT_WIDTHS = (512, 768, 1536)
-SWAP_REGIONS = ("corners", "border", "fill", "off_retina")
+SWAP_REGIONS: tuple[str, ...] = (Region.CORNERS, Region.BORDER, Region.FILL, Region.OFF_RETINA)
 
 
 def counterfactual_evidence(

@@ -52,18 +52,12 @@ from octlens.audit.result import (
     WorstScan,
 )
 from octlens.audit.sanity import SanityResult, cascading_randomization
-from octlens.audit.shortcut import (
-    area_shares,
-    attention_notes,
-    attention_shares,
-    mark_effects,
-    region_masks,
-    shortcut_flags,
-)
+from octlens.audit.shortcut import attention_notes, attention_shares, mark_effects, shortcut_flags
 from octlens.data.dataset import left_out
 from octlens.data.images import UnreadableImageError, load_grayscale
 from octlens.data.index import DatasetIndex, Sample
 from octlens.data.marks import read_marks
+from octlens.data.regions import Region, area_shares, region_masks
 from octlens.data.retina import burned_in_overlays, find_retina, scanner_fill
 from octlens.data.transforms import Normalization, eval_transform
 from octlens.errors import require_positive
@@ -77,7 +71,7 @@ from octlens.training.run import Run
 #: The tests run on each method's maps, one step of the audit's progress bar each.
 METHOD_TESTS = ("explaining", "deletion/insertion", "average drop", "sanity check")
 #: The regions whose attention share the flag rule weighs against their area share.
-SHARES = ("corners", "off_retina")
+SHARES: tuple[str, ...] = (Region.CORNERS, Region.OFF_RETINA)
 
 
 @dataclass
@@ -126,7 +120,7 @@ def audit_run(
     Example::
 
         result = audit_run("runs/r18", "data/synth", scans_per_class=8, steps=20)
-        result.best_method, result.flagged, result.methods["gradcam"].scores["all"]["corners"]
+        result.best_method, result.flagged, result.methods["gradcam"].scores["all"][Region.CORNERS]
     """
     require_positive(
         steps=steps, scans_per_class=scans_per_class, sanity_scans=sanity_scans, worst=worst
@@ -335,7 +329,7 @@ def summarize(
                 spearman_median=method.sanity.spearman.median(dim=1).values.tolist(),
                 ssim_median=method.sanity.ssim.median(dim=1).values.tolist(),
             ),
-            worst_off_retina=_worst(method.per_scan["off_retina"], samples, worst),
+            worst_off_retina=_worst(method.per_scan[Region.OFF_RETINA], samples, worst),
         )
         for name, method in scored.items()
     }
@@ -397,7 +391,7 @@ def _clusters(
             size=len(members),
             shares={
                 region: method.per_scan[region][members].mean().item()
-                for region in ("off_retina", "border", "corners", "fill")
+                for region in (Region.OFF_RETINA, Region.BORDER, Region.CORNERS, Region.FILL)
             },
             examples=[str(audit.batch.samples[i].path) for i in members[:examples]],
         )
@@ -430,9 +424,9 @@ def _write_figures(
     curves = {"random": random_curves, **{name: m.curves for name, m in scored.items()}}
     plot_perturbation_curves(curves, out / "deletion_insertion.png", title)
     plot_attention_by_class(
-        {name: m.per_scan["off_retina"].numpy() for name, m in scored.items()},
+        {name: m.per_scan[Region.OFF_RETINA].numpy() for name, m in scored.items()},
         [audit.index.classes[s.label] for s in samples],
-        audit.areas["off_retina"],
+        audit.areas[Region.OFF_RETINA],
         out / "off_retina_by_class.png",
         title,
     )
@@ -441,7 +435,7 @@ def _write_figures(
         audit.batch.display,
         audit.batch.retina.numpy(),
         {name: scaled_to_unit(m.maps).numpy() for name, m in scored.items()},
-        {name: m.per_scan["off_retina"].numpy() for name, m in scored.items()},
+        {name: m.per_scan[Region.OFF_RETINA].numpy() for name, m in scored.items()},
         [s.path.name for s in samples],
         worst,
         out / "worst_off_retina.png",

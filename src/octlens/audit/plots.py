@@ -8,10 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from octlens.audit.confounds import ConfoundReport
 from octlens.audit.faithfulness import PerturbationCurves
 from octlens.audit.sanity import PASS_BELOW, SanityResult
-from octlens.files import atomic_write
 from octlens.viz import overlay_rgb
 from octlens.viz.pyplot import pyplot as plt
 
@@ -117,41 +115,4 @@ def plot_worst_scans(
             axis.set_yticks([])
         axes[row, 0].set_ylabel(method)
     figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
-def plot_confounds(report: ConfoundReport, path: Path) -> None:
-    """Balanced accuracy per feature group beside chance and the shuffled labels' 95th
-    percentile; flagged groups in red, context groups hatched."""
-    names = list(report.groups)
-    groups = [report.groups[name] for name in names]
-    accuracy = [group.balanced_accuracy or group.chance for group in groups]
-    colors = ["tab:red" if g.flagged else "tab:blue" for g in groups]
-    figure, axis = plt.subplots(figsize=(8, 3.6), constrained_layout=True)
-    bars = axis.bar(names, accuracy, color=colors)
-    for bar, group in zip(bars, groups, strict=True):
-        if group.kind == "context":
-            bar.set_hatch("//")
-            bar.set_alpha(0.6)
-        if group.null_95 is not None:
-            x = bar.get_x()
-            axis.plot([x, x + bar.get_width()], [group.null_95] * 2, color="black", lw=1)
-        label = "constant" if group.p_value is None else f"p={group.p_value:.3f}"
-        axis.annotate(
-            label,
-            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
-    axis.axhline(groups[0].chance, color="gray", linestyle="--", label="chance")
-    axis.set(
-        ylabel="balanced accuracy (grouped CV)",
-        ylim=(0, 1),
-        title=f"Can the label be read off non-anatomy? {report.n_scans} scans, "
-        f"{report.n_patients} patients (black: 95% of shuffled labels; red: flagged)",
-    )
-    axis.title.set_fontsize(9)
-    axis.legend(fontsize=8)
-    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
     plt.close(figure)

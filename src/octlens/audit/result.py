@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from octlens.audit.counterfactual import Interval, OnlyResult, SwapResult, large_effect
+from octlens.data.regions import Region
 from octlens.files import read_model, write_json
 
 #: Mean of each metric over a group of scans (None: no scan of the group has it, e.g. the
@@ -64,11 +65,11 @@ class AccuracySummary(_Strict):
 
 
 #: How the verdict names each swapped region.
-REGION_WORDS = {
-    "corners": "corner content",
-    "border": "border-band content",
-    "fill": "scanner-fill content",
-    "off_retina": "off-retina background",
+REGION_WORDS: dict[str, str] = {
+    Region.CORNERS: "corner content",
+    Region.BORDER: "border-band content",
+    Region.FILL: "scanner-fill content",
+    Region.OFF_RETINA: "off-retina background",
 }
 
 
@@ -275,10 +276,15 @@ COLUMNS = (
     Column(
         "off-retina",
         "off-retina share",
-        "off_retina",
-        lambda result: result.area_share["off_retina"],
+        Region.OFF_RETINA,
+        lambda result: result.area_share[Region.OFF_RETINA],
     ),
-    Column("corners", "corner share", "corners", lambda result: result.area_share["corners"]),
+    Column(
+        Region.CORNERS,
+        "corner share",
+        Region.CORNERS,
+        lambda result: result.area_share[Region.CORNERS],
+    ),
 )
 REFERENCE_ROW = "random maps / area"
 

@@ -1,9 +1,7 @@
 """Where attention falls off the retina, and the rule that flags a model as using a shortcut.
 
-Regions of a scan (B, H, W booleans): **off-retina** (outside the ILM-to-Bruch's membrane mask),
-the **border** band (within :data:`BORDER` of the side from any edge), the four **corners**
-(squares of side :data:`CORNER` of the image side: where scanners print labels and where the
-registration fill and the planted mark sit), and the scanner's **fill**. For each map the audit
+The regions of a scan are :mod:`octlens.data.regions`'s (off the retina, the border band, the
+corners, the scanner's fill). For each map the audit
 reports the share of its positive mass in each region beside the region's share of the area (what
 a map spread evenly would get); their ratio is the region's *enrichment*.
 
@@ -39,38 +37,12 @@ import torch
 
 from octlens.audit.counterfactual import RESAMPLES, Interval, percentile_interval
 from octlens.audit.localization import mass_share
+from octlens.data.regions import Region
 
-#: Width of the border band, and side of each corner square, as shares of the image side.
-BORDER = 1 / 8
-CORNER = 1 / 5
 ACCURACY_GAP = 0.10
 FOLLOW_EXCESS = 0.10
 CORNER_ENRICHMENT = 2.0
 OFF_RETINA_ENRICHMENT = 1.1
-
-
-def edge_regions(height: int, width: int) -> dict[str, torch.Tensor]:
-    """(H, W) masks of the ``border`` band and the four ``corners``."""
-    rows = torch.arange(height)[:, None].float()
-    cols = torch.arange(width)[None, :].float()
-
-    def near_edge(position: torch.Tensor, size: int, share: float) -> torch.Tensor:
-        return (position < share * size) | (position >= (1 - share) * size)
-
-    border = near_edge(rows, height, BORDER) | near_edge(cols, width, BORDER)
-    corners = near_edge(rows, height, CORNER) & near_edge(cols, width, CORNER)
-    return {"border": border, "corners": corners}
-
-
-def region_masks(retina: torch.Tensor, fill: torch.Tensor) -> dict[str, torch.Tensor]:
-    """(B, H, W) masks of every audited region, from retina and fill masks (B, H, W)."""
-    edges = edge_regions(*retina.shape[-2:])
-    return {
-        "off_retina": ~retina.bool(),
-        "border": edges["border"].expand_as(retina),
-        "corners": edges["corners"].expand_as(retina),
-        "fill": fill.bool(),
-    }
 
 
 def attention_shares(
@@ -78,11 +50,6 @@ def attention_shares(
 ) -> dict[str, torch.Tensor]:
     """(B,) share of each map's positive mass in each region."""
     return {name: mass_share(maps, mask) for name, mask in regions.items()}
-
-
-def area_shares(regions: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """(B,) share of the image each region covers: what an even map would put there."""
-    return {name: mask.flatten(1).float().mean(dim=1) for name, mask in regions.items()}
 
 
 def mark_effects(
@@ -151,7 +118,10 @@ def attention_notes(methods: Mapping[str, Mapping[str, float | bool]]) -> list[s
     and ``off_retina_area``."""
     notes = []
     trusted = [name for name, m in methods.items() if m["sanity_passed"]] or list(methods)
-    for region, limit in (("corners", CORNER_ENRICHMENT), ("off_retina", OFF_RETINA_ENRICHMENT)):
+    for region, limit in (
+        (Region.CORNERS, CORNER_ENRICHMENT),
+        (Region.OFF_RETINA, OFF_RETINA_ENRICHMENT),
+    ):
         high = [
             name
             for name in trusted

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from octlens.cli.commands import app
+from octlens.cli.commands import app, option
 from octlens.errors import Interrupted, OctlensError
 
 typer_click: types.ModuleType
@@ -61,9 +61,9 @@ def main() -> None:
     try:
         status = app(standalone_mode=False)
     except Interrupted as error:
-        _fail(error, INTERRUPTED)
-    except OctlensError as error:
-        _fail(error)
+        _fail(error.naming(option), INTERRUPTED)
+    except OctlensError as error:  # the library names its arguments; the user typed options
+        _fail(error.naming(option))
     except OSError as error:  # a full disk or a lost permission while writing a figure
         _fail(f"{error.filename or 'octlens'}: {error.strerror or error}")
     except (KeyboardInterrupt, *_ABORTS):

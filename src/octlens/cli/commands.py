@@ -131,7 +131,7 @@ def inspect(
         console.print(f"leak: {leak.kind} {leak.key} in {', '.join(leak.splits)}{files}")
     console.print(_leakage_summary(len(leaks), has_patients(index), hashes))
     if confounds and out is not None:
-        from octlens.audit import confound_scan
+        from octlens.data import confound_scan
         from octlens.report.terminal import confounds_table, contingency_table
 
         report = confound_scan(data, out, split, permutations=permutations, patients=source)
@@ -211,6 +211,12 @@ def _settings(config: Path | None) -> dict[str, object]:
 # TrainConfig fields whose option has another name, and back.
 _TRAIN_OPTIONS = {"num_workers": "workers", "model_kwargs": "model_arg"}
 _TRAIN_FIELDS = {option: field for field, option in _TRAIN_OPTIONS.items()}
+
+
+def option(argument: str) -> str:
+    """The option that sets a library function's ``argument``: ``--batch-size`` for
+    ``batch_size`` (options are the arguments' names, but for the few renamed above)."""
+    return "--" + _TRAIN_OPTIONS.get(argument, argument).replace("_", "-")
 
 
 def _train_signature() -> Signature:
@@ -444,8 +450,8 @@ def demo(
     seed: int = 0,
 ) -> None:
     """Synthesize data, train a ResNet18 and a ViT-tiny at 128 px, evaluate, and compare."""
-    from octlens.audit.confounds import ConfoundReport
-    from octlens.audit.dataset_scan import REPORT
+    from octlens.data.confound_scan import REPORT
+    from octlens.data.confounds import ConfoundReport
     from octlens.demo import CONFOUNDS, run_demo
     from octlens.report.terminal import (
         audit_table,

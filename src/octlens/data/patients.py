@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from octlens.errors import OctlensError
+from octlens.errors import OctlensError, arg
 
 MAX_LENGTH = 64
 _VALID_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_LENGTH - 1}}}")
@@ -51,7 +51,9 @@ class PatientSource:
 
     def __post_init__(self) -> None:
         if self.manifest is not None and self.pattern is not None:
-            raise OctlensError("give --patients CSV or --patient-pattern REGEX, not both")
+            raise OctlensError(
+                f"give {arg('patients')} CSV or {arg('patient_pattern')} REGEX, not both"
+            )
         if self.pattern is not None:
             _compiled(self.pattern)  # a bad pattern fails before any folder is read
 
@@ -60,8 +62,8 @@ class PatientSource:
 
     def __str__(self) -> str:
         if self.manifest is not None:
-            return f"--patients {self.manifest}"
-        return f"--patient-pattern {shown(self.pattern or '')}"
+            return f"{arg('patients')} {self.manifest}"
+        return f"{arg('patient_pattern')} {shown(self.pattern or '')}"
 
     def assign(self, root: Path, files: list[Path]) -> dict[Path, str]:
         """The patient id of each of ``files`` (scans under ``root``) this source gives; scans
@@ -81,13 +83,13 @@ def _compiled(pattern: str) -> tuple[re.Pattern[str], int | str]:
         compiled = re.compile(pattern)
     except re.error as error:
         raise OctlensError(
-            f"--patient-pattern {shown(pattern)}: not a regular expression ({error})"
+            f"{arg('patient_pattern')} {shown(pattern)}: not a regular expression ({error})"
         ) from None
     if "patient" in compiled.groupindex:
         return compiled, "patient"
     if compiled.groups == 0:
         raise OctlensError(
-            f"--patient-pattern {shown(pattern)}: has no group; put the patient id in "
+            f"{arg('patient_pattern')} {shown(pattern)}: has no group; put the patient id in "
             "parentheses, e.g. '(P-\\d+)_'"
         )
     return compiled, 1
@@ -103,13 +105,13 @@ def _from_pattern(pattern: str, root: Path, relative: dict[Path, str]) -> dict[P
             continue
         if not is_patient_id(patient):
             raise OctlensError(
-                f"{root / name}: --patient-pattern gives the patient id {shown(patient)}; an id "
-                f"is {RULE}"
+                f"{root / name}: {arg('patient_pattern')} gives the patient id {shown(patient)}; "
+                f"an id is {RULE}"
             )
         found[path] = patient
     if not found and relative:
         raise OctlensError(
-            f"--patient-pattern {shown(pattern)} matches no scan of {root} (e.g. "
+            f"{arg('patient_pattern')} {shown(pattern)} matches no scan of {root} (e.g. "
             f"{next(iter(relative.values()))}); it is searched in each path under the data folder"
         )
     return found
@@ -173,10 +175,10 @@ def _manifest_rows(manifest: Path) -> Iterable[tuple[int, str, str]]:
                 yield reader.line_num, *_row(manifest, reader.line_num, row, columns)
     except OSError as error:
         raise OctlensError(
-            f"{manifest}: cannot read --patients ({error.strerror or error})"
+            f"{manifest}: cannot read {arg('patients')} ({error.strerror or error})"
         ) from None
     except UnicodeDecodeError:
-        raise OctlensError(f"{manifest}: --patients is not UTF-8 text (a CSV)") from None
+        raise OctlensError(f"{manifest}: {arg('patients')} is not UTF-8 text (a CSV)") from None
     except csv.Error as error:
         raise OctlensError(f"{manifest}: not a readable CSV ({error})") from None
 
@@ -187,7 +189,7 @@ def _columns(manifest: Path, header: list[str] | None) -> tuple[int, int]:
     if "file" not in names or "patient" not in names:
         found = ", ".join(shown(cell) for cell in (header or [])[:5]) or "nothing"
         raise OctlensError(
-            f"{manifest}: --patients needs a header row with columns 'file' and 'patient' "
+            f"{manifest}: {arg('patients')} needs a header row with columns 'file' and 'patient' "
             f"(found {found})"
         )
     return names.index("file"), names.index("patient")

@@ -4,7 +4,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from octlens.errors import OctlensError
+from octlens.errors import OctlensError, arg
 from octlens.explain.base import Explainer, Explanation
 from octlens.explain.cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
 from octlens.explain.legrad import LeGrad
@@ -41,7 +41,7 @@ def check_methods(methods: Sequence[str]) -> list[str]:
     """The registered names of ``methods`` (aliases such as ``vit-reciprocam`` resolved);
     one-line errors for an empty or misspelt list."""
     if not methods:
-        raise OctlensError(f"--methods: name at least one of {', '.join(EXPLAINERS)}")
+        raise OctlensError(f"{arg('methods')}: name at least one of {', '.join(EXPLAINERS)}")
     names = [ALIASES.get(method, method) for method in methods]
     unknown = [m for m, name in zip(methods, names, strict=True) if name not in EXPLAINERS]
     if unknown:

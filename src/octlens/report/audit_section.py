@@ -16,9 +16,10 @@ from octlens.audit.result import (
     swap_cells,
     table_rows,
 )
+from octlens.data.regions import Region
 from octlens.report.embed import figure_html, number, text
 
-REGIONS = ("off_retina", "border", "corners", "fill")
+REGIONS: tuple[str, ...] = (Region.OFF_RETINA, Region.BORDER, Region.CORNERS, Region.FILL)
 FIGURES = (
     ("Scans with the most attention off the retina (cyan: retina)", "worst_off_retina.png"),
     ("Deletion and insertion (dashed: random maps)", "deletion_insertion.png"),

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
-from octlens.audit.confounds import ConfoundReport
 from octlens.audit.result import (
     COLUMNS,
     REFERENCE_ROW,
@@ -21,6 +20,7 @@ from octlens.audit.result import (
     swap_cells,
     table_rows,
 )
+from octlens.data.confounds import ConfoundReport
 from octlens.data.index import DatasetIndex
 from octlens.report.embed import number
 

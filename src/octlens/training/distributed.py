@@ -32,7 +32,7 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
-from octlens.errors import OctlensError
+from octlens.errors import OctlensError, arg
 
 # How long a rank waits at a collective before giving up on its peers.
 _TIMEOUT = datetime.timedelta(minutes=30)
@@ -61,8 +61,8 @@ class ProcessGroup:
             return device
         if device.index is not None:
             raise OctlensError(
-                f"--device {device}: under torchrun each process takes the GPU of its local rank; "
-                "give --device cuda (choose GPUs with CUDA_VISIBLE_DEVICES)"
+                f"{arg('device')} {device}: under torchrun each process takes the GPU of its local "
+                f"rank; give {arg('device')} cuda (choose GPUs with CUDA_VISIBLE_DEVICES)"
             )
         return torch.device("cuda", self.local_rank)
 
@@ -203,13 +203,13 @@ def check_batch(batch_size: int, train_images: int, val_images: int, group: Proc
         return
     if batch_size % group.world_size:
         raise OctlensError(
-            f"--batch-size {batch_size} (the global batch) does not divide among "
+            f"{arg('batch_size')} {batch_size} (the global batch) does not divide among "
             f"{group.world_size} processes; use a multiple of {group.world_size}"
         )
     if train_images < batch_size:
         raise OctlensError(
             f"{train_images} training images are fewer than one global batch of {batch_size} "
-            f"for {group.world_size} processes; lower --batch-size"
+            f"for {group.world_size} processes; lower {arg('batch_size')}"
         )
     if val_images < group.world_size:
         raise OctlensError(

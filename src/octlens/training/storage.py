@@ -32,7 +32,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, 
 from optuna.storages.journal._storage import JournalOperation  # the operations it replays
 from sqlalchemy.exc import SQLAlchemyError
 
-from octlens.errors import OctlensError
+from octlens.errors import OctlensError, arg
 
 #: The databases Optuna's RDB storage keeps a study in (a URL scheme, optionally ``+driver``).
 DATABASES = ("sqlite", "postgresql", "mysql")
@@ -72,19 +72,20 @@ def database_url(url: str) -> str:
     scheme = typed_scheme.partition("+")[0].lower()
     if "://" not in url:
         raise OctlensError(
-            f"--storage '{redacted(url)}': a database URL such as postgresql://user@host/db or "
-            "sqlite:///study.db (or leave --storage out for the journal file in --out)"
+            f"{arg('storage')} '{redacted(url)}': a database URL such as "
+            "postgresql://user@host/db or sqlite:///study.db (or leave "
+            f"{arg('storage')} out for the journal file in {arg('out')})"
         )
     if scheme not in DATABASES:
         raise OctlensError(
-            f"--storage {redacted(url)}: '{scheme}' is not a database octlens keeps a study in; "
-            "give sqlite:///FILE, postgresql://... or mysql://... (with an optional +driver), "
-            "or leave --storage out for the journal file in --out"
+            f"{arg('storage')} {redacted(url)}: '{scheme}' is not a database octlens keeps a "
+            "study in; give sqlite:///FILE, postgresql://... or mysql://... (with an optional "
+            f"+driver), or leave {arg('storage')} out for the journal file in {arg('out')}"
         )
     if scheme == "sqlite" and _in_memory(rest):
         raise OctlensError(
-            f"--storage {redacted(url)}: an in-memory SQLite database keeps the study only while "
-            "this process runs, apart from every other worker; give sqlite:///FILE"
+            f"{arg('storage')} {redacted(url)}: an in-memory SQLite database keeps the study "
+            "only while this process runs, apart from every other worker; give sqlite:///FILE"
         )
     return f"{typed_scheme.lower()}://{rest}"  # SQLAlchemy knows its dialects in lower case
 
@@ -104,13 +105,13 @@ def database_errors(url: str) -> Iterator[None]:
         yield
     except ImportError as error:
         raise OctlensError(
-            f"--storage {redacted(url)}: {error.name or 'its driver'} is not installed "
+            f"{arg('storage')} {redacted(url)}: {error.name or 'its driver'} is not installed "
             "(Optuna's database storage needs SQLAlchemy and the database's driver)"
         ) from None
     except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise OctlensError(
-            f"--storage {redacted(url)}: the study's database cannot be used "
+            f"{arg('storage')} {redacted(url)}: the study's database cannot be used "
             f"({_scrubbed(first, url)})"
         ) from None
 

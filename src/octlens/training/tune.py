@@ -41,7 +41,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from octlens.data.index import scan
-from octlens.errors import Interrupted, OctlensError
+from octlens.errors import Interrupted, OctlensError, arg
 from octlens.files import require_writable_folder, write_text
 from octlens.models import create_model
 from octlens.training.config import TrainConfig
@@ -86,7 +86,7 @@ def described(params: dict[str, Any]) -> str:
 def open_study(out: Path, storage: str | None, pruner: str, name: str = "octlens") -> optuna.Study:
     """The study in ``storage`` (default: the journal file in ``out``), created or joined."""
     if pruner not in PRUNERS:
-        raise OctlensError(f"--pruner '{pruner}': choose one of {', '.join(PRUNERS)}")
+        raise OctlensError(f"{arg('pruner')} '{pruner}': choose one of {', '.join(PRUNERS)}")
     chosen = (
         optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
         if pruner == "median"
@@ -116,11 +116,12 @@ def tune(
     best config and the figures. ``base`` gives every setting the search does not draw. Each
     trial prints one line (Optuna's own log is kept to errors)."""
     if trials < 1:
-        raise OctlensError(f"--trials {trials}: at least 1")
+        raise OctlensError(f"{arg('trials')} {trials}: at least 1")
     if from_environment().active:  # each rank would draw its own trial and wait for the others
         raise OctlensError(
             "octlens tune does not run under torchrun: start one `octlens tune` per GPU "
-            "(CUDA_VISIBLE_DEVICES=K) on the same --out or --storage, and they share the study"
+            f"(CUDA_VISIBLE_DEVICES=K) on the same {arg('out')} or {arg('storage')}, and they "
+            "share the study"
         )
     if storage is not None:
         database_url(storage)  # a URL octlens refuses is refused before any folder is made

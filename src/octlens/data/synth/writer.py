@@ -38,7 +38,7 @@ from octlens.data.marks import MANIFEST
 from octlens.data.overlays import PLACES, smallest_scan
 from octlens.data.synth.scan import CLASSES, draw_patient, render_scan
 from octlens.data.synth.shortcut import SHORTCUTS, choose_mark, draw_mark, mark_kind
-from octlens.errors import Interrupted, OctlensError
+from octlens.errors import Interrupted, OctlensError, arg
 from octlens.files import write_text
 from octlens.progress import progress_bar
 
@@ -150,16 +150,17 @@ def plant_shortcut(
 ) -> list[ScanJob]:
     """The jobs with marks chosen (see :mod:`octlens.data.synth.shortcut`), seeded per scan."""
     if kind not in SHORTCUTS:
-        raise OctlensError(f"--shortcut '{kind}': choose one of {', '.join(SHORTCUTS)}")
+        raise OctlensError(f"{arg('shortcut')} '{kind}': choose one of {', '.join(SHORTCUTS)}")
     check_place(place)
     smallest = min(min(job.size) for job in jobs)
     if smallest < smallest_scan(mark_kind(kind)):
         raise OctlensError(
-            f"--shortcut {kind}: needs scans of at least {smallest_scan(mark_kind(kind))} px on "
-            f"the shorter side to code four classes, not {smallest}"
+            f"{arg('shortcut')} {kind}: needs scans of at least "
+            f"{smallest_scan(mark_kind(kind))} px on the shorter side to code four classes, "
+            f"not {smallest}"
         )
     if not 0.0 <= rate <= 1.0:
-        raise OctlensError(f"--shortcut-rate {rate}: must be between 0 and 1")
+        raise OctlensError(f"{arg('shortcut_rate')} {rate}: must be between 0 and 1")
     marked = []
     for job in jobs:
         class_index = CLASSES.index(job.label)
@@ -171,7 +172,7 @@ def plant_shortcut(
 
 def check_place(place: str) -> None:
     if place not in PLACES:
-        raise OctlensError(f"--shortcut-place '{place}': choose one of {', '.join(PLACES)}")
+        raise OctlensError(f"{arg('shortcut_place')} '{place}': choose one of {', '.join(PLACES)}")
 
 
 def synthesize(
@@ -198,12 +199,12 @@ def synthesize(
     """
     if not 3 <= n_per_class <= MAX_PER_CLASS:
         raise OctlensError(
-            f"--n-per-class {n_per_class}: from 3 (one scan per split) to {MAX_PER_CLASS:,}"
+            f"{arg('n_per_class')} {n_per_class}: from 3 (one scan per split) to {MAX_PER_CLASS:,}"
         )
     if size is not None and not (16 <= size[0] <= 4096 and 16 <= size[1] <= 4096):
-        raise OctlensError(f"--size {size[0]}x{size[1]}: each side must be 16 to 4096 px")
+        raise OctlensError(f"{arg('size')} {size[0]}x{size[1]}: each side must be 16 to 4096 px")
     if workers is not None and workers < 1:
-        raise OctlensError(f"--workers {workers}: at least 1")
+        raise OctlensError(f"{arg('workers')} {workers}: at least 1")
     out = Path(out)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         what = "a folder that is not empty" if out.is_dir() else "a file"

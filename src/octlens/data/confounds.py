@@ -53,10 +53,10 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict
 from sklearn.model_selection import StratifiedGroupKFold
 
-from octlens.audit.shortcut import BORDER, CORNER
 from octlens.data.dataset import left_out
 from octlens.data.images import FORMATS, UnreadableImageError, load_grayscale
 from octlens.data.index import DatasetIndex, Sample
+from octlens.data.regions import BORDER, CORNER
 from octlens.data.retina import find_retina, scanner_fill
 from octlens.data.splits import warn_without_patients
 from octlens.errors import OctlensError
