@@ -157,7 +157,9 @@ def test_the_confound_scan_folds_by_the_given_patients(tiny_data, tmp_path):
     patients = len({row.split(",")[1] for row in rows[1:]})
     with pytest.warns(DataWarning, match="no scan has a patient id"):
         alone = confound_scan(data, tmp_path / "alone", permutations=9)
-    assert alone.n_patients == len(rows) - 1  # every scan a group of its own
+    # no ids: every scan a group of its own, and no patient counted
+    assert (alone.n_patients, alone.n_without_patient) == (0, len(rows) - 1)
+    assert alone.who == f"0 patients and {len(rows) - 1} scan(s) without a patient id"
     report = confound_scan(
         data, tmp_path / "out", permutations=9, patients=PatientSource(manifest=manifest)
     )
@@ -192,8 +194,8 @@ def _bad_manifests(tmp_path: Path) -> list[tuple[Path, str]]:
     cases += [(_manifest(tmp_path / f"{k}.csv", text), msg) for k, (text, msg) in texts.items()]
     return [
         *cases,
-        (tmp_path / "missing.csv", "cannot read --patients"),
-        (folder, "cannot read --patients"),
+        (tmp_path / "missing.csv", "cannot read patients"),
+        (folder, "cannot read patients"),
         (latin, "not UTF-8 text"),
     ]
 

@@ -146,7 +146,7 @@ def test_two_workers_share_one_journal_without_losing_or_duplicating_trials(tiny
         ("redis://me:hunter2@localhost:6379/0", r"redis://me:\*\*\*@localhost:6379/0: 'redis'"),
         (
             "postgresql://me:hunter2@127.0.0.1:1/db",
-            r"--storage postgresql://me:\*\*\*@127.0.0.1:1/db: .*(not installed|cannot be used)",
+            r"^storage postgresql://me:\*\*\*@127.0.0.1:1/db: .*(not installed|cannot be used)",
         ),
         ("study.db", "a database URL such as"),
         ("sqlite://", "an in-memory SQLite database keeps the study only while"),

@@ -73,7 +73,7 @@ def plot_confounds(report: ConfoundReport, path: Path) -> None:
         ylabel="balanced accuracy (grouped CV)",
         ylim=(0, 1),
         title=f"Can the label be read off non-anatomy? {report.n_scans} scans, "
-        f"{report.n_patients} patients (black: 95% of shuffled labels; red: flagged)",
+        f"{report.who} (black: 95% of shuffled labels; red: flagged)",
     )
     axis.title.set_fontsize(9)
     axis.legend(fontsize=8)

@@ -105,7 +105,8 @@ class ConfoundReport(BaseModel):
     data: str
     splits: list[str]
     n_scans: int
-    n_patients: int
+    n_patients: int  # distinct patient ids
+    n_without_patient: int = 0  # scans without an id: each its own group in the folds
     classes: list[str]
     folds: int
     permutations: int
@@ -114,6 +115,14 @@ class ConfoundReport(BaseModel):
     groups: dict[str, GroupResult]
     contingency: dict[str, dict[str, dict[str, int]]]  # variable -> value -> class -> count
     unreadable: list[str]
+
+    @property
+    def who(self) -> str:
+        """``"75 patients and 20 scans without a patient id"``: what the folds group."""
+        unnamed = self.n_without_patient
+        return f"{self.n_patients} patients" + (
+            f" and {unnamed} scan(s) without a patient id" if unnamed else ""
+        )
 
     @property
     def flagged(self) -> list[str]:
@@ -286,7 +295,8 @@ def scan_confounds(
         data=str(index.root),
         splits=chosen,
         n_scans=len(readable),
-        n_patients=len(set(groups)),
+        n_patients=len({sample.patient for sample in readable if sample.patient}),
+        n_without_patient=sum(1 for sample in readable if not sample.patient),
         classes=index.classes,
         folds=folds,
         permutations=permutations,

@@ -24,7 +24,7 @@ def confounds_html(folder: Path) -> str:
     figure = figure_html("Balanced accuracy per feature group", folder / FIGURE)
     return (
         f"<h2>Dataset confounds</h2><p>{text(report.data)} ({text(', '.join(report.splits))}: "
-        f"{report.n_scans} scans, {report.n_patients} patients). Can the label be predicted "
+        f"{report.n_scans} scans, {report.who}). Can the label be predicted "
         f"from things that are not anatomy? A ridge classifier per feature group, "
         f"{report.folds}-fold cross-validation grouped by patient, balanced accuracy against "
         f"{report.permutations} shuffles of the labels ({text(report.shuffled)}); a confound "

@@ -182,7 +182,8 @@ def _run_section(run: Run, index: DatasetIndex | None, split: str, scans: list[P
 
 def _evaluation(run: Run, index: DatasetIndex | None, split: str, scratch: Path) -> Path:
     """The folder of the run's evaluation on ``split``: the stored one when it was computed on
-    ``index`` (or no data was given), else a fresh one in ``scratch``, for this report only."""
+    ``index`` (or no data was given), else a fresh one in ``scratch``, for this report only: a
+    report never writes into a run folder (``octlens evaluate`` does, when asked)."""
     stored = run.eval_dir(split)
     if index is None:
         return stored
@@ -197,10 +198,8 @@ def _evaluation(run: Run, index: DatasetIndex | None, split: str, scratch: Path)
             DataWarning,
             stacklevel=3,
         )
-        evaluate_run(run.folder, index.root, split, out=scratch)
-        return scratch
-    evaluate_run(run.folder, index.root, split)
-    return stored
+    evaluate_run(run.folder, index.root, split, out=scratch)
+    return scratch
 
 
 def _metrics_table(metrics: dict) -> str:

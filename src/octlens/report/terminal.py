@@ -129,7 +129,7 @@ def confounds_table(report: ConfoundReport) -> Table:
     """Per feature group: balanced accuracy against chance, p-values and the flag."""
     table = Table(
         title=f"confound scan of {report.data} ({', '.join(report.splits)}: {report.n_scans} "
-        f"scans, {report.n_patients} patients; {report.folds}-fold CV grouped by patient, "
+        f"scans, {report.who}; {report.folds}-fold CV grouped by patient, "
         f"{report.permutations} shuffles of {report.shuffled}; flag at p < {report.threshold:.4f})"
     )
     for heading in ("group", "kind", "balanced acc", "chance", "shuffled 95%", "p", "table p", ""):
