@@ -33,7 +33,7 @@ from octlens.audit.evidence import DONORS
 from octlens.audit.faithfulness import average_drop_increase, deletion_insertion, random_maps
 from octlens.audit.localization import energy_in_mask, pixel_auroc, pointing_game
 from octlens.audit.sanity import cascading_randomization
-from octlens.audit.shortcut import edge_regions
+from octlens.data.regions import edge_regions
 from octlens.data.retina import find_retina
 from octlens.data.synth import plan_scans, render_job
 from octlens.explain import GradCAM

@@ -375,3 +375,28 @@ def test_a_swap_flagged_on_its_changes_says_so_and_old_audits_still_render():
         "corners", stored_before
     )
     assert swap_cells(stored_before)[5] == "-"
+
+
+def test_a_large_effect_that_does_not_flag_says_why_not_that_nothing_moved():
+    from octlens.audit.result import unflagged_reason
+
+    def bounds(mean: float) -> Interval:
+        return Interval(mean=mean, low=mean - 0.1, high=mean + 0.1)
+
+    def swap(effect: float, probability_change: float) -> SwapResult:
+        return SwapResult(
+            n_scans=22, area=0.2, flip_to_donor=bounds(effect + 0.1), random_place=bounds(0.0),
+            same_class=bounds(0.1), effect=bounds(effect), probability_change=probability_change,
+            flagged=False, changed=bounds(0.0), change_effect=bounds(0.0),
+        )  # fmt: skip
+
+    # a near-uniform model: 65% of border swaps tip to the donor, its probability moves 0.004
+    tipping = unflagged_reason({"border": swap(0.65, -0.004), "corners": swap(0.0, -0.1)})
+    assert tipping.startswith("border-band content moves 75% [65, 85]")
+    assert "fell by 0.004 on average, under the 0.01 a flag needs" in tipping
+    assert "no region swap moves" not in tipping
+    support = unflagged_reason({"off_retina": swap(0.3, -0.2), "corners": None})
+    assert support.endswith("but the off-retina swap supports a flag but never makes one alone")
+    quiet = unflagged_reason({"corners": swap(0.02, -0.1)})
+    assert quiet.startswith("no region swap moves predictions beyond its controls (largest: ")
+    assert unflagged_reason({"corners": None}).startswith("the model gives every scan the same")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -97,3 +99,23 @@ def test_report_without_data_uses_the_runs_own_data_and_says_so(tiny_data, tiny_
     assert completed.returncode == 0, completed.stderr
     assert f"using the runs' own data {tiny_data} (test)" in completed.stdout
     assert "Explanations" in out.read_text()
+
+
+def test_a_report_on_a_folder_without_splits_shows_the_run_s_carved_test_split(tiny_data, tmp_path):
+    import shutil
+
+    from octlens.data.splits import CARVED_RECORD
+    from octlens.report import write_report
+
+    folder = tmp_path / "folder"  # one sub-folder per class, no train/val/test
+    for path in sorted(tiny_data.glob("*/*/*.jpeg")):
+        (folder / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / path.parent.name / path.name)
+    run = tmp_path / "run"
+    train(tiny_config(folder, run, test_fraction=0.25), verbose=False)
+    assert json.loads((run / CARVED_RECORD).read_text())["splits"]["test"]
+    # the folder has one split, 'all': the report reads the run's carved 'test' (it raised
+    # "no split named 'test'" before), evaluates on it and explains its scans
+    page = write_report([run], tmp_path / "r.html", data=folder, split="test").read_text()
+    assert "accuracy" in page and "Explanations" in page and "A sample of the data" in page
+    assert not (run / "eval").exists()

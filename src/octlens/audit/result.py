@@ -11,7 +11,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from octlens.audit.counterfactual import Interval, OnlyResult, SwapResult, large_effect
+from octlens.audit.counterfactual import (
+    MIN_PROBABILITY_DROP,
+    Interval,
+    OnlyResult,
+    SwapResult,
+    large_effect,
+)
 from octlens.data.regions import Region
 from octlens.files import read_model, write_json
 
@@ -213,7 +219,8 @@ class AuditResult(_Strict):
         if self.flagged:
             lines += [f"FLAGGED: {reason}" for reason in self.flag_reasons]
         else:
-            lines.append(f"not flagged: {self._largest_effect()} (rule: octlens.audit.shortcut)")
+            reason = unflagged_reason(self.counterfactual.swaps)
+            lines.append(f"not flagged: {reason} (rule: octlens.audit.shortcut)")
         lines += self.counterfactual.context_lines()
         lines += [f"attention: {note}" for note in self.attention_notes]
         accuracy = self.accuracy
@@ -228,16 +235,36 @@ class AuditResult(_Strict):
             )
         return lines
 
-    def _largest_effect(self) -> str:
-        swaps = {r: s for r, s in self.counterfactual.swaps.items() if s is not None}
-        if not swaps:
-            return "the model gives every scan the same class, so no swap can move it"
-        region, swap = max(swaps.items(), key=lambda item: item[1].effect.mean)
-        return (
-            "no region swap moves predictions beyond its controls (largest: "
-            + swap_sentence(region, swap)
-            + ")"
+
+def unflagged_reason(swaps: dict[str, SwapResult | None]) -> str:
+    """Why no swap flags, in words, with the swap that came closest.
+
+    A swap whose effect clears the margin can still not flag: the off-retina swap only supports
+    (no place is left for its random-place control), and answers that flip while their
+    probability barely moves are a tie tipping, not a model reading the region (see
+    :mod:`octlens.audit.counterfactual`). The line says which, rather than that nothing moved.
+    """
+    moved = {region: swap for region, swap in swaps.items() if swap is not None}
+    if not moved:
+        return "the model gives every scan the same class, so no swap can move it"
+    region, swap = max(moved.items(), key=lambda item: item[1].effect.mean)
+    sentence = swap_sentence(region, swap)
+    beyond = large_effect(swap.effect) or (
+        swap.change_effect is not None and large_effect(swap.change_effect)
+    )
+    if not beyond:
+        return f"no region swap moves predictions beyond its controls (largest: {sentence})"
+    if region == Region.OFF_RETINA:
+        why = "the off-retina swap supports a flag but never makes one alone"
+    elif -swap.probability_change >= MIN_PROBABILITY_DROP:
+        why = "its random-place control found no place to go off the retina, so it cannot flag"
+    else:
+        why = (
+            f"the probability of the answers fell by {-swap.probability_change:.3f} on average, "
+            f"under the {MIN_PROBABILITY_DROP} a flag needs: answers tipping at a tie in a model "
+            "with nearly uniform outputs, not a model reading the region"
         )
+    return f"{sentence}; but {why}"
 
 
 @dataclass(frozen=True)

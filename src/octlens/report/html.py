@@ -68,9 +68,11 @@ def write_report(
         raise OctlensError(f"{out}: --out is a folder; give the HTML file to write")
     sections, scans, header = [], [], ""
     index = None
+    loaded = [Run.load(run) for run in runs]
     if data is not None:
         index = scan(data)
-        samples = index.split(split)
+        # the first run's split: the data's own, or the one it carved (splits.json)
+        samples = loaded[0].samples(index, split) if loaded else index.split(split)
         files = [s for s in samples if s.index is None]  # explanations read files (not .npz)
         for label in range(len(index.classes)):
             scans += [s.path for s in files if s.label == label][:scans_per_class]
@@ -89,12 +91,11 @@ def write_report(
             )
             header = figure_html("A sample of the data", batch)
     audits = []
-    for run in runs:
-        loaded = Run.load(run)
-        sections.append(_run_section(loaded, index, split, scans))
-        audit_path = loaded.audit_dir(split) / "audit.json"
+    for run in loaded:
+        sections.append(_run_section(run, index, split, scans))
+        audit_path = run.audit_dir(split) / "audit.json"
         if audit_path.exists():
-            audits.append(_matching(AuditResult.load(audit_path), audit_path, index, split, loaded))
+            audits.append(_matching(AuditResult.load(audit_path), audit_path, index, split, run))
     audit = audit_table(audits) if audits else ""
     dataset = confounds_html(Path(confounds)) if confounds is not None else ""
     runs_html = f"<div class='runs'>{''.join(sections)}</div>"
