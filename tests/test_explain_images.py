@@ -15,9 +15,8 @@ from hypothesis import strategies as st
 
 from octlens.errors import OctlensError
 from octlens.explain import EXPLAINERS
-from octlens.report import explain_images
-from octlens.report import explanations as module
-from octlens.report.explanations import output_names
+from octlens.explain import files as module
+from octlens.explain.files import explain_images, output_names
 
 
 def _scans(tiny_data: Path, count: int) -> list[Path]:

@@ -21,7 +21,8 @@ from octlens.audit import audit_run
 from octlens.data.index import DataWarning
 from octlens.errors import OctlensError
 from octlens.evaluate import evaluate_run
-from octlens.report import explain_images, write_report
+from octlens.explain.files import explain_images
+from octlens.report import write_report
 from octlens.training import load_checkpoint, train
 
 

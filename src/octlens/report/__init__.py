@@ -1,6 +1,5 @@
-"""The last stage: files and figures for people, built from runs, explainers and metrics."""
+"""The last stage: files and figures for people, from runs and their stored results."""
 
-from octlens.report.explanations import explain_images
 from octlens.report.html import training_data, write_report
 
-__all__ = ["explain_images", "training_data", "write_report"]
+__all__ = ["training_data", "write_report"]

@@ -18,12 +18,12 @@ from octlens.data.index import DatasetIndex, DataWarning, scan
 from octlens.errors import OctlensError, require_positive
 from octlens.evaluate import evaluate_run, invalid_metrics, invalid_note
 from octlens.explain import default_methods
+from octlens.explain.files import explain_images
 from octlens.files import read_json, write_text
 from octlens.models import is_vit, vit_parts
 from octlens.report.audit_section import audit_figures, audit_table
 from octlens.report.confounds_section import confounds_html
 from octlens.report.embed import figure_html, number, text
-from octlens.report.explanations import explain_images
 from octlens.report.tuning_section import tuning_html
 from octlens.training.run import Run
 from octlens.viz import plot_patchified, plot_sample_batch
