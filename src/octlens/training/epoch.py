@@ -12,7 +12,7 @@ import math
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -123,8 +123,8 @@ class Step:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     precision: PrecisionPlan
-    channels_last: bool
-    frozen: list[nn.Module]
+    channels_last: bool = False  # CNNs train in channels-last memory format
+    frozen: list[nn.Module] = field(default_factory=list)  # kept in eval mode (--freeze)
 
 
 def train_one_epoch(

@@ -148,10 +148,7 @@ def _train(
         config.strict,
     )
     steps_per_epoch = len(train_loader(train_set, config, workers, 0, group))
-    step = _step(config, model, train_set, len(index.classes), steps_per_epoch, precision)
-    step.objective = Objective(
-        step.objective.criterion, teacher, config.distill_weight, config.distill_temperature
-    )
+    step = _step(config, model, train_set, len(index.classes), steps_per_epoch, precision, teacher)
     step.channels_last, step.frozen = channels_last, frozen
     history = _restored_history(resumed, step, config, console) if resumed else []
 
@@ -414,10 +411,12 @@ def _step(
     num_classes: int,
     steps_per_epoch: int,
     precision: PrecisionPlan,
+    teacher: Teacher | None,
 ) -> Step:
     """AdamW with per-layer rates, warm-up then cosine decay over the run's steps, the gradient
-    scaler of the precision and the cross-entropy (class-weighted with ``balance="loss"``); the
-    caller sets the teacher, the memory format and the frozen modules."""
+    scaler of the precision and the objective: cross-entropy (class-weighted with
+    ``balance="loss"``), mixed with the teacher's answers when distilling. The model's memory
+    format and frozen modules are the caller's to set."""
     optimizer = torch.optim.AdamW(
         parameter_groups(model, config.lr, config.weight_decay, layer_decay(config)), lr=config.lr
     )
@@ -430,8 +429,8 @@ def _step(
     weights = class_weights(train_set.labels, num_classes) if config.balance == "loss" else None
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
     criterion.to(precision.device)
-    objective = Objective(criterion, None, config.distill_weight, config.distill_temperature)
-    return Step(objective, optimizer, scheduler, precision.grad_scaler(), precision, False, [])
+    objective = Objective(criterion, teacher, config.distill_weight, config.distill_temperature)
+    return Step(objective, optimizer, scheduler, precision.grad_scaler(), precision)
 
 
 def _announce(
