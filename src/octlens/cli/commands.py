@@ -450,8 +450,8 @@ def demo(
     seed: int = 0,
 ) -> None:
     """Synthesize data, train a ResNet18 and a ViT-tiny at 128 px, evaluate, and compare."""
-    from octlens.data.confound_scan import REPORT
     from octlens.data.confounds import ConfoundReport
+    from octlens.data.dataset_scan import REPORT
     from octlens.demo import CONFOUNDS, run_demo
     from octlens.report.terminal import (
         audit_table,

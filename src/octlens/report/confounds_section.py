@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from octlens.data.confound_scan import FIGURE, REPORT
 from octlens.data.confounds import ConfoundReport
+from octlens.data.dataset_scan import FIGURE, REPORT
 from octlens.report.embed import figure_html, number, text
 
 
