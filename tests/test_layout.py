@@ -112,3 +112,19 @@ def test_no_module_imports_up_the_pipeline():
 def test_viz_imports_nothing_else_from_octlens():
     for path in (PACKAGE / "viz").rglob("*.py"):
         assert all(module.startswith("octlens.viz") for module in _imports(path)), path
+
+
+def test_reading_data_does_not_load_the_confound_scan_s_libraries():
+    """``import octlens.data`` (every command does) leaves scikit-learn and matplotlib to the
+    confound scan, which loads them when asked for."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, octlens.data; print('sklearn' in sys.modules, 'matplotlib' in sys.modules); "
+        "from octlens.data import confound_scan; print(confound_scan.__name__, "
+        "'sklearn' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False", "confound_scan", "True"]
