@@ -414,3 +414,6 @@ def test_an_error_names_arguments_to_python_and_options_to_the_command_line():
     error = OctlensError(f"{arg('batch_size')} 0 with {arg('num_workers')} 2: a path/--x stays")
     assert str(error) == "batch_size 0 with num_workers 2: a path/--x stays"
     assert error.naming(option) == "--batch-size 0 with --workers 2: a path/--x stays"
+    # a value that holds any other control character around a name is left as it is
+    odd = OctlensError(f"{arg('out')} /tmp/\x1fout\x1f: not writable")
+    assert odd.naming(option) == "--out /tmp/\x1fout\x1f: not writable"

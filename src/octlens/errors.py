@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-#: Brackets an argument's name inside a message (ASCII unit separator: never typed in a path,
-#: and shown escaped if it ever were).
-_MARK = "\x1f"
+#: Brackets an argument's name inside a message: NUL, which no path and no command-line value
+#: can hold, so a user's value is never read as an argument's name.
+_MARK = "\x00"
 _ARGUMENT = re.compile(f"{_MARK}([A-Za-z_][A-Za-z0-9_]*){_MARK}")
 
 
