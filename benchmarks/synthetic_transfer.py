@@ -52,15 +52,11 @@ def trained(config: TrainConfig) -> Path:
 
 def row(name: str, run: Path, data: Path, split: str) -> str:
     metrics = evaluate_run(run, data, split)
-    n, accuracy = metrics["n"], metrics["accuracy"]
+    n, accuracy = metrics.n, metrics.accuracy
     low, high = wilson(accuracy * n, n)
-    recall = " / ".join(
-        f"{metrics['per_class'][label]['sensitivity']:.2f}" for label in metrics["per_class"]
-    )
-    return (
-        f"| {name} | {split} ({n}) | {accuracy:.3f} [{low:.2f}, {high:.2f}] | "
-        f"{metrics['macro_auc']:.3f} | {recall} |"
-    )
+    recall = " / ".join(f"{m.sensitivity:.2f}" for m in metrics.per_class.values())
+    auc = "-" if metrics.macro_auc is None else f"{metrics.macro_auc:.3f}"
+    return f"| {name} | {split} ({n}) | {accuracy:.3f} [{low:.2f}, {high:.2f}] | {auc} | {recall} |"
 
 
 def main() -> None:

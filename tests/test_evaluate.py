@@ -28,37 +28,37 @@ def test_metrics_agree_with_scikit_learn():
     labels, probs = _known_case()
     predictions = probs.argmax(1)
     metrics = classification_metrics(labels, probs, CLASSES)
-    assert metrics["accuracy"] == pytest.approx((predictions == labels).mean())
+    assert metrics.accuracy == pytest.approx((predictions == labels).mean())
     recall = recall_score(labels, predictions, average=None)
     precision = precision_score(labels, predictions, average=None, zero_division=0)
     f1 = f1_score(labels, predictions, average=None)
     for i, name in enumerate(CLASSES):
-        per_class = metrics["per_class"][name]
-        assert per_class["sensitivity"] == pytest.approx(recall[i])
-        assert per_class["precision"] == pytest.approx(precision[i])
-        assert per_class["f1"] == pytest.approx(f1[i])
+        per_class = metrics.per_class[name]
+        assert per_class.sensitivity == pytest.approx(recall[i])
+        assert per_class.precision == pytest.approx(precision[i])
+        assert per_class.f1 == pytest.approx(f1[i])
         negatives = labels != i
         specificity = (predictions[negatives] != i).mean()
-        assert per_class["specificity"] == pytest.approx(specificity)
-        assert per_class["support"] == (labels == i).sum()
-    assert metrics["macro_auc"] == pytest.approx(
+        assert per_class.specificity == pytest.approx(specificity)
+        assert per_class.support == (labels == i).sum()
+    assert metrics.macro_auc == pytest.approx(
         roc_auc_score(labels, probs, multi_class="ovr", average="macro")
     )
     urgent = np.isin(labels, [0, 1])
     called = np.isin(predictions, [0, 1])
-    assert metrics["urgent_referral"]["sensitivity"] == pytest.approx(called[urgent].mean())
-    assert metrics["urgent_referral"]["specificity"] == pytest.approx((~called[~urgent]).mean())
-    assert np.array(metrics["confusion_matrix"]).sum() == len(labels)
+    assert metrics.urgent_referral.sensitivity == pytest.approx(called[urgent].mean())
+    assert metrics.urgent_referral.specificity == pytest.approx((~called[~urgent]).mean())
+    assert np.array(metrics.confusion_matrix).sum() == len(labels)
 
 
 def test_hand_computed_specificity_and_confusion():
     labels = np.array([0, 0, 1, 1])
     probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.3, 0.7]])
     metrics = classification_metrics(labels, probs, ["A", "B"])
-    assert metrics["confusion_matrix"] == [[1, 1], [0, 2]]
-    assert metrics["per_class"]["A"]["specificity"] == 1.0  # no B called A
-    assert metrics["per_class"]["B"]["specificity"] == 0.5  # one of two A called B
-    assert metrics["urgent_referral"] is None  # not an OCT2017 class set
+    assert metrics.confusion_matrix == [[1, 1], [0, 2]]
+    assert metrics.per_class["A"].specificity == 1.0  # no B called A
+    assert metrics.per_class["B"].specificity == 0.5  # one of two A called B
+    assert metrics.urgent_referral is None  # not an OCT2017 class set
 
 
 def test_expected_calibration_error_by_hand():
@@ -68,7 +68,7 @@ def test_expected_calibration_error_by_hand():
     ece, bins = calibration_bins(labels, probs, n_bins=10)
     # |0.5 - 0.9| * 2/4 + |1.0 - 0.6| * 2/4
     assert ece == pytest.approx(0.4)
-    assert [b["count"] for b in bins] == [2, 2]
+    assert [b.count for b in bins] == [2, 2]
 
 
 def test_evaluate_run_writes_metrics_predictions_and_figures(tiny_data, tmp_path):
@@ -88,10 +88,10 @@ def test_evaluate_run_writes_metrics_predictions_and_figures(tiny_data, tmp_path
     ):
         assert (out / name).is_file(), name
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["accuracy"] == metrics["accuracy"] and saved["split"] == "test"
+    assert saved["accuracy"] == metrics.accuracy and saved["split"] == "test"
     with open(out / "predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == metrics["n"] and rows[0]["label"] in CLASSES
+    assert len(rows) == metrics.n and rows[0]["label"] in CLASSES
     probs = np.array([[float(row[f"p_{c}"]) for c in CLASSES] for row in rows])
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
 

@@ -24,7 +24,7 @@ from torch import nn
 from helpers import run_cli_in_process
 from octlens.app.service import run_summary
 from octlens.errors import OctlensError
-from octlens.evaluate import classification_metrics, invalid_metrics
+from octlens.evaluate import EvaluationResult, classification_metrics
 from octlens.files import read_json
 from octlens.models import create_model
 from octlens.report import write_report
@@ -52,7 +52,9 @@ def _metrics(run: Path) -> dict:
     classes = load_checkpoint(run).classes
     labels = np.arange(12) % len(classes)
     probs = np.random.default_rng(0).dirichlet(np.ones(len(classes)), size=12)
-    return {"split": "test", "model": "resnet18", **classification_metrics(labels, probs, classes)}
+    provenance = {"checkpoint": str(run / "best.safetensors"), "data": "data", "split": "test"}
+    provenance |= {"precision": "fp32", "unreadable": [], "model": "resnet18", "epoch": 1}
+    return {**classification_metrics(labels, probs, classes).model_dump(), **provenance}
 
 
 # --- JSON nested too deep -------------------------------------------------------------------
@@ -201,34 +203,39 @@ def test_probing_the_model_changes_neither_its_weights_nor_the_random_streams():
 
 
 @pytest.mark.parametrize(
-    ("edit", "path"),
+    ("edit", "field", "problem"),
     [
-        (lambda m: m.update(accuracy=float("nan")), "accuracy"),
-        (lambda m: m.update(macro_auc=float("inf")), "macro_auc"),
-        (lambda m: m.update(ece=-0.25), "ece"),
-        (lambda m: m["per_class"]["CNV"].update(auc=1.5), "per_class.CNV.auc"),
-        (lambda m: m.update(n=-3), "n"),
+        (lambda m: m.update(accuracy=float("nan")), "accuracy", "finite number"),
+        (lambda m: m.update(macro_auc=float("inf")), "macro_auc", "finite number"),
+        (lambda m: m.update(ece=-0.25), "ece", "greater than or equal to 0"),
+        (lambda m: m["per_class"]["CNV"].update(auc=1.5), "per_class.CNV.auc", "less than or"),
+        (lambda m: m.update(n=-3), "n", "greater than or equal to 0"),
+        (lambda m: m.update(accuracy="<b>all</b>"), "accuracy", "valid number"),
+        (lambda m: m.update(n=True), "n", "valid integer"),
+        (lambda m: m.update(shown="yes"), "shown", "Extra inputs"),
     ],
 )
-def test_invalid_metrics_are_shown_as_invalid_with_a_note(tiny_resnet_run, tmp_path, edit, path):
+def test_metrics_no_evaluation_gives_are_one_line_never_a_number(
+    tiny_resnet_run, tmp_path, edit, field, problem
+):
     run = _copy_run(tiny_resnet_run, tmp_path / "run")
     metrics = _metrics(run)
-    assert invalid_metrics(metrics) == {}
-    edit(metrics)
-    assert list(invalid_metrics(metrics)) == [path]
     stored = run / "eval" / "test" / "metrics.json"
     stored.parent.mkdir(parents=True)
+    stored.write_text(json.dumps(metrics))
+    assert EvaluationResult.load(stored).accuracy == metrics["accuracy"]  # the file as written
+    edit(metrics)
     stored.write_text(json.dumps(metrics))  # Python writes NaN and Infinity; octlens never does
-    page = write_report([run], tmp_path / "report.html").read_text()
-    assert "invalid values, not shown as numbers" in page and path in page
-    assert ">nan<" not in page and ">inf<" not in page and ">-0.250<" not in page
-    assert "<td>invalid</td>" in page or "invalid scans" in page
+    expected = f"{stored}: not an evaluation this octlens can read ({field}: "
+    with pytest.raises(OctlensError) as error:
+        write_report([run], tmp_path / "report.html")
+    message = str(error.value)
+    assert message.startswith(expected) and problem in message and "\n" not in message
+    assert message.endswith("run 'octlens evaluate' again")
+    assert not (tmp_path / "report.html").exists()
 
     summary = run_summary(Run.load(run))
-    assert path in str(summary["test_note"]) and str(stored) in str(summary["test_note"])
-    headline = path if path in ("n", "accuracy", "macro_auc") else None
-    if headline:
-        assert summary["test"][headline] is None  # type: ignore[index]
+    assert "test" not in summary and str(summary["test_error"]).startswith(expected)
 
 
 @settings(max_examples=200, deadline=None)
@@ -239,12 +246,13 @@ def test_invalid_metrics_are_shown_as_invalid_with_a_note(tiny_resnet_run, tmp_p
         max_leaves=12,
     )
 )
-def test_invalid_metrics_reads_any_json_without_raising(value):
+def test_reading_any_json_as_an_evaluation_is_one_line(tmp_path_factory, value):
     """A reader of junk must not fail while looking for the junk."""
-    shaped = {"accuracy": value, "per_class": {"A": value, "B": {"auc": value}}, "n": value}
-    invalid_metrics(shaped)
-    if isinstance(value, dict):
-        invalid_metrics(value)
+    path = tmp_path_factory.mktemp("metrics") / "metrics.json"
+    for content in (value, {"accuracy": value, "per_class": {"A": value}, "n": value}):
+        path.write_text(json.dumps(content))
+        with pytest.raises(OctlensError, match=r"^\S*metrics.json: not an evaluation this"):
+            EvaluationResult.load(path)
 
 
 # --- resuming --------------------------------------------------------------------------------

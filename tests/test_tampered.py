@@ -51,9 +51,9 @@ def test_evaluation_leaves_out_a_scan_that_cannot_be_decoded(run, data_with_a_br
     with pytest.warns(DataWarning, match=rf"left out 1 unreadable scan\(s\) of \d+: {broken}"):
         metrics = evaluate_run(run, data, "test", out=data.parent / "eval")
     n_test = len(list((data / "test").rglob("*.*")))
-    assert metrics["n"] == n_test - 1
-    assert metrics["unreadable"] == [str(broken)]
-    assert sum(metrics["confusion_matrix"][0]) == len(list((data / "test" / "CNV").iterdir())) - 1
+    assert metrics.n == n_test - 1
+    assert metrics.unreadable == [str(broken)]
+    assert sum(metrics.confusion_matrix[0]) == len(list((data / "test" / "CNV").iterdir())) - 1
     with open(data.parent / "eval" / "predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == n_test - 1 and all(row["label"] for row in rows)
@@ -85,10 +85,10 @@ def test_the_audit_leaves_out_a_scan_that_cannot_be_decoded(run, data_with_a_bro
 def test_results_record_their_data_and_precision_on_any_cpu(run, tiny_data, monkeypatch):
     monkeypatch.setenv("OCTLENS_CPU_BF16", "1")  # a CPU with native bf16: auto trains in bf16...
     metrics = evaluate_run(run, tiny_data, "test", out=run / "eval-bf16-cpu")
-    assert metrics["precision"] == "fp32"  # ...but measures in fp32
-    assert metrics["data"] == str(tiny_data) and metrics["split"] == "test"
-    assert len(metrics["data_fingerprint"]) == 16
-    assert evaluate_run(run, tiny_data, "test", precision="bf16", out=run / "e")["precision"] == (
+    assert metrics.precision == "fp32"  # ...but measures in fp32
+    assert metrics.data == str(tiny_data) and metrics.split == "test"
+    assert len(metrics.data_fingerprint) == 16
+    assert evaluate_run(run, tiny_data, "test", precision="bf16", out=run / "e").precision == (
         "bf16"
     )
 
@@ -165,8 +165,9 @@ def test_the_report_escapes_every_value_from_a_file_and_forbids_scripts(evaluate
     )
     metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
     (hostile / "eval" / "test").mkdir(parents=True)
-    metrics.update({"n": script, "split": script, "data": script})
-    metrics["per_class"]["CNV"]["support"] = script
+    # numbers are typed (a script there is refused at load); every text field is rendered
+    metrics.update({"split": script, "data": script, "precision": script})
+    metrics["per_class"][script] = metrics["per_class"].pop("CNV")
     (hostile / "eval" / "test" / "metrics.json").write_text(json.dumps(metrics))
     text = write_report([hostile], tmp_path / "report.html").read_text()
     assert "<script" not in text and "<img src=x" not in text
@@ -212,8 +213,8 @@ def test_the_report_refuses_an_audit_of_other_data(evaluated, tiny_data, tmp_pat
     ("content", "message"),
     [
         ('{"accuracy": 0.9, "n": 3', r"metrics.json: not a readable JSON file"),
-        ('{"accuracy": 0.9}', r"metrics.json: not a result file octlens can show \(KeyError"),
-        ("[]", r"metrics.json: not a result file octlens can show \(no JSON object"),
+        ('{"accuracy": 0.9}', r"metrics.json: not an evaluation this octlens can read \(n: Field"),
+        ("[]", r"metrics.json: not an evaluation this octlens can read \(Input should be a"),
     ],
 )
 def test_truncated_or_foreign_results_are_one_line_errors(run, tmp_path, content, message):

@@ -372,7 +372,7 @@ def test_an_image_folder_trains_with_default_options_and_carves_val_and_test(tmp
     right = result.best["val_acc"] * n_val
     assert abs(right - round(right)) < 1e-4 and 0 <= round(right) <= n_val
     metrics = evaluate_run(tmp_path / "run", folder, "test")
-    assert metrics["n"] == len(carved["test"]) > 0
+    assert metrics.n == len(carved["test"]) > 0
     with pytest.warns(DataWarning, match="holds the scans .* was trained on"):
         evaluate_run(tmp_path / "run", folder, "all", out=tmp_path / "all")
 

@@ -18,7 +18,7 @@ from octlens.audit import AuditResult, audit_run
 from octlens.data import confound_scan
 from octlens.data.synth import GENERATOR, RECORD, read_record, synthesize
 from octlens.errors import Interrupted, OctlensError
-from octlens.evaluate import evaluate_run
+from octlens.evaluate import EvaluationResult, evaluate_run
 from octlens.report import write_report
 from octlens.training import TrainConfig, TrainResult, train
 
@@ -60,7 +60,7 @@ DEMO_MODELS: dict[str, dict[str, Any]] = {
 
 def run_demo(
     out: str | Path, n_per_class: int = 200, seed: int = 0, verbose: bool = True
-) -> dict[str, tuple[dict[str, Any], TrainResult, AuditResult]]:
+) -> dict[str, tuple[EvaluationResult, TrainResult, AuditResult]]:
     """Run the demo under ``out``; return ``{model: (test metrics, training result, audit)}``.
 
     Also writes ``out/confounds/`` (the confound scan of the data) and ``out/report.html``: the

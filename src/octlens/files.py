@@ -15,9 +15,9 @@ import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from octlens.errors import OctlensError
 
@@ -97,10 +97,33 @@ def read_model(model: type[ModelT], path: Path, what: str, remedy: str) -> Model
         ) from None
 
 
+class Record(BaseModel):
+    """A result octlens writes as JSON and reads back (``audit.json``, ``metrics.json``).
+
+    Fields it does not know are refused, and numbers are checked against what they can be, so a
+    file that was edited, damaged or written by another version is one line at :meth:`load`,
+    never a field silently ignored or a number shown that no computation gave.
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    #: What the file holds and how to get a readable one, for the one-line error of :meth:`load`.
+    what: ClassVar[str] = "a result"
+    remedy: ClassVar[str] = "compute it again"
+
+    def save(self, path: Path) -> None:
+        write_json(path, self.model_dump(mode="json"))
+
+    @classmethod
+    def load(cls, path: Path) -> Self:
+        return read_model(cls, path, cls.what, cls.remedy)
+
+
 def first_problem(error: ValidationError) -> str:
     """``field.path: message`` of a validation error's first problem, for a one-line error."""
     first = error.errors()[0]
-    return f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+    where = ".".join(map(str, first["loc"]))
+    return f"{where}: {first['msg']}" if where else first["msg"]
 
 
 def require_writable_folder(folder: Path, what: str = "--out") -> Path:

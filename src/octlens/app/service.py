@@ -10,7 +10,6 @@ enrichment thresholds (:mod:`octlens.audit.shortcut`) applied to one scan.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +23,8 @@ from octlens.audit.result import AuditResult
 from octlens.audit.shortcut import CORNER_ENRICHMENT, OFF_RETINA_ENRICHMENT, attention_shares
 from octlens.data.regions import Region, area_shares, edge_regions
 from octlens.errors import OctlensError
-from octlens.evaluate import invalid_metrics, invalid_note
+from octlens.evaluate import METRICS, EvaluationResult
 from octlens.explain import EXPLAINERS, Explainer, check_methods, default_methods
-from octlens.files import read_json
 from octlens.models import is_vit
 from octlens.runtime import resolve_device, resolve_precision
 from octlens.training.inference import prepare_input
@@ -210,23 +208,14 @@ def attention_warning(shares: dict[str, float], areas: dict[str, float]) -> str 
 def run_summary(run: Run) -> dict[str, object]:
     """Headline numbers from the run's folder: test metrics and the audit verdict, if present."""
     summary: dict[str, object] = {"model": run.name, "img_size": run.img_size}
-    metrics = run.folder / "eval" / "test" / "metrics.json"
-    if metrics.exists():  # an edited or broken file is a note on the card, never a crash
+    metrics = run.eval_dir("test") / METRICS
+    if metrics.exists():  # an edited or broken file is a line on the card, never a crash
         try:
-            values = read_json(metrics)
+            evaluation = EvaluationResult.load(metrics)
         except OctlensError as error:
-            values = {}
             summary["test_error"] = str(error)
-        if not isinstance(values, dict):
-            values, summary["test_error"] = {}, f"{metrics}: not a JSON object"
-        if "test_error" not in summary:
-            invalid = invalid_metrics(values)
-            summary["test"] = {
-                key: None if key in invalid else _number(values.get(key))
-                for key in ("n", "accuracy", "macro_auc")
-            }
-            if invalid:
-                summary["test_note"] = f"{metrics}: {invalid_note(invalid)}"
+        else:
+            summary["test"] = evaluation.model_dump(include={"n", "accuracy", "macro_auc"})
     for audit_json in sorted((run.folder / "audit").glob("*/audit.json")):
         try:
             result = AuditResult.load(audit_json)
@@ -242,13 +231,6 @@ def run_summary(run: Run) -> dict[str, object]:
         }
         break
     return summary
-
-
-def _number(value: object) -> float | None:
-    """``value`` if it is a finite number, else None (what the page shows as missing)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 def _resized(mask: np.ndarray, size: int) -> np.ndarray:

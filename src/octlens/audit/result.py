@@ -7,9 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-
-from pydantic import BaseModel, ConfigDict
+from typing import ClassVar
 
 from octlens.audit.counterfactual import (
     MIN_PROBABILITY_DROP,
@@ -19,18 +17,14 @@ from octlens.audit.counterfactual import (
     large_effect,
 )
 from octlens.data.regions import Region
-from octlens.files import read_model, write_json
+from octlens.files import Record
 
 #: Mean of each metric over a group of scans (None: no scan of the group has it, e.g. the
 #: pointing game on NORMAL scans).
 Scores = dict[str, float | None]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-
-class SanitySummary(_Strict):
+class SanitySummary(Record):
     """The cascading-randomization check of one method (median over the checked scans)."""
 
     passed: bool
@@ -39,12 +33,12 @@ class SanitySummary(_Strict):
     ssim_median: list[float]
 
 
-class WorstScan(_Strict):
+class WorstScan(Record):
     scan: str
     off_retina: float
 
 
-class MethodSummary(_Strict):
+class MethodSummary(Record):
     """One method's audit: ``scores[group][metric]`` for the groups ``all``, each class and, on
     data with planted marks, ``marked`` and ``clean``."""
 
@@ -53,7 +47,7 @@ class MethodSummary(_Strict):
     worst_off_retina: list[WorstScan]
 
 
-class AccuracySummary(_Strict):
+class AccuracySummary(Record):
     """Accuracy on the audited scans, and, on data with planted marks, on clean and marked ones."""
 
     all: float
@@ -79,7 +73,7 @@ REGION_WORDS: dict[str, str] = {
 }
 
 
-class CounterfactualSummary(_Strict):
+class CounterfactualSummary(Record):
     """The counterfactual tests (:mod:`octlens.audit.counterfactual`): region swaps per region
     (None when the model predicts one class for every scan), region-only accuracy, and the share
     of predictions that change when a scan is presented at another width."""
@@ -159,7 +153,7 @@ def swap_sentence(region: str, swap: SwapResult) -> str:
     )
 
 
-class ClusterSummary(_Strict):
+class ClusterSummary(Record):
     """A group of scans the model explains alike (spectral clustering of the maps)."""
 
     predicted: str
@@ -168,19 +162,22 @@ class ClusterSummary(_Strict):
     examples: list[str]
 
 
-class Curves(_Strict):
+class Curves(Record):
     deletion_auc: float
     insertion_auc: float
 
 
-class FaithfulnessProtocol(_Strict):
+class FaithfulnessProtocol(Record):
     steps: int
     baseline: str
     insertion_start: str
 
 
-class AuditResult(_Strict):
-    """Everything ``octlens audit`` measured on one run and one split."""
+class AuditResult(Record):
+    """Everything ``octlens audit`` measured on one run and one split (``audit.json``)."""
+
+    what: ClassVar[str] = "an audit"
+    remedy: ClassVar[str] = "run 'octlens audit' again"
 
     run: str
     model: str
@@ -203,14 +200,6 @@ class AuditResult(_Strict):
     clusters: list[ClusterSummary]
     flagged: bool
     flag_reasons: list[str]
-
-    def save(self, path: Path) -> None:
-        write_json(path, self.model_dump(mode="json"))
-
-    @classmethod
-    def load(cls, path: Path) -> AuditResult:
-        """Read ``audit.json``; a truncated, edited or older file is a one-line error."""
-        return read_model(cls, path, "an audit", "run 'octlens audit' again")
 
     def verdict_lines(self) -> list[str]:
         """The verdict in words: counterfactual evidence first, then what the maps and, on data

@@ -1,19 +1,15 @@
 """Evaluating classifiers: clinical metrics, calibration, and their figures."""
 
-from octlens.evaluate.metrics import (
-    calibration_bins,
-    classification_metrics,
-    invalid_metrics,
-    invalid_note,
-    urgent_referral,
-)
-from octlens.evaluate.runner import evaluate_run
+from octlens.evaluate.metrics import calibration_bins, classification_metrics, urgent_referral
+from octlens.evaluate.result import ClassificationMetrics, EvaluationResult
+from octlens.evaluate.runner import METRICS, evaluate_run
 
 __all__ = [
+    "METRICS",
+    "ClassificationMetrics",
+    "EvaluationResult",
     "calibration_bins",
     "classification_metrics",
     "evaluate_run",
-    "invalid_metrics",
-    "invalid_note",
     "urgent_referral",
 ]

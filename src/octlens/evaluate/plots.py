@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from octlens.evaluate.result import CalibrationBin
 from octlens.viz.pyplot import pyplot as plt
 
 
@@ -54,14 +55,14 @@ def plot_roc_curves(
     plt.close(figure)
 
 
-def plot_reliability(bins: list[dict[str, float]], ece: float, path: Path) -> None:
+def plot_reliability(bins: Sequence[CalibrationBin], ece: float, path: Path) -> None:
     """Accuracy per confidence bin against the diagonal of perfect calibration."""
     figure, axis = plt.subplots(figsize=(4.4, 4.2), constrained_layout=True)
     for bin_ in bins:
         axis.bar(
-            bin_["lo"],
-            bin_["accuracy"],
-            width=bin_["hi"] - bin_["lo"],
+            bin_.lo,
+            bin_.accuracy,
+            width=bin_.hi - bin_.lo,
             align="edge",
             color="tab:blue",
             edgecolor="white",

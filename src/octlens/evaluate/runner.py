@@ -7,7 +7,6 @@ import io
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -18,12 +17,16 @@ from octlens.data.index import SINGLE_SPLIT, DatasetIndex, DataWarning
 from octlens.errors import require_positive
 from octlens.evaluate.metrics import classification_metrics
 from octlens.evaluate.plots import plot_confusion_matrix, plot_reliability, plot_roc_curves
-from octlens.files import require_writable_folder, write_json, write_text
+from octlens.evaluate.result import EvaluationResult
+from octlens.files import require_writable_folder, write_text
 from octlens.models import is_vit
 from octlens.progress import Advance, progress_bar
 from octlens.runtime import resolve_device, resolve_precision
 from octlens.training.inference import predict_logits
 from octlens.training.run import Run
+
+#: The evaluation's file in its folder (``RUN/eval/<split>/``): an :class:`EvaluationResult`.
+METRICS = "metrics.json"
 
 
 def evaluate_run(
@@ -36,7 +39,7 @@ def evaluate_run(
     num_workers: int = 0,
     out: str | Path | None = None,
     verbose: bool = True,
-) -> dict[str, Any]:
+) -> EvaluationResult:
     """Evaluate ``run``'s best checkpoint on ``data``/``split``.
 
     Writes ``metrics.json``, ``predictions.csv``, ``confusion_matrix.png``, ``roc.png`` and
@@ -66,27 +69,25 @@ def evaluate_run(
     probs = torch.softmax(logits, dim=1).numpy()
     labels = np.array([sample.label for sample in samples])
 
-    metrics = classification_metrics(labels, probs, index.classes)
-    metrics.update(
-        {
-            "checkpoint": str(run_.checkpoint.path),
-            "data": str(index.root),
-            "split": split,
-            "data_fingerprint": fingerprint,
-            "precision": plan.name,
-            "unreadable": [str(sample.path) for sample in unreadable],
-            "model": run_.name,
-            "epoch": run_.info.epoch,
-        }
+    result = EvaluationResult(
+        **dict(classification_metrics(labels, probs, index.classes)),
+        checkpoint=str(run_.checkpoint.path),
+        data=str(index.root),
+        split=split,
+        data_fingerprint=fingerprint,
+        precision=plan.name,
+        unreadable=[str(sample.path) for sample in unreadable],
+        model=run_.name,
+        epoch=run_.info.epoch,
     )
-    write_json(out / "metrics.json", metrics)
+    result.save(out / METRICS)
     write_text(out / "predictions.csv", _predictions_csv(samples, labels, probs, index.classes))
     plot_confusion_matrix(
-        np.array(metrics["confusion_matrix"]), index.classes, out / "confusion_matrix.png"
+        np.array(result.confusion_matrix), index.classes, out / "confusion_matrix.png"
     )
     plot_roc_curves(labels, probs, index.classes, out / "roc.png")
-    plot_reliability(metrics["calibration_bins"], metrics["ece"], out / "reliability.png")
-    return metrics
+    plot_reliability(result.calibration_bins, result.ece, out / "reliability.png")
+    return result
 
 
 def _counted_scans(

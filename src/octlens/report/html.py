@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import html
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +15,10 @@ from octlens.audit.result import AuditResult
 from octlens.data.images import UnreadableImageError, load_grayscale
 from octlens.data.index import DatasetIndex, DataWarning, scan
 from octlens.errors import OctlensError, require_positive
-from octlens.evaluate import evaluate_run, invalid_metrics, invalid_note
+from octlens.evaluate import METRICS, EvaluationResult, evaluate_run
 from octlens.explain import default_methods
 from octlens.explain.files import explain_images
-from octlens.files import read_json, write_text
+from octlens.files import write_text
 from octlens.models import is_vit, vit_parts
 from octlens.report.audit_section import audit_figures, audit_table
 from octlens.report.confounds_section import confounds_html
@@ -152,9 +151,8 @@ def _run_section(run: Run, index: DatasetIndex | None, split: str, scans: list[P
     ]
     with tempfile.TemporaryDirectory() as tmp:
         eval_dir = _evaluation(run, index, split, Path(tmp))
-        metrics_path = eval_dir / "metrics.json"
-        if metrics_path.exists():
-            parts.append(_rendered(_metrics_table, _read_result(metrics_path), metrics_path))
+        if (eval_dir / METRICS).exists():
+            parts.append(_metrics_table(EvaluationResult.load(eval_dir / METRICS)))
         figures = [("Learning curves", run.folder / "learning_curves.png")]
         figures += [
             (title, eval_dir / name)
@@ -188,13 +186,13 @@ def _evaluation(run: Run, index: DatasetIndex | None, split: str, scratch: Path)
     stored = run.eval_dir(split)
     if index is None:
         return stored
-    if (stored / "metrics.json").exists():
-        recorded = _read_result(stored / "metrics.json").get("data_fingerprint")
+    if (stored / METRICS).exists():
+        recorded = EvaluationResult.load(stored / METRICS).data_fingerprint
         if _same_data(recorded, index, split, run):
             return stored
         why = "was computed on other data" if recorded else "does not record its data"
         warnings.warn(
-            f"{stored / 'metrics.json'} {why}; the report evaluates "
+            f"{stored / METRICS} {why}; the report evaluates "
             f"{run.folder} on {index.root} ({split}) afresh",
             DataWarning,
             stacklevel=3,
@@ -203,59 +201,25 @@ def _evaluation(run: Run, index: DatasetIndex | None, split: str, scratch: Path)
     return scratch
 
 
-def _metrics_table(metrics: dict) -> str:
-    """A stored evaluation; a value no evaluation gives (NaN, a negative ECE) reads "invalid",
-    with a note that names it, never as a number."""
-    invalid = invalid_metrics(metrics)
-
-    def cell(path: str, value: object, show: Callable[[object], str] = number) -> str:
-        return "<td>invalid</td>" if path in invalid else f"<td>{show(value)}</td>"
-
-    urgent = metrics.get("urgent_referral") or {}
-    rows = [
-        ("accuracy", "accuracy", metrics["accuracy"]),
-        ("macro AUC", "macro_auc", metrics["macro_auc"]),
-        ("urgent sensitivity", "urgent_referral.sensitivity", urgent.get("sensitivity")),
-        ("urgent specificity", "urgent_referral.specificity", urgent.get("specificity")),
-        ("ECE", "ece", metrics["ece"]),
-    ]
-    summary = "".join(f"<tr><th>{k}</th>{cell(path, v)}</tr>" for k, path, v in rows)
+def _metrics_table(result: EvaluationResult) -> str:
+    rows = [("accuracy", result.accuracy), ("macro AUC", result.macro_auc)]
+    if (urgent := result.urgent_referral) is not None:  # an OCT2017-style class set
+        rows += [
+            ("urgent sensitivity", urgent.sensitivity),
+            ("urgent specificity", urgent.specificity),
+        ]
+    rows.append(("ECE", result.ece))
+    summary = "".join(f"<tr><th>{name}</th><td>{number(value)}</td></tr>" for name, value in rows)
     per_class = "".join(
-        f"<tr><th>{html.escape(name)}</th>"
-        + "".join(
-            cell(f"per_class.{name}.{k}", m[k]) for k in ("sensitivity", "specificity", "auc")
-        )
-        + f"{cell(f'per_class.{name}.support', m['support'], text)}</tr>"
-        for name, m in metrics["per_class"].items()
+        f"<tr><th>{text(name)}</th><td>{number(m.sensitivity)}</td>"
+        f"<td>{number(m.specificity)}</td><td>{number(m.auc)}</td><td>{m.support}</td></tr>"
+        for name, m in result.per_class.items()
     )
-    n = "invalid" if "n" in invalid else text(metrics["n"])
-    note = f"<p><b>{text(invalid_note(invalid))}</b></p>" if invalid else ""
+    left_out = len(result.unreadable)
+    unreadable = f"; {left_out} unreadable scan(s) left out" if left_out else ""
     return (
-        f"<h3>{text(metrics['split'])} split, {n} scans</h3>"
-        f"<p>data: {text(metrics.get('data', '?'))}, precision "
-        f"{text(metrics.get('precision', '?'))}{_unreadable(metrics)}</p>{note}"
+        f"<h3>{text(result.split)} split, {result.n} scans</h3>"
+        f"<p>data: {text(result.data)}, precision {text(result.precision)}{unreadable}</p>"
         f"<table>{summary}</table><table><tr><th>class</th><th>sensitivity</th>"
         f"<th>specificity</th><th>AUC</th><th>n</th></tr>{per_class}</table>"
     )
-
-
-def _read_result(path: Path) -> dict[str, Any]:
-    result = read_json(path)
-    if not isinstance(result, dict):
-        raise OctlensError(f"{path}: not a result file octlens can show (no JSON object)")
-    return result
-
-
-def _rendered(render: Callable[[Any], str], result: Any, path: Path) -> str:
-    """``render(result)``; a file whose fields are missing or of the wrong type is one line."""
-    try:
-        return render(result)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
-        raise OctlensError(
-            f"{path}: not a result file octlens can show ({type(error).__name__}: {error})"
-        ) from None
-
-
-def _unreadable(result: dict[str, Any]) -> str:
-    left_out = result.get("unreadable") or []
-    return f"; {len(left_out)} unreadable scan(s) left out" if left_out else ""

@@ -8,7 +8,7 @@ The audit table is drawn from the same column spec as the HTML report's
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
@@ -22,6 +22,7 @@ from octlens.audit.result import (
 )
 from octlens.data.confounds import ConfoundReport
 from octlens.data.index import DatasetIndex
+from octlens.evaluate import EvaluationResult
 from octlens.report.embed import number
 
 if TYPE_CHECKING:
@@ -59,24 +60,24 @@ def audit_table(result: AuditResult) -> Table:
     return table
 
 
-def metrics_table(metrics: Mapping[str, Any]) -> Table:
+def metrics_table(result: EvaluationResult) -> Table:
     """Per-class sensitivity, specificity, precision, F1, AUC and support of one evaluation."""
     table = Table(
-        title=f"{metrics['model']} on {metrics['split']} ({metrics['n']} images): "
-        f"accuracy {number(metrics['accuracy'])}, macro AUC {number(metrics['macro_auc'])}"
+        title=f"{result.model} on {result.split} ({result.n} images): "
+        f"accuracy {number(result.accuracy)}, macro AUC {number(result.macro_auc)}"
     )
     for column in ("class", "sensitivity", "specificity", "precision", "F1", "AUC", "support"):
         table.add_column(column, justify="right")
-    for name, m in metrics["per_class"].items():
+    for name, m in result.per_class.items():
         table.add_row(
             name,
-            *(number(m[k]) for k in ("sensitivity", "specificity", "precision", "f1", "auc")),
-            str(m["support"]),
+            *(number(value) for value in (m.sensitivity, m.specificity, m.precision, m.f1, m.auc)),
+            str(m.support),
         )
     return table
 
 
-def demo_table(results: Mapping[str, tuple[Mapping[str, Any], TrainResult, AuditResult]]) -> Table:
+def demo_table(results: Mapping[str, tuple[EvaluationResult, TrainResult, AuditResult]]) -> Table:
     """One row per demo model: test metrics, training summary and the precision used."""
     table = Table(title="octlens demo: test split of the synthetic data")
     for column in (
@@ -91,19 +92,19 @@ def demo_table(results: Mapping[str, tuple[Mapping[str, Any], TrainResult, Audit
         "precision (train/eval)",
     ):
         table.add_column(column, justify="right", no_wrap=True)
-    for name, (metrics, result, _) in results.items():
-        urgent = metrics["urgent_referral"] or {}
+    for name, (evaluation, result, _) in results.items():
+        urgent = evaluation.urgent_referral
         speed = sum(row["images_per_s"] for row in result.history) / len(result.history)
         table.add_row(
             name,
-            number(metrics["accuracy"]),
-            number(metrics["macro_auc"]),
-            number(urgent.get("sensitivity")),
-            number(urgent.get("specificity")),
-            number(metrics["ece"]),
+            number(evaluation.accuracy),
+            number(evaluation.macro_auc),
+            number(urgent.sensitivity if urgent else None),
+            number(urgent.specificity if urgent else None),
+            number(evaluation.ece),
             f"{result.best_epoch}/{len(result.history)}",
             f"{speed:.0f}",
-            f"{result.precision}/{metrics['precision']}",
+            f"{result.precision}/{evaluation.precision}",
         )
     return table
 

@@ -28,13 +28,12 @@ async function loadRuns() {
 function runCard(run) {
   const card = element("article", null, "run-card");
   card.append(element("h2", `${run.name} (${run.model}, ${run.img_size} px)`));
-  if (run.test && run.test.accuracy !== null) {
+  if (run.test) {
     const auc = run.test.macro_auc === null ? "" : `, macro AUC ${run.test.macro_auc.toFixed(3)}`;
     card.append(element("p", `test accuracy ${run.test.accuracy.toFixed(3)} on ${run.test.n} scans${auc}`));
   } else if (run.test_error) {
     card.append(element("p", run.test_error));
   }
-  if (run.test_note) card.append(element("p", run.test_note, "flagged"));
   if (run.audit) {
     const verdict = run.audit.flagged ? "audit: FLAGGED" : "audit: not flagged";
     card.append(element("p", `${verdict} (${run.audit.split} split, ${run.audit.n_scans} scans)`,
