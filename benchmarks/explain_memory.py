@@ -33,7 +33,7 @@ def _status_mb(field: str) -> float:
 
 def measure(run: str, scans: list[str], out: str, batch_size: int) -> dict:
     """One measurement, meant to run alone in its process."""
-    from octlens.explain.files import explain_images
+    from octlens.explain.runner import explain_images
     from octlens.training.run import Run
 
     loaded = Run.load(run)

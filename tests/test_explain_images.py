@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from octlens.errors import OctlensError
 from octlens.explain import EXPLAINERS
-from octlens.explain import files as module
-from octlens.explain.files import explain_images, output_names
+from octlens.explain import runner as module
+from octlens.explain.runner import explain_images, output_names
 
 
 def _scans(tiny_data: Path, count: int) -> list[Path]:

@@ -95,7 +95,7 @@ def test_evaluation_shows_scans_scored(terminal, tiny_resnet_run, tiny_data, tmp
 
 
 def test_explaining_shows_scans_explained(terminal, tiny_resnet_run, tiny_data, tmp_path):
-    from octlens.explain.files import explain_images
+    from octlens.explain.runner import explain_images
 
     scans = sorted((tiny_data / "train").rglob("*.jpeg"))[:5]
     explain_images(tiny_resnet_run, scans, ["gradcam"], tmp_path, batch_size=2)

@@ -8,7 +8,7 @@ import pytest
 from helpers import tiny_config
 from octlens.data.index import DataWarning
 from octlens.errors import OctlensError
-from octlens.explain.files import explain_images
+from octlens.explain.runner import explain_images
 from octlens.training import TrainConfig, train
 
 

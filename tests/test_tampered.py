@@ -21,7 +21,7 @@ from octlens.audit import audit_run
 from octlens.data.index import DataWarning
 from octlens.errors import OctlensError
 from octlens.evaluate import evaluate_run
-from octlens.explain.files import explain_images
+from octlens.explain.runner import explain_images
 from octlens.report import write_report
 from octlens.training import load_checkpoint, train
 

@@ -332,7 +332,7 @@ def explain(
     strict: Annotated[bool, typer.Option(help="unreadable images are errors")] = False,
 ) -> None:
     """Explain a run's predictions on scans: an overlay and a raw map per scan and method."""
-    from octlens.explain.files import explain_images
+    from octlens.explain.runner import explain_images
 
     names = parse_methods(methods)
     result = explain_images(

@@ -17,7 +17,7 @@ from octlens.data.index import DatasetIndex, DataWarning, scan
 from octlens.errors import OctlensError, require_positive
 from octlens.evaluate import METRICS, EvaluationResult, evaluate_run
 from octlens.explain import default_methods
-from octlens.explain.files import explain_images
+from octlens.explain.runner import explain_images
 from octlens.files import write_text
 from octlens.models import is_vit, vit_parts
 from octlens.report.audit_section import audit_figures, audit_table
