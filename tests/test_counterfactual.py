@@ -17,7 +17,13 @@ from octlens.audit.counterfactual import (
     swap_mask,
     with_whole_marks,
 )
-from octlens.data.regions import edge_regions
+from octlens.audit.evidence import (
+    OCT_WIDTHS,
+    ScansUnderTest,
+    StoredScans,
+    counterfactual_evidence,
+)
+from octlens.data.regions import edge_regions, region_masks
 
 SIZE, CLASSES = 40, 4
 LEVELS = torch.tensor([0.0, 1.0, 2.0, 3.0])
@@ -173,6 +179,50 @@ def test_cohen_kappa_by_hand():
     assert cohen_kappa(first, torch.tensor([0, 1, 0, 1]), 2).item() == 0.0
     # constant and equal: total agreement
     assert cohen_kappa(torch.zeros(4).long(), torch.zeros(4).long(), 2).item() == 1.0
+
+
+def evidence_of(predict):
+    """The whole counterfactual evidence, from its narrow inputs alone (no run, no audit)."""
+    images, labels, retina = scans()
+    fill, overlay = torch.zeros_like(retina), torch.zeros_like(retina)
+    stored = images[:, 0].numpy()  # the scans "as stored": SIZE x SIZE, the model's input size
+    under_test = ScansUnderTest(
+        predict=predict,
+        images=images,
+        labels=labels,
+        predictions=predict(images).argmax(dim=1),
+        retina=retina,
+        fill=fill,
+        overlay=overlay,
+        regions=region_masks(retina, fill),
+    )
+    as_stored = StoredScans(
+        widths=frozenset({SIZE}),
+        chunks=lambda: (list(stored[i : i + 5]) for i in range(0, len(stored), 5)),
+        to_input=lambda pixels: torch.nn.functional.interpolate(
+            torch.from_numpy(np.ascontiguousarray(pixels))[None, None], size=(SIZE, SIZE)
+        )[0],
+    )
+    return counterfactual_evidence(under_test, as_stored, donors=3)
+
+
+def test_the_evidence_flags_the_corners_of_a_corner_reader_and_nothing_of_a_retina_reader():
+    corners = evidence_of(corner_reader)
+    assert set(corners.flagged_regions()) == {"corners", "border"}
+    # the whole background moves the corner too, but leaves no place for the random-place
+    # control, so it supports and never flags
+    assert corners.swaps["off_retina"].flip_to_donor.mean == 1.0
+    assert corners.swaps["corners"].effect.mean == 1.0
+    assert corners.donors_per_scan == 3 and corners.chance == 0.25
+    assert corners.region_only["background_only"].accuracy.mean == 1.0
+    retina = evidence_of(retina_reader)
+    assert retina.flagged_regions() == {}
+    assert all(swap.flip_to_donor.mean == 0 for swap in retina.swaps.values() if swap)
+    assert retina.region_only["retina_only"].accuracy.mean == 1.0
+    # the aspect test: every scan is 40 px wide, so each OCT width re-acquires all 24; cropping
+    # or mirroring the sides keeps each row's level, so a reader of whole rows never changes
+    assert set(retina.aspect) == {str(width) for width in OCT_WIDTHS}
+    assert all(changed.mean == 0 for changed in retina.aspect.values())
 
 
 def test_reacquired_crops_and_mirrors():

@@ -17,6 +17,7 @@ from :func:`octlens.data.retina.find_retina`.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 from PIL import Image
 
 from octlens.audit.clusters import explanation_clusters
-from octlens.audit.evidence import counterfactual_evidence
+from octlens.audit.evidence import ScansUnderTest, StoredScans, counterfactual_evidence
 from octlens.audit.faithfulness import (
     PerturbationCurves,
     average_drop_increase,
@@ -148,7 +149,7 @@ def audit_run(
         advance()
         scored = {name: score_method(audit, name, sanity_scans, advance) for name in methods}
         advance.describe("counterfactual region tests")
-        evidence = counterfactual_evidence(audit)
+        evidence = counterfactual_evidence(audit.scans_under_test(), audit.stored_scans())
         advance()
     result = summarize(audit, scored, random_curves, worst, evidence)
     result.save(out / "audit.json")
@@ -182,10 +183,41 @@ class PreparedAudit:
         return -normalization.mean / normalization.std
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (N, K) of ``images`` on the device, in batches."""
+        """Class probabilities (N, K) of ``images``, in batches on the device."""
         with torch.inference_mode(), self.plan.autocast():
-            logits = [self.model(chunk) for chunk in images.split(self.batch_size)]
+            logits = [
+                self.model(chunk.to(self.plan.device)) for chunk in images.split(self.batch_size)
+            ]
         return torch.cat(logits).float().softmax(dim=1)
+
+    def scans_under_test(self) -> ScansUnderTest:
+        """The scans, masks and model as the counterfactual tests take them."""
+        device = self.plan.device
+        return ScansUnderTest(
+            predict=self.predict,
+            images=self.images,
+            labels=self.labels,
+            predictions=self.predictions,
+            retina=self.batch.retina.to(device),
+            fill=self.batch.fill.to(device),
+            overlay=self.batch.overlay.to(device),
+            regions={name: mask.to(device) for name, mask in self.regions.items()},
+        )
+
+    def stored_scans(self) -> StoredScans:
+        """The scans as stored, re-read a batch at a time (the aspect test)."""
+        samples, transform = self.batch.samples, self.run.eval_transform()
+
+        def chunks() -> Iterator[list[np.ndarray]]:
+            for start in range(0, len(samples), self.batch_size):
+                chunk = samples[start : start + self.batch_size]
+                yield [np.asarray(self.index.load(sample)) for sample in chunk]
+
+        return StoredScans(
+            widths=frozenset(width for _, width in self.batch.sizes),
+            chunks=chunks,
+            to_input=lambda pixels: transform(Image.fromarray(pixels)),
+        )
 
     def perturbation(self, maps: torch.Tensor) -> PerturbationCurves:
         return deletion_insertion(
