@@ -33,7 +33,7 @@ from octlens.audit.shortcut import (
 )
 from octlens.data.marks import MANIFEST
 from octlens.data.overlays import MARK_INSET, MARK_SIZE, OVERLAY_KINDS, SQUARE_LEVELS
-from octlens.data.regions import BORDER, CORNER, edge_regions
+from octlens.data.regions import BORDER, CORNER, Region, edge_regions
 from octlens.data.synth import CLASSES, plan_scans, synthesize
 from octlens.data.synth.shortcut import SHORTCUTS, draw_mark
 from octlens.data.synth.writer import plant_shortcut
@@ -342,7 +342,8 @@ def test_report_shows_the_audit_table_verdict_and_figures(marked_run, tmp_path):
     for row in range(terminal.row_count):
         cells = [column._cells[row] for column in terminal.columns[1:-1]]
         assert " ".join(cells) in " ".join(html_cells), cells
-    assert [c.header for c in terminal.columns[1:-1]] == [c.short for c in COLUMNS]
+    assert [c.header for c in terminal.columns[1:-1]] == [c.heading() for c in COLUMNS]
+    assert "deletion AUC \u2193" in page and "insertion AUC \u2191" in page
     assert "pixel AUROC" in page
     assert "gradcam" in page and "<p><b>resnet18</b>: " in page
     assert "planted marks: clean scans" in page and "retina only: accuracy" in page
@@ -400,3 +401,27 @@ def test_a_large_effect_that_does_not_flag_says_why_not_that_nothing_moved():
     quiet = unflagged_reason({"corners": swap(0.02, -0.1)})
     assert quiet.startswith("no region swap moves predictions beyond its controls (largest: ")
     assert unflagged_reason({"corners": None}).startswith("the model gives every scan the same")
+
+
+def test_every_score_and_region_has_one_direction_and_the_best_method_follows_it():
+    from octlens.audit.pipeline import best_method
+    from octlens.audit.result import MethodSummary, SanitySummary
+    from octlens.audit.scores import HIGHER_IS_BETTER, Score, direction_mark
+
+    assert set(HIGHER_IS_BETTER) == set(Score) | set(Region)
+    assert all(column.score in HIGHER_IS_BETTER for column in COLUMNS)
+    assert (
+        direction_mark(Score.DELETION_AUC) == "\u2193"
+        and direction_mark(Region.CORNERS) == "\u2193"
+    )
+
+    def method(deletion: float, insertion: float, passed: bool = True) -> MethodSummary:
+        sanity = SanitySummary(passed=passed, stages=[], spearman_median=[], ssim_median=[])
+        scores = {"all": {Score.DELETION_AUC: deletion, Score.INSERTION_AUC: insertion}}
+        return MethodSummary(scores=scores, sanity=sanity, worst_off_retina=[])
+
+    # gains (insertion - deletion): a 0.5, b 0.6 (a low deletion is good: b wins despite a's
+    # higher insertion), c 0.9 but failing sanity
+    methods = {"a": method(0.4, 0.9), "b": method(0.1, 0.7), "c": method(0.0, 0.9, False)}
+    assert best_method(methods) == "b"
+    assert best_method({"c": methods["c"]}) is None

@@ -53,6 +53,7 @@ from octlens.audit.result import (
     WorstScan,
 )
 from octlens.audit.sanity import SanityResult, cascading_randomization
+from octlens.audit.scores import FAITHFULNESS, Score, oriented
 from octlens.audit.shortcut import attention_notes, attention_shares, mark_effects, shortcut_flags
 from octlens.data.dataset import left_out
 from octlens.data.images import UnreadableImageError, load_grayscale
@@ -332,10 +333,10 @@ def score_method(
     )
     advance()
     per_scan = {
-        "deletion_auc": curves.deletion_auc,
-        "insertion_auc": curves.insertion_auc,
-        "average_drop": drop,
-        "increase": increase.float(),
+        Score.DELETION_AUC: curves.deletion_auc,
+        Score.INSERTION_AUC: curves.insertion_auc,
+        Score.AVERAGE_DROP: drop,
+        Score.INCREASE: increase.float(),
         **attention_shares(maps, audit.regions),
         **_localization(maps, audit.batch.lesions),
     }
@@ -432,16 +433,18 @@ def _clusters(
 
 
 def best_method(methods: dict[str, MethodSummary]) -> str | None:
-    """The method with the largest insertion minus deletion AUC among those passing sanity."""
+    """The most faithful method among those passing sanity: the largest sum of the
+    :data:`~octlens.audit.scores.FAITHFULNESS` scores, each turned so that higher is better
+    (insertion AUC minus deletion AUC)."""
     passing = [name for name, summary in methods.items() if summary.sanity.passed]
     if not passing:
         return None
 
-    def gain(name: str) -> float:
+    def faithfulness(name: str) -> float:
         scores = methods[name].scores["all"]
-        return (scores["insertion_auc"] or 0.0) - (scores["deletion_auc"] or 0.0)
+        return sum(oriented(score, scores[score] or 0.0) for score in FAITHFULNESS)
 
-    return max(passing, key=gain)
+    return max(passing, key=faithfulness)
 
 
 def _write_figures(
@@ -538,9 +541,9 @@ def _localization(maps: torch.Tensor, lesions: torch.Tensor | None) -> dict[str,
     if lesions is None:
         return {}
     return {
-        "pointing_game": pointing_game(maps, lesions),
-        "energy_in_lesion": energy_in_mask(maps, lesions),
-        "pixel_auroc": pixel_auroc(maps, lesions),
+        Score.POINTING_GAME: pointing_game(maps, lesions),
+        Score.ENERGY_IN_LESION: energy_in_mask(maps, lesions),
+        Score.PIXEL_AUROC: pixel_auroc(maps, lesions),
     }
 
 

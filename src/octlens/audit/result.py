@@ -16,6 +16,7 @@ from octlens.audit.counterfactual import (
     SwapResult,
     large_effect,
 )
+from octlens.audit.scores import Score, direction_mark
 from octlens.data.regions import Region
 from octlens.files import Record
 
@@ -258,37 +259,41 @@ def unflagged_reason(swaps: dict[str, SwapResult | None]) -> str:
 
 @dataclass(frozen=True)
 class Column:
-    """One column of the audit table: its short and long heading, the metric it shows, and
+    """One column of the audit table: its short and long heading, the score it shows, and
     what the reference row (random maps, or the region's area) holds in it."""
 
     short: str
     long: str
-    metric: str
+    score: str  # a Score, or a Region for an attention share
     reference: Callable[[AuditResult], float | None] = lambda result: None
+
+    def heading(self, long: bool = False) -> str:
+        """The heading with the arrow of the score's better direction (``deletion ↓``)."""
+        return f"{self.long if long else self.short} {direction_mark(self.score)}"
 
 
 COLUMNS = (
     Column(
         "deletion",
         "deletion AUC",
-        "deletion_auc",
+        Score.DELETION_AUC,
         lambda result: result.random_baseline.deletion_auc,
     ),
     Column(
         "insertion",
         "insertion AUC",
-        "insertion_auc",
+        Score.INSERTION_AUC,
         lambda result: result.random_baseline.insertion_auc,
     ),
-    Column("avg drop", "average drop", "average_drop"),
-    Column("pointing", "pointing game", "pointing_game"),
+    Column("avg drop", "average drop", Score.AVERAGE_DROP),
+    Column("pointing", "pointing game", Score.POINTING_GAME),
     Column(
         "energy in lesion",
         "energy in lesion",
-        "energy_in_lesion",
+        Score.ENERGY_IN_LESION,
         lambda result: result.area_share.get("lesion"),
     ),
-    Column("pixel AUROC", "pixel AUROC", "pixel_auroc"),
+    Column("pixel AUROC", "pixel AUROC", Score.PIXEL_AUROC),
     Column(
         "off-retina",
         "off-retina share",
@@ -320,7 +325,7 @@ def table_rows(result: AuditResult) -> list[Row]:
     rows = [
         Row(
             method=name,
-            values=tuple(summary.scores["all"].get(column.metric) for column in COLUMNS),
+            values=tuple(summary.scores["all"].get(column.score) for column in COLUMNS),
             best=name == result.best_method,
             sanity=summary.sanity.passed,
         )

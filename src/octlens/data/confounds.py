@@ -56,7 +56,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from octlens.data.dataset import left_out
 from octlens.data.images import FORMATS, UnreadableImageError, load_grayscale
 from octlens.data.index import DatasetIndex, Sample
-from octlens.data.regions import BORDER, CORNER
+from octlens.data.regions import BORDER, CORNER, Region
 from octlens.data.retina import find_retina, scanner_fill
 from octlens.data.splits import warn_without_patients
 from octlens.errors import OctlensError
@@ -68,7 +68,8 @@ PERMUTATIONS = 999
 #: Ridge penalty on standardized features.
 RIDGE_ALPHA = 10.0
 ALPHA = 0.05
-CONFOUND_GROUPS = ("size", "file", "corners", "border", "fill", "vitreous")
+#: Feature groups: the three named after a region (:class:`Region`) describe that region's pixels.
+CONFOUND_GROUPS = ("size", "file", Region.CORNERS, Region.BORDER, Region.FILL, "vitreous")
 CONTEXT_GROUPS = ("intensity", "file_size")
 CATEGORICAL = ("size", "format")
 #: The standard IJG luminance quantization table at quality 50, for the JPEG quality estimate.
@@ -167,9 +168,9 @@ def scan_features(index: DatasetIndex, sample: Sample) -> ScanFeatures:
         numbers={
             "file": np.array([quality]),
             "file_size": np.array([np.log(file_size / pixels.size)]),
-            "corners": _corners(outside),
-            "border": _border(outside),
-            "fill": np.array([(fill & ~retina).mean()]),
+            Region.CORNERS: _corners(outside),
+            Region.BORDER: _border(outside),
+            Region.FILL: np.array([(fill & ~retina).mean()]),
             "vitreous": _vitreous(values, vitreous),
             "intensity": np.array(
                 [values.mean(), values.std(), *np.percentile(values, [5, 50, 95])]
@@ -274,7 +275,7 @@ def scan_confounds(
         ),
         **{
             name: np.stack([f.numbers[name] for f in features])
-            for name in ("corners", "border", "fill", "vitreous", "intensity", "file_size")
+            for name in (*CONFOUND_GROUPS[2:], *CONTEXT_GROUPS)
         },
     }
     categories = {"size": [f.size for f in features], "format": [f.format for f in features]}

@@ -30,7 +30,7 @@ FIGURES = (
 
 def audit_table(audits: Sequence[AuditResult]) -> str:
     """Rows of (model, method) with the audit's numbers; the best method per model starred."""
-    header = "".join(f"<th>{html.escape(column.long)}</th>" for column in COLUMNS)
+    header = "".join(f"<th>{html.escape(column.heading(long=True))}</th>" for column in COLUMNS)
     rows = []
     for audit in audits:
         for row in table_rows(audit):
@@ -45,7 +45,7 @@ def audit_table(audits: Sequence[AuditResult]) -> str:
             )
     return (
         "<h2>Shortcut audit</h2><p>Means over the audited scans (pointing game, energy, pixel "
-        "AUROC: scans with a lesion). Deletion: lower is better; insertion: higher. Off-retina "
+        "AUROC: scans with a lesion); each heading's arrow says which way is better. Off-retina "
         "and corner share: attention outside the retina and in the four corners, beside the area "
         "those regions cover (what an even map would get). &#9733; best method: largest "
         "insertion minus deletion among those passing the sanity check.</p>"
