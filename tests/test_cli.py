@@ -417,3 +417,46 @@ def test_an_error_names_arguments_to_python_and_options_to_the_command_line():
     # a value that holds any other control character around a name is left as it is
     odd = OctlensError(f"{arg('out')} /tmp/\x1fout\x1f: not writable")
     assert odd.naming(option) == "--out /tmp/\x1fout\x1f: not writable"
+
+
+def test_command_defaults_are_the_api_signatures():
+    """Each default is defined once, in the API function's signature; the command reads it from
+    the source (without importing torch) and passes it on unchanged."""
+    import inspect
+
+    import typer.main
+
+    from octlens.audit import audit_run
+    from octlens.cli.commands import app
+    from octlens.cli.defaults import signature_defaults
+    from octlens.evaluate import evaluate_run
+    from octlens.explain.runner import explain_images
+    from octlens.report import write_report
+
+    functions = {
+        "audit": ("audit.pipeline", audit_run),
+        "evaluate": ("evaluate.runner", evaluate_run),
+        "explain": ("explain.runner", explain_images),
+        "report": ("report.html", write_report),
+    }
+    device = {"batch_size", "precision", "device"}
+    expected = {
+        "audit": {"split", "methods", "scans_per_class", "steps", "sanity_scans", "out"}
+        | {"estimate_retina"}
+        | device,
+        "evaluate": {"split", "out"} | device,
+        "explain": {"grid_per_class", "strict"} | device,
+        "report": {"data", "split", "scans_per_class", "confounds", "tune"},
+    }
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    for command, (module, function) in functions.items():
+        signature = {
+            name: parameter.default
+            for name, parameter in inspect.signature(function).parameters.items()
+            if parameter.default is not inspect.Parameter.empty
+        }
+        assert signature_defaults(module, function.__name__) == signature
+        options = {param.name: param.default for param in commands[command].params}
+        shared = set(options) & set(signature)
+        assert shared == expected[command]
+        assert {name: options[name] for name in shared} == {n: signature[n] for n in shared}

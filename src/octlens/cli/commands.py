@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from octlens.cli.defaults import AUDIT, EVALUATE, EXPLAIN, REPORT
 from octlens.errors import OctlensError
 
 if typing.TYPE_CHECKING:
@@ -291,11 +292,11 @@ def evaluate(
         Path, typer.Argument(help="run folder or checkpoint file", callback=_existing_run)
     ],
     data: Annotated[Path, typer.Option(help="dataset folder or MedMNIST .npz")],
-    split: str = "test",
-    out: Annotated[Path | None, typer.Option(help="default: RUN/eval/<split>")] = None,
-    batch_size: int = 64,
-    precision: str = "auto",
-    device: str | None = None,
+    split: str = EVALUATE["split"],
+    out: Annotated[Path | None, typer.Option(help="default: RUN/eval/<split>")] = EVALUATE["out"],
+    batch_size: int = EVALUATE["batch_size"],
+    precision: str = EVALUATE["precision"],
+    device: str | None = EVALUATE["device"],
 ) -> None:
     """Evaluate a run: metrics.json, predictions.csv and figures."""
     from octlens.evaluate import evaluate_run
@@ -321,15 +322,15 @@ def explain(
             "rollout,legrad,reciprocam,occlusion"
         ),
     ] = "gradcam",
-    precision: str = "auto",
-    device: str | None = None,
+    precision: str = EXPLAIN["precision"],
+    device: str | None = EXPLAIN["device"],
     batch_size: Annotated[
         int, typer.Option(help="scans decoded, explained and written at a time (bounds memory)")
-    ] = 32,
+    ] = EXPLAIN["batch_size"],
     grid_per_class: Annotated[
         int, typer.Option(help="scans of each predicted class shown in grid.png")
-    ] = 4,
-    strict: Annotated[bool, typer.Option(help="unreadable images are errors")] = False,
+    ] = EXPLAIN["grid_per_class"],
+    strict: Annotated[bool, typer.Option(help="unreadable images are errors")] = EXPLAIN["strict"],
 ) -> None:
     """Explain a run's predictions on scans: an overlay and a raw map per scan and method."""
     from octlens.explain.runner import explain_images
@@ -359,26 +360,28 @@ def audit(
         Path, typer.Argument(help="run folder or checkpoint file", callback=_existing_run)
     ],
     data: Annotated[Path, typer.Option(help="dataset folder (retina/ and masks/ used if present)")],
-    split: str = "test",
+    split: str = AUDIT["split"],
     methods: Annotated[
         str | None, typer.Option(help="comma-separated (default: four suited to the model)")
-    ] = None,
+    ] = AUDIT["methods"],
     scans_per_class: Annotated[
         int | None, typer.Option(help="audit the first N scans of each class (default: all)")
-    ] = None,
-    steps: Annotated[int, typer.Option(help="deletion/insertion steps")] = 50,
-    sanity_scans: Annotated[int, typer.Option(help="scans in the randomization check")] = 8,
-    out: Annotated[Path | None, typer.Option(help="default: RUN/audit/<split>")] = None,
+    ] = AUDIT["scans_per_class"],
+    steps: Annotated[int, typer.Option(help="deletion/insertion steps")] = AUDIT["steps"],
+    sanity_scans: Annotated[int, typer.Option(help="scans in the randomization check")] = AUDIT[
+        "sanity_scans"
+    ],
+    out: Annotated[Path | None, typer.Option(help="default: RUN/audit/<split>")] = AUDIT["out"],
     estimate_retina: Annotated[
         bool,
         typer.Option(
             help="find the retina with the label-free finder even where the data has retina/ "
             "masks (as on data without them)"
         ),
-    ] = False,
-    batch_size: int = 64,
-    precision: str = "auto",
-    device: str | None = None,
+    ] = AUDIT["estimate_retina"],
+    batch_size: int = AUDIT["batch_size"],
+    precision: str = AUDIT["precision"],
+    device: str | None = AUDIT["device"],
 ) -> None:
     """Audit a run's explanations: faithfulness, localization, sanity, off-retina attention."""
     from octlens.audit import audit_run
@@ -413,8 +416,8 @@ def report(
         Path | None,
         typer.Option(help="dataset to evaluate and explain on (default: the runs' own data)"),
     ] = None,
-    split: str = "test",
-    scans_per_class: int = 1,
+    split: str = REPORT["split"],
+    scans_per_class: int = REPORT["scans_per_class"],
     confounds: Annotated[
         Path | None, typer.Option(help="folder of an 'octlens inspect --confounds' scan to show")
     ] = None,
