@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from matplotlib import colormaps
 from PIL import Image
@@ -120,19 +120,13 @@ def create_app(
     """The app serving ``service``; ``examples`` are scan files the page offers to try (those
     that cannot be read are left out with a warning). ``max_batch``, ``max_wait`` and
     ``max_pending`` set the :class:`MicroBatcher`; ``hosts`` are the names it answers to besides
-    the loopback names (see :mod:`octlens.app.guard` for the other checks of every request)."""
+    the loopback names (see :mod:`octlens.app.guard` for the other checks of every request).
+    The routes (:data:`routes`) find the service, the limits and the examples in ``app.state``."""
     limits = limits or Limits()
-    shown = [found for path in examples if (found := Example.found(path, limits.max_bytes))]
 
     def work(items: list[tuple[UploadedScan, str | None]]) -> list[list[RunAnswer]]:
         """Score a batch of decoded uploads (each with its target class or None)."""
         return service.analyse([scan for scan, _ in items], [target for _, target in items])
-
-    def decode(data: bytes, name: str) -> UploadedScan | UploadError:
-        try:
-            return read_upload(data, name, service.sizes)
-        except UploadError as error:
-            return error
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -146,7 +140,10 @@ def create_app(
     app = FastAPI(
         title="octlens", lifespan=lifespan, docs_url=None, redoc_url=None, version="0.1.0"
     )
-    app.state.service = service
+    app.state.service, app.state.limits = service, limits
+    app.state.examples = [
+        found for path in examples if (found := Example.found(path, limits.max_bytes))
+    ]
     app.add_middleware(
         Guard,
         hosts=served_names("", hosts),
@@ -155,115 +152,143 @@ def create_app(
         idle_seconds=limits.idle_seconds,
         limit_text=str(limits),
     )
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page() -> HTMLResponse:
-        return HTMLResponse(_static_text("index.html"))
-
-    @app.get("/static/{name}", include_in_schema=False)
-    def static(name: str) -> Response:
-        if name not in _STATIC:
-            raise HTTPException(404, "no such file")
-        return Response(_static_text(name), media_type=_STATIC[name])
-
-    @app.get("/api/runs")
-    def runs() -> dict[str, Any]:
-        """The runs being served: classes, methods, test metrics and audit verdicts."""
-        return {
-            "classes": service.classes,
-            "runs": [
-                {"name": r.name, "methods": list(r.explainers), **r.summary} for r in service.runs
-            ],
-            "examples": [
-                {"id": n, "name": example.path.name, "class": example.path.parent.name}
-                for n, example in enumerate(shown)
-            ],
-            "limits": {"max_upload_mb": limits.max_upload_mb, "max_files": limits.max_files},
-        }
-
-    @app.get("/api/examples/{number}")
-    def example(number: int) -> Response:
-        """Example scan ``number`` (from ``/api/runs``)."""
-        if not 0 <= number < len(shown):
-            raise HTTPException(404, f"no example {number}")
-        try:
-            data = shown[number].read()
-        except OSError as error:
-            raise HTTPException(404, f"example {number}: {error.strerror}") from None
-        return Response(data, media_type=MEDIA_TYPES.get(shown[number].path.suffix.lower()))
-
-    async def decoded_uploads(request: Request) -> tuple[Any, list[dict[str, Any]], list[Any]]:
-        """The form, an entry per file, and the (entry, scan) pairs that could be decoded."""
-        form_fields = await _form(request, limits)
-        try:  # the bytes are read at once; the form's spooled files are closed on every path
-            uploads = await _read_uploads(form_fields, limits, service.classes)
-        finally:
-            await form_fields.close()
-        entries: list[dict[str, Any]] = []
-        pending = []
-        loop = asyncio.get_running_loop()
-        for name, data in uploads:
-            if len(data) > limits.max_bytes:
-                too_large = f"{name}: larger than the {limits.max_upload_mb:g} MB upload limit"
-                entries.append({"name": name, "status": 413, "error": too_large})
-                continue
-            entries.append({"name": name})
-            decoders = request.app.state.decoders
-            pending.append((entries[-1], loop.run_in_executor(decoders, decode, data, name)))
-        readable = []
-        decoded_all = await asyncio.gather(*(future for _, future in pending))
-        for (entry, _), decoded in zip(pending, decoded_all, strict=True):
-            if isinstance(decoded, UploadError):
-                entry.update(status=422, error=str(decoded))
-            else:
-                entry["not_oct"] = decoded.not_oct
-                readable.append((entry, decoded))
-        return form_fields, entries, readable
-
-    async def answers(request: Request) -> tuple[Any, list[dict[str, Any]]]:
-        """The request's form, and each file with its answers (or its error); a 4xx if no file
-        could be used."""
-        batcher = request.app.state.batcher
-        with batcher.coming(1):  # from arrival to queue, so a burst is batched whole
-            form_fields, entries, readable = await decoded_uploads(request)
-            target = form_fields.get("target") or None
-            futures = []
-            try:  # queued together, so a request's files share a batch
-                for _, scan in readable:
-                    futures.append(batcher.enqueue((scan, target)))
-            except Busy as error:
-                for future in futures:  # the batcher skips them
-                    future.cancel()
-                raise HTTPException(503, str(error)) from None
-        results = await asyncio.gather(*futures)
-        for (entry, _), result in zip(readable, results, strict=True):
-            entry["answers"] = result
-        if all("error" in entry for entry in entries):
-            status = max(entry["status"] for entry in entries)
-            raise HTTPException(status, "; ".join(entry["error"] for entry in entries))
-        return form_fields, entries
-
-    @app.post("/api/predict")
-    async def predict(request: Request) -> JSONResponse:
-        """Probabilities, predicted class and each map's region shares, per file and run."""
-        _, entries = await answers(request)
-        return JSONResponse({"files": [_entry_json(entry, pictures=False) for entry in entries]})
-
-    @app.post("/api/explain")
-    async def explain(request: Request) -> JSONResponse:
-        """As ``/api/predict``, with each map as PNG overlays (``raw=true``: also ``.npy``)."""
-        form_fields, entries = await answers(request)
-        raw = str(form_fields.get("raw", "")).lower() in ("1", "true", "yes")
-        opacity = _opacity(form_fields.get("opacity"))
-        return JSONResponse(
-            {
-                "files": [
-                    _entry_json(entry, pictures=True, raw=raw, opacity=opacity) for entry in entries
-                ]
-            }
-        )
-
+    app.include_router(routes)
     return app
+
+
+#: The app's routes; each reads what it serves from ``request.app.state`` (see :func:`create_app`).
+routes = APIRouter()
+
+
+@routes.get("/", response_class=HTMLResponse, include_in_schema=False)
+def page() -> HTMLResponse:
+    return HTMLResponse(_static_text("index.html"))
+
+
+@routes.get("/static/{name}", include_in_schema=False)
+def static(name: str) -> Response:
+    if name not in _STATIC:
+        raise HTTPException(404, "no such file")
+    return Response(_static_text(name), media_type=_STATIC[name])
+
+
+@routes.get("/api/runs")
+def runs(request: Request) -> dict[str, Any]:
+    """The runs being served: classes, methods, test metrics and audit verdicts."""
+    service: ScanService = request.app.state.service
+    limits: Limits = request.app.state.limits
+    return {
+        "classes": service.classes,
+        "runs": [
+            {"name": r.name, "methods": list(r.explainers), **r.summary} for r in service.runs
+        ],
+        "examples": [
+            {"id": n, "name": example.path.name, "class": example.path.parent.name}
+            for n, example in enumerate(request.app.state.examples)
+        ],
+        "limits": {"max_upload_mb": limits.max_upload_mb, "max_files": limits.max_files},
+    }
+
+
+@routes.get("/api/examples/{number}")
+def example(number: int, request: Request) -> Response:
+    """Example scan ``number`` (from ``/api/runs``)."""
+    shown: list[Example] = request.app.state.examples
+    if not 0 <= number < len(shown):
+        raise HTTPException(404, f"no example {number}")
+    try:
+        data = shown[number].read()
+    except OSError as error:
+        raise HTTPException(404, f"example {number}: {error.strerror}") from None
+    return Response(data, media_type=MEDIA_TYPES.get(shown[number].path.suffix.lower()))
+
+
+@routes.post("/api/predict")
+async def predict(request: Request) -> JSONResponse:
+    """Probabilities, predicted class and each map's region shares, per file and run."""
+    _, entries = await _answers(request)
+    return JSONResponse({"files": [_entry_json(entry, pictures=False) for entry in entries]})
+
+
+@routes.post("/api/explain")
+async def explain(request: Request) -> JSONResponse:
+    """As ``/api/predict``, with each map as PNG overlays (``raw=true``: also ``.npy``)."""
+    form_fields, entries = await _answers(request)
+    raw = str(form_fields.get("raw", "")).lower() in ("1", "true", "yes")
+    opacity = _opacity(form_fields.get("opacity"))
+    return JSONResponse(
+        {
+            "files": [
+                _entry_json(entry, pictures=True, raw=raw, opacity=opacity) for entry in entries
+            ]
+        }
+    )
+
+
+async def _answers(request: Request) -> tuple[Any, list[dict[str, Any]]]:
+    """The request's form, and each file with its answers (or its error); a 4xx if no file
+    could be used."""
+    batcher = request.app.state.batcher
+    with batcher.coming(1):  # from arrival to queue, so a burst is batched whole
+        form_fields, entries, readable = await _decoded_uploads(request)
+        target = form_fields.get("target") or None
+        futures = []
+        try:  # queued together, so a request's files share a batch
+            for _, scan in readable:
+                futures.append(batcher.enqueue((scan, target)))
+        except Busy as error:
+            for future in futures:  # the batcher skips them
+                future.cancel()
+            raise HTTPException(503, str(error)) from None
+    results = await asyncio.gather(*futures)
+    for (entry, _), result in zip(readable, results, strict=True):
+        entry["answers"] = result
+    if all("error" in entry for entry in entries):
+        status = max(entry["status"] for entry in entries)
+        raise HTTPException(status, "; ".join(entry["error"] for entry in entries))
+    return form_fields, entries
+
+
+async def _decoded_uploads(request: Request) -> tuple[Any, list[dict[str, Any]], list[Any]]:
+    """The form, an entry per file, and the (entry, scan) pairs that could be decoded."""
+    service: ScanService = request.app.state.service
+    limits: Limits = request.app.state.limits
+    form_fields = await _form(request, limits)
+    try:  # the bytes are read at once; the form's spooled files are closed on every path
+        uploads = await _read_uploads(form_fields, limits, service.classes)
+    finally:
+        await form_fields.close()
+    entries: list[dict[str, Any]] = []
+    pending = []
+    loop = asyncio.get_running_loop()
+    for name, data in uploads:
+        if len(data) > limits.max_bytes:
+            too_large = f"{name}: larger than the {limits.max_upload_mb:g} MB upload limit"
+            entries.append({"name": name, "status": 413, "error": too_large})
+            continue
+        entries.append({"name": name})
+        decoding = loop.run_in_executor(
+            request.app.state.decoders, _decode, data, name, service.sizes
+        )
+        pending.append((entries[-1], decoding))
+    readable = []
+    decoded_all = await asyncio.gather(*(future for _, future in pending))
+    for (entry, _), decoded in zip(pending, decoded_all, strict=True):
+        if isinstance(decoded, UploadError):
+            entry.update(status=422, error=str(decoded))
+        else:
+            entry["not_oct"] = decoded.not_oct
+            readable.append((entry, decoded))
+    return form_fields, entries, readable
+
+
+def _decode(data: bytes, name: str, sizes: set[int]) -> UploadedScan | UploadError:
+    """The upload decoded at the runs' input sizes, or its error (returned, not raised, so one
+    bad file among several is an entry, not the request's failure)."""
+    try:
+        return read_upload(data, name, sizes)
+    except UploadError as error:
+        return error
 
 
 async def _form(request: Request, limits: Limits) -> Any:
