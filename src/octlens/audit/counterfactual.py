@@ -73,6 +73,7 @@ reported beside it, not flagged on their own: a retina-shaped hole still shows t
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -219,6 +220,61 @@ def moved(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return shifted
 
 
+@dataclass
+class _SwapOutcomes:
+    """What each swap and its controls did, one (N,) tensor per donor column."""
+
+    to_donor: list[torch.Tensor] = field(default_factory=list)  # answer became the donor's class
+    placed_to_donor: list[torch.Tensor] = field(default_factory=list)  # ... placed at random
+    same_changed: list[torch.Tensor] = field(default_factory=list)  # changed by a same-class donor
+    changed: list[torch.Tensor] = field(default_factory=list)  # answer changed at all
+    placed_changed: list[torch.Tensor] = field(default_factory=list)  # ... placed at random
+    probability_deltas: list[torch.Tensor] = field(default_factory=list)
+    areas: list[torch.Tensor] = field(default_factory=list)
+    controlled: bool = False  # whether the random-place control moved any pixel at all
+
+
+def _swap_outcomes(
+    predict: Predict,
+    images: torch.Tensor,
+    region: torch.Tensor,
+    retina: torch.Tensor,
+    other_donors: torch.Tensor,
+    same_donors: torch.Tensor,
+    probabilities: torch.Tensor,
+    generator: torch.Generator,
+    overlay: torch.Tensor | None,
+) -> _SwapOutcomes:
+    """Three forward passes per donor column: the swap, the same pixels placed at random
+    (outside both scans' region and retina), and the swap from a donor of the scan's own class."""
+    predicted, device = probabilities.argmax(dim=1), images.device
+    outcomes = _SwapOutcomes()
+    for column in range(other_donors.shape[1]):
+        donors = other_donors[:, column].to(device)
+        mine = donors.clamp(min=0)
+        mask = swap_mask(region, retina, mine, overlay)
+        swapped = predict(pasted(images, mine, mask))
+        outcomes.to_donor.append(swapped.argmax(dim=1) == predicted[mine])
+        outcomes.changed.append(swapped.argmax(dim=1) != predicted)
+        outcomes.probability_deltas.append(
+            swapped.gather(1, predicted[:, None])[:, 0] - probabilities.max(dim=1).values
+        )
+        outcomes.areas.append(mask.flatten(1).float().mean(dim=1))
+        outside = ~(region | region[mine]) & ~retina & ~retina[mine]
+        elsewhere = moved(mask.cpu(), generator).to(device) & outside
+        outcomes.controlled = outcomes.controlled or bool(elsewhere.any())
+        placed_answer = predict(pasted(images, mine, elsewhere)).argmax(dim=1)
+        outcomes.placed_to_donor.append(placed_answer == predicted[mine])
+        outcomes.placed_changed.append(placed_answer != predicted)
+        same = same_donors[:, column].to(device)
+        alike = same.clamp(min=0)
+        changed = predict(pasted(images, alike, swap_mask(region, retina, alike, overlay)))
+        outcomes.same_changed.append(
+            torch.where(same >= 0, changed.argmax(dim=1) != predicted, False)
+        )
+    return outcomes
+
+
 def region_swap(
     predict: Predict,
     images: torch.Tensor,
@@ -236,44 +292,30 @@ def region_swap(
     ``overlay`` (N, S, S) the burned-in marks, which move even over the other scan's retina."""
     if probabilities is None:
         probabilities = predict(images)
-    predicted = probabilities.argmax(dim=1)
-    k = other_donors.shape[1]
-    generator = torch.Generator().manual_seed(seed)
-    device = images.device
     if overlay is not None:
         region = with_whole_marks(region, overlay)
-    flips, placed, changes, deltas, areas = [], [], [], [], []
-    moved_away, placed_moved = [], []  # any change of prediction, not only to the donor's class
-    controlled = False  # whether the random-place control moved any pixel at all
-    for column in range(k):
-        donors = other_donors[:, column].to(device)
-        mine = donors.clamp(min=0)
-        mask = swap_mask(region, retina, mine, overlay)
-        swapped = predict(pasted(images, mine, mask))
-        flips.append(swapped.argmax(dim=1) == predicted[mine])
-        moved_away.append(swapped.argmax(dim=1) != predicted)
-        deltas.append(swapped.gather(1, predicted[:, None])[:, 0] - probabilities.max(dim=1).values)
-        areas.append(mask.flatten(1).float().mean(dim=1))
-        outside = ~(region | region[mine]) & ~retina & ~retina[mine]
-        elsewhere = moved(mask.cpu(), generator).to(device) & outside
-        controlled = controlled or bool(elsewhere.any())
-        placed_answer = predict(pasted(images, mine, elsewhere)).argmax(dim=1)
-        placed.append(placed_answer == predicted[mine])
-        placed_moved.append(placed_answer != predicted)
-        same = same_donors[:, column].to(device)
-        alike = same.clamp(min=0)
-        changed = predict(pasted(images, alike, swap_mask(region, retina, alike, overlay)))
-        changes.append(torch.where(same >= 0, changed.argmax(dim=1) != predicted, False))
-    valid = (other_donors[:, 0] >= 0).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    outcomes = _swap_outcomes(
+        predict,
+        images,
+        region,
+        retina,
+        other_donors,
+        same_donors,
+        probabilities,
+        generator,
+        overlay,
+    )
+    valid = (other_donors[:, 0] >= 0).to(images.device)
     if not valid.any():
         return None
 
     def per_scan(values: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(values, dim=1).float().mean(dim=1)[valid].cpu().double()
 
-    flip, random_place = per_scan(flips), per_scan(placed)
-    has_same = (same_donors[:, 0] >= 0).to(device)[valid].cpu()
-    same_class = torch.where(has_same, per_scan(changes), torch.nan)
+    flip, random_place = per_scan(outcomes.to_donor), per_scan(outcomes.placed_to_donor)
+    has_same = (same_donors[:, 0] >= 0).to(images.device)[valid].cpu()
+    same_class = torch.where(has_same, per_scan(outcomes.same_changed), torch.nan)
     count = int(valid.sum())
 
     def effect_of(tested: torch.Tensor, control: torch.Tensor) -> Interval:
@@ -287,12 +329,10 @@ def region_swap(
             effect(torch.arange(count)[None]).item(), bootstrap(effect, count, seed)
         )
 
-    changed = per_scan(moved_away)
-    effect, change_effect = (
-        effect_of(flip, random_place),
-        effect_of(changed, per_scan(placed_moved)),
-    )
-    probability_change = per_scan(deltas).mean().item()
+    changed = per_scan(outcomes.changed)
+    effect = effect_of(flip, random_place)
+    change_effect = effect_of(changed, per_scan(outcomes.placed_changed))
+    probability_change = per_scan(outcomes.probability_deltas).mean().item()
     return SwapResult(
         n_scans=count,
         flip_to_donor=interval(flip, seed),
@@ -300,8 +340,8 @@ def region_swap(
         same_class=interval(same_class[has_same] if has_same.any() else torch.zeros(1), seed),
         effect=effect,
         probability_change=probability_change,
-        area=per_scan(areas).mean().item(),
-        flagged=controlled
+        area=per_scan(outcomes.areas).mean().item(),
+        flagged=outcomes.controlled
         and (large_effect(effect) or large_effect(change_effect))
         and -probability_change >= MIN_PROBABILITY_DROP,
         changed=interval(changed, seed),
