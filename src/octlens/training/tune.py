@@ -115,6 +115,38 @@ def tune(
     """Run (or join) the study in ``out`` until it holds ``trials`` finished trials; write the
     best config and the figures. ``base`` gives every setting the search does not draw. Each
     trial prints one line (Optuna's own log is kept to errors)."""
+    base, models = _checked_search(base, trials, storage, models)
+    out = require_writable_folder(Path(out))
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = open_study(out, storage, pruner)
+    database = database_errors(storage) if storage is not None else nullcontext()
+    done = (TrialState.COMPLETE, TrialState.PRUNED)
+    remaining = trials - sum(t.state in done for t in study.trials)  # a second call goes on
+    try:
+        with warnings.catch_warnings(), database:
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if remaining > 0:
+                study.optimize(
+                    _objective(base, models, out),
+                    n_trials=remaining,
+                    callbacks=[MaxTrialsCallback(trials, states=done), _trial_printer(verbose)],
+                    catch=(OctlensError,),  # a diverged trial fails alone
+                )
+    except KeyboardInterrupt:
+        kept = sum(t.state in done for t in study.trials)
+        raise Interrupted(
+            f"{out}: tuning interrupted; the study keeps its {kept} finished trial(s): run the "
+            "same command to go on"
+        ) from None
+    write_results(study, base, out)
+    return study
+
+
+def _checked_search(
+    base: TrainConfig, trials: int, storage: str | None, models: Sequence[str]
+) -> tuple[TrainConfig, list[str]]:
+    """The base config and the models to search, after every check that can fail before the
+    first trial: the trial count, torchrun, the storage URL, the data, each model."""
     if trials < 1:
         raise OctlensError(f"{arg('trials')} {trials}: at least 1")
     if from_environment().active:  # each rank would draw its own trial and wait for the others
@@ -130,10 +162,12 @@ def tune(
     if len(models) == 1:  # one model is not searched: it is the model of every trial
         base = base.model_copy(update={"model": models[0]})
     check_models(base, models, len(index.classes))
-    out = require_writable_folder(Path(out))
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = open_study(out, storage, pruner)
-    database = database_errors(storage) if storage is not None else nullcontext()
+    return base, models
+
+
+def _objective(base: TrainConfig, models: list[str], out: Path) -> Callable[[optuna.Trial], float]:
+    """Train one trial's config in ``out/trial-NNN``; its best validation loss is the value,
+    each epoch's loss is reported for pruning."""
 
     def objective(trial: optuna.Trial) -> float:
         config = suggest(trial, base, models).model_copy(
@@ -156,6 +190,11 @@ def tune(
             raise
         return float(result.best["val_loss"])
 
+    return objective
+
+
+def _trial_printer(verbose: bool) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """The callback that prints one line per finished trial."""
     console = Console(quiet=not verbose, markup=False, highlight=False)
 
     def said(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -168,26 +207,7 @@ def tune(
             soft_wrap=True,
         )
 
-    done = (TrialState.COMPLETE, TrialState.PRUNED)
-    remaining = trials - sum(t.state in done for t in study.trials)  # a second call goes on
-    try:
-        with warnings.catch_warnings(), database:
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            if remaining > 0:
-                study.optimize(
-                    objective,
-                    n_trials=remaining,
-                    callbacks=[MaxTrialsCallback(trials, states=done), said],
-                    catch=(OctlensError,),  # a diverged trial fails alone
-                )
-    except KeyboardInterrupt:
-        kept = sum(t.state in done for t in study.trials)
-        raise Interrupted(
-            f"{out}: tuning interrupted; the study keeps its {kept} finished trial(s): run the "
-            "same command to go on"
-        ) from None
-    write_results(study, base, out)
-    return study
+    return said
 
 
 def check_models(base: TrainConfig, models: Sequence[str], num_classes: int) -> None:
