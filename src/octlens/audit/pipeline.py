@@ -354,32 +354,12 @@ def summarize(
     and the verdict: counterfactual evidence, the manifest's accuracy gap, the maps' support."""
     samples, classes, marks = audit.batch.samples, audit.index.classes, audit.batch.marks
     methods = {
-        name: MethodSummary(
-            scores=_group_means(method.per_scan, samples, classes, marks),
-            sanity=SanitySummary(
-                passed=method.sanity.passed,
-                stages=method.sanity.stages,
-                spearman_median=method.sanity.spearman.median(dim=1).values.tolist(),
-                ssim_median=method.sanity.ssim.median(dim=1).values.tolist(),
-            ),
-            worst_off_retina=_worst(method.per_scan[Region.OFF_RETINA], samples, worst),
-        )
+        name: _method_summary(method, audit.batch, classes, worst)
         for name, method in scored.items()
     }
     accuracy = _accuracy(audit.labels, audit.predictions, marks, classes)
     reasons = shortcut_flags(
         evidence.flagged_regions(), accuracy.clean_minus_marked_interval, accuracy.follow_excess
-    )
-    notes = attention_notes(
-        {
-            name: {
-                "sanity_passed": summary.sanity.passed,
-                # None only if every map was empty: no attention in the region either
-                **{region: summary.scores["all"][region] or 0.0 for region in SHARES},
-                **{f"{region}_area": audit.areas[region] for region in SHARES},
-            }
-            for name, summary in methods.items()
-        }
     )
     best = best_method(methods)
     clustered = best or next(iter(scored))
@@ -405,11 +385,43 @@ def summarize(
         methods=methods,
         best_method=best,
         counterfactual=evidence,
-        attention_notes=notes,
+        attention_notes=_attention_notes(methods, audit.areas),
         clusters_method=clustered,
         clusters=_clusters(audit, scored[clustered]),
         flagged=bool(reasons),
         flag_reasons=reasons,
+    )
+
+
+def _method_summary(
+    method: ScoredMethod, batch: AuditBatch, classes: list[str], worst: int
+) -> MethodSummary:
+    """One method's scores averaged per group of scans, its sanity check, its worst scans."""
+    return MethodSummary(
+        scores=_group_means(method.per_scan, batch.samples, classes, batch.marks),
+        sanity=SanitySummary(
+            passed=method.sanity.passed,
+            stages=method.sanity.stages,
+            spearman_median=method.sanity.spearman.median(dim=1).values.tolist(),
+            ssim_median=method.sanity.ssim.median(dim=1).values.tolist(),
+        ),
+        worst_off_retina=_worst(method.per_scan[Region.OFF_RETINA], batch.samples, worst),
+    )
+
+
+def _attention_notes(methods: dict[str, MethodSummary], areas: dict[str, float]) -> list[str]:
+    """What the maps say about the regions of :data:`SHARES`: support for a verdict, never a
+    flag (:func:`~octlens.audit.shortcut.attention_notes`)."""
+    return attention_notes(
+        {
+            name: {
+                "sanity_passed": summary.sanity.passed,
+                # None only if every map was empty: no attention in the region either
+                **{region: summary.scores["all"][region] or 0.0 for region in SHARES},
+                **{f"{region}_area": areas[region] for region in SHARES},
+            }
+            for name, summary in methods.items()
+        }
     )
 
 

@@ -197,19 +197,8 @@ def synthesize(
     pixels it covers. A progress bar
     counts the scans written (``verbose``, on a terminal).
     """
-    if not 3 <= n_per_class <= MAX_PER_CLASS:
-        raise OctlensError(
-            f"{arg('n_per_class')} {n_per_class}: from 3 (one scan per split) to {MAX_PER_CLASS:,}"
-        )
-    if size is not None and not (16 <= size[0] <= 4096 and 16 <= size[1] <= 4096):
-        raise OctlensError(f"{arg('size')} {size[0]}x{size[1]}: each side must be 16 to 4096 px")
-    if workers is not None and workers < 1:
-        raise OctlensError(f"{arg('workers')} {workers}: at least 1")
     out = Path(out)
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        what = "a folder that is not empty" if out.is_dir() else "a file"
-        raise OctlensError(f"{out}: already exists and is {what}; choose a new folder")
-    check_place(shortcut_place)  # checked with or without --shortcut: a typo is not ignored
+    _check_settings(out, n_per_class, size, workers, shortcut_place)
     jobs = with_sizes(plan_scans(n_per_class, seed), size)
     if shortcut is not None:
         jobs = plant_shortcut(jobs, shortcut, shortcut_rate, shortcut_place)
@@ -226,13 +215,9 @@ def synthesize(
             "generator": GENERATOR,
             "size": list(size) if size else OCT2017_MIX,
             "sizes": dict(Counter(f"{job.size[0]}x{job.size[1]}" for job in jobs)),
-            "shortcut": shortcut,
-            "shortcut_rate": shortcut_rate if shortcut else None,
-            "shortcut_place": shortcut_place if shortcut else None,
+            **_shortcut_record(jobs, shortcut, shortcut_rate, shortcut_place),
             "scans": {f"{split}/{label}": n for (split, label), n in sorted(counts.items())},
         }
-        if shortcut is not None:
-            record["marked"] = dict(Counter(job.split for job in jobs if job.mark is not None))
         write_text(partial / RECORD, json.dumps(record, indent=2))
         if out.is_dir():
             out.rmdir()  # empty, checked above
@@ -248,6 +233,40 @@ def synthesize(
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return counts
+
+
+def _check_settings(
+    out: Path,
+    n_per_class: int,
+    size: tuple[int, int] | None,
+    workers: int | None,
+    shortcut_place: str,
+) -> None:
+    """Refuse a setting the generator cannot honour, or an ``out`` that holds something, before
+    any scan is drawn."""
+    if not 3 <= n_per_class <= MAX_PER_CLASS:
+        raise OctlensError(
+            f"{arg('n_per_class')} {n_per_class}: from 3 (one scan per split) to {MAX_PER_CLASS:,}"
+        )
+    if size is not None and not (16 <= size[0] <= 4096 and 16 <= size[1] <= 4096):
+        raise OctlensError(f"{arg('size')} {size[0]}x{size[1]}: each side must be 16 to 4096 px")
+    if workers is not None and workers < 1:
+        raise OctlensError(f"{arg('workers')} {workers}: at least 1")
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        what = "a folder that is not empty" if out.is_dir() else "a file"
+        raise OctlensError(f"{out}: already exists and is {what}; choose a new folder")
+    check_place(shortcut_place)  # checked with or without --shortcut: a typo is not ignored
+
+
+def _shortcut_record(
+    jobs: list[ScanJob], shortcut: str | None, rate: float, place: str
+) -> dict[str, object]:
+    """The planted mark's settings in ``synth.json`` (None without one), and how many scans of
+    each split carry it."""
+    if shortcut is None:
+        return {"shortcut": None, "shortcut_rate": None, "shortcut_place": None}
+    marked = dict(Counter(job.split for job in jobs if job.mark is not None))
+    return {"shortcut": shortcut, "shortcut_rate": rate, "shortcut_place": place, "marked": marked}
 
 
 def read_record(root: Path) -> dict | None:
