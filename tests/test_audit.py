@@ -342,7 +342,9 @@ def test_report_shows_the_audit_table_verdict_and_figures(marked_run, tmp_path):
     for row in range(terminal.row_count):
         cells = [column._cells[row] for column in terminal.columns[1:-1]]
         assert " ".join(cells) in " ".join(html_cells), cells
-    assert [c.header for c in terminal.columns[1:-1]] == [c.heading() for c in COLUMNS]
+    assert [c.header for c in terminal.columns[1:-1]] == [
+        c.heading(separator="\n") for c in COLUMNS
+    ]
     assert "deletion AUC \u2193" in page and "insertion AUC \u2191" in page
     assert "pixel AUROC" in page
     assert "gradcam" in page and "<p><b>resnet18</b>: " in page

@@ -267,9 +267,10 @@ class Column:
     score: str  # a Score, or a Region for an attention share
     reference: Callable[[AuditResult], float | None] = lambda result: None
 
-    def heading(self, long: bool = False) -> str:
-        """The heading with the arrow of the score's better direction (``deletion ↓``)."""
-        return f"{self.long if long else self.short} {direction_mark(self.score)}"
+    def heading(self, long: bool = False, separator: str = " ") -> str:
+        """The heading with the arrow of the score's better direction (``deletion ↓``; a
+        terminal table puts the arrow on a line of its own, ``separator="\\n"``, to stay narrow)."""
+        return f"{self.long if long else self.short}{separator}{direction_mark(self.score)}"
 
 
 COLUMNS = (
