@@ -17,8 +17,9 @@ _PACKAGE = Path(__file__).resolve().parents[1]
 
 
 def signature_defaults(module: str, function: str) -> dict[str, Any]:
-    """``{argument: default}`` of ``function`` in the octlens ``module`` (``"audit.pipeline"``),
-    for every argument whose default is a literal."""
+    """``{argument: default}`` of ``function`` in the octlens ``module`` (``"audit.pipeline"``).
+    Every default of a wrapped function is a literal; one that is not fails here, at import,
+    and in the test that holds these equal to the signature."""
     source = (_PACKAGE / Path(*module.split("."))).with_suffix(".py").read_text(encoding="utf-8")
     definition = next(
         node
@@ -31,14 +32,11 @@ def signature_defaults(module: str, function: str) -> dict[str, Any]:
         *zip(with_default, arguments.defaults, strict=True),
         *zip(arguments.kwonlyargs, arguments.kw_defaults, strict=True),
     ]
-    defaults = {}
-    for argument, default in pairs:
-        if default is not None:
-            try:
-                defaults[argument.arg] = ast.literal_eval(default)
-            except ValueError:  # a default that is not a literal: the command states its own
-                continue
-    return defaults
+    return {
+        argument.arg: ast.literal_eval(default)
+        for argument, default in pairs
+        if default is not None
+    }
 
 
 AUDIT = signature_defaults("audit.pipeline", "audit_run")
