@@ -95,9 +95,39 @@ def test_evaluate_run_writes_metrics_predictions_and_figures(tiny_data, tmp_path
     probs = np.array([[float(row[f"p_{c}"]) for c in CLASSES] for row in rows])
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
 
+    # data with only some of the run's classes is scored; one it does not know is refused
     other = tmp_path / "other"
-    (other / "test" / "CNV").mkdir(parents=True)
-    for src in list((tiny_data / "test" / "CNV").iterdir())[:1]:
-        (other / "test" / "CNV" / src.name).write_bytes(src.read_bytes())
-    with pytest.raises(OctlensError, match=r"classes \['CNV'\] do not match the checkpoint's"):
+    (other / "test" / "DME").mkdir(parents=True)
+    (other / "test" / "NORMAL").mkdir(parents=True)  # empty: a class without scans
+    scans = sorted((tiny_data / "test" / "DME").iterdir())
+    for src in scans:
+        (other / "test" / "DME" / src.name).write_bytes(src.read_bytes())
+    partial = evaluate_run(run, other, "test", out=tmp_path / "partial")
+    assert partial.n == len(scans) and partial.per_class["DME"].support == len(scans)
+    assert partial.absent_classes == ["CNV", "DRUSEN", "NORMAL"]
+    assert partial.per_class["NORMAL"].sensitivity is None and partial.macro_auc is None
+    assert "holds 1 of the model's 4 classes" in partial.coverage_note()
+    (other / "test" / "XYZ").mkdir()
+    (other / "test" / "XYZ" / src.name).write_bytes(src.read_bytes())
+    with pytest.raises(OctlensError, match=r"class\(es\) XYZ are not among the checkpoint's"):
         evaluate_run(run, other, "test")
+
+
+def test_metrics_of_data_holding_some_classes_leave_the_rest_undefined():
+    """Every scan DME, three of them called DME: sensitivity of the absent classes is not 0 (a
+    model missing every scan of them) but undefined, as is the precision of a class never
+    predicted and every AUC (one class present has no negatives)."""
+    labels = np.array([1, 1, 1, 1])
+    probs = np.array([[0.1, 0.7, 0.1, 0.1]] * 3 + [[0.6, 0.2, 0.1, 0.1]])
+    metrics = classification_metrics(labels, probs, CLASSES)
+    dme, cnv, drusen = (metrics.per_class[name] for name in ("DME", "CNV", "DRUSEN"))
+    assert dme.sensitivity == 0.75 and dme.precision == 1.0 and dme.specificity is None
+    assert cnv.sensitivity is None and cnv.f1 is None and cnv.precision == 0.0
+    assert cnv.specificity == 0.75  # one of four non-CNV scans called CNV
+    assert drusen.precision is None and drusen.specificity == 1.0
+    assert metrics.macro_auc is None and all(m.auc is None for m in metrics.per_class.values())
+    assert metrics.absent_classes == ["CNV", "DRUSEN", "NORMAL"]
+    assert metrics.urgent_referral.sensitivity == 1.0  # CNV and DME are both urgent
+    note = metrics.coverage_note()
+    assert note.endswith("no class has an AUC (it needs scans of the class and of another)")
+    assert classification_metrics(*_known_case(), CLASSES).coverage_note() is None

@@ -128,6 +128,19 @@ class DatasetIndex:
         present = {sample.label for sample in samples}
         return [name for label, name in enumerate(self.classes) if label not in present]
 
+    def relabelled(self, classes: list[str]) -> DatasetIndex:
+        """This index labelled by ``classes``, a model's class list that holds all of this
+        data's classes: data with only some of them (the Duke fluid scans are all DME) is
+        scored by the model's class numbers, its absent classes simply without scans."""
+        if self.classes == classes:
+            return self
+        label = [classes.index(name) for name in self.classes]
+        splits = {
+            split: [replace(sample, label=label[sample.label]) for sample in samples]
+            for split, samples in self.splits.items()
+        }
+        return replace(self, classes=list(classes), splits=splits)
+
     def mask_path(self, sample: Sample, kind: str = "masks") -> Path | None:
         """The mirrored mask of ``sample`` under ``ROOT/<kind>/``, if the dataset has one."""
         if sample.index is not None:
@@ -142,6 +155,7 @@ def scan(
     strict: bool = False,
     patients: PatientSource | None = None,
     verbose: bool = True,
+    empty_classes: bool = False,
 ) -> DatasetIndex:
     """Index a dataset folder or MedMNIST ``.npz`` file.
 
@@ -149,7 +163,9 @@ def scan(
     first few; with ``strict=True`` the first one is an error instead. Patient ids come from
     ``patients`` (a manifest or a name pattern, :mod:`octlens.data.patients`) when given, else
     from OCT2017's ``CLASS-PATIENT-N`` file names. A progress bar counts the files checked
-    (``verbose``, on a terminal).
+    (``verbose``, on a terminal). A class folder without readable images is an error, since
+    nothing could learn that class from it, unless ``empty_classes`` (data to score a trained
+    model on may hold only some of its classes).
     """
     root = Path(root)
     if root.suffix == ".npz":
@@ -175,10 +191,10 @@ def scan(
     classes = _consistent_classes(root, class_folders)
 
     listed = {
-        split: {name: _images(folder) for name, folder in sorted(by_class.items())}
+        split: {name: _images(folder, empty_classes) for name, folder in sorted(by_class.items())}
         for split, by_class in class_folders.items()
     }
-    splits, skipped = _readable_samples(root, listed, classes, strict, verbose)
+    splits, skipped = _readable_samples(root, listed, classes, strict, verbose, empty_classes)
     warn_skipped(skipped)
     if patients:
         splits = _with_patients(root, splits, patients)
@@ -191,6 +207,7 @@ def _readable_samples(
     classes: list[str],
     strict: bool,
     verbose: bool,
+    empty_classes: bool,
 ) -> tuple[dict[str, list[Sample]], list[tuple[Path, str]]]:
     """The readable files of each split as samples, and the unreadable ones with their reason;
     a progress bar counts the files (checking 84,000 takes minutes)."""
@@ -203,7 +220,7 @@ def _readable_samples(
             for name, files in by_class.items():
                 readable, unreadable = split_readable(counted(files, advance), strict)
                 skipped += unreadable
-                if not readable:
+                if files and not readable and not empty_classes:
                     raise OctlensError(f"{files[0].parent}: class folder has no readable images")
                 label = classes.index(name)
                 samples += [Sample(path, label, patient_id(path)) for path in readable]
@@ -211,10 +228,11 @@ def _readable_samples(
     return splits, skipped
 
 
-def _images(folder: Path) -> list[Path]:
-    """The image files of a class folder, sorted; none is a one-line error."""
+def _images(folder: Path, empty_classes: bool = False) -> list[Path]:
+    """The image files of a class folder, sorted; none is a one-line error unless
+    ``empty_classes``."""
     files = sorted(path for path in _entries(folder) if is_image_file(path))
-    if not files:
+    if not files and not empty_classes:
         raise OctlensError(f"{folder}: class folder has no images")
     return files
 

@@ -3,6 +3,10 @@
 Sensitivity and specificity per class (one class against the rest), the macro one-vs-rest ROC AUC,
 Kermany et al.'s urgent-referral figures (CNV and DME need urgent referral; DRUSEN and NORMAL do
 not), the confusion matrix, and the expected calibration error.
+
+Data may hold only some of the model's classes. What is undefined then is None, never a number
+a convention makes up: the sensitivity of a class without scans (sklearn's ``zero_division``
+would give 0, a model missing every scan of it), the precision of a class never predicted.
 """
 
 from __future__ import annotations
@@ -41,11 +45,12 @@ def classification_metrics(
         true_pos = matrix[i, i]
         false_pos = matrix[:, i].sum() - true_pos
         negatives = total - matrix[i, :].sum()
+        present, predicted = support[i] > 0, matrix[:, i].sum() > 0
         per_class[name] = ClassMetrics(
-            sensitivity=float(recall[i]),
+            sensitivity=float(recall[i]) if present else None,
             specificity=float((negatives - false_pos) / negatives) if negatives else None,
-            precision=float(precision[i]),
-            f1=float(f1[i]),
+            precision=float(precision[i]) if predicted else None,
+            f1=float(f1[i]) if present else None,
             support=int(support[i]),
             auc=_one_vs_rest_auc(labels == i, probs[:, i]),
         )
@@ -60,6 +65,7 @@ def classification_metrics(
         confusion_matrix=matrix.tolist(),
         ece=ece,
         calibration_bins=bins,
+        absent_classes=[name for i, name in enumerate(classes) if not support[i]],
     )
 
 

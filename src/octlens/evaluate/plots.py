@@ -39,18 +39,24 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path
 def plot_roc_curves(
     labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], path: Path
 ) -> None:
+    """One-vs-rest ROC curve of each class that has scans and scans of another class."""
     figure, axis = plt.subplots(figsize=(4.6, 4.2), constrained_layout=True)
+    drawn = 0
     for i, name in enumerate(classes):
         is_class = labels == i
         if is_class.all() or not is_class.any():
             continue
         false_pos, true_pos, _ = roc_curve(is_class, probs[:, i])
         axis.plot(false_pos, true_pos, label=name)
+        drawn += 1
     axis.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
     axis.set_xlabel("1 - specificity")
     axis.set_ylabel("sensitivity")
     axis.set_title("one-vs-rest ROC")
-    axis.legend(frameon=False, loc="lower right")
+    if drawn:
+        axis.legend(frameon=False, loc="lower right")
+    else:
+        axis.text(0.5, 0.3, "no class has scans of\nits own and of another", ha="center")
     figure.savefig(path, dpi=120)
     plt.close(figure)
 

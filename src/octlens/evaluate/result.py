@@ -26,10 +26,10 @@ Count = Annotated[int, Field(ge=0, strict=True)]
 class ClassMetrics(Record):
     """One class against the rest."""
 
-    sensitivity: Share
+    sensitivity: Share | None  # None when the class has no scans
     specificity: Share | None  # None when every scan is of this class
-    precision: Share
-    f1: Share
+    precision: Share | None  # None when no scan is predicted as this class
+    f1: Share | None  # None when the class has no scans
     support: Count
     auc: Share | None  # None when the class has no scans, or only it has
 
@@ -64,6 +64,25 @@ class ClassificationMetrics(Record):
     confusion_matrix: list[list[Count]]  # rows: true class, columns: predicted class
     ece: Share
     calibration_bins: list[CalibrationBin]
+    # the model's classes no scan belongs to: data that holds only some of them
+    absent_classes: list[str] = Field(default_factory=list)
+
+    def coverage_note(self) -> str | None:
+        """What cannot be computed when the data holds only some of the model's classes, in one
+        line; None when every class has scans."""
+        if not self.absent_classes:
+            return None
+        present = [name for name in self.per_class if name not in self.absent_classes]
+        auc = (
+            f"the macro AUC averages {', '.join(present)}"
+            if self.macro_auc is not None
+            else "no class has an AUC (it needs scans of the class and of another)"
+        )
+        return (
+            f"the data holds {len(present)} of the model's {len(self.per_class)} classes: "
+            f"{', '.join(self.absent_classes)} have no scans, so no sensitivity or AUC for "
+            f"them; {auc}"
+        )
 
 
 class EvaluationResult(ClassificationMetrics):

@@ -217,9 +217,11 @@ def _metrics_table(result: EvaluationResult) -> str:
     )
     left_out = len(result.unreadable)
     unreadable = f"; {left_out} unreadable scan(s) left out" if left_out else ""
+    coverage = f"<p>{text(note)}</p>" if (note := result.coverage_note()) else ""
     return (
         f"<h3>{text(result.split)} split, {result.n} scans</h3>"
         f"<p>data: {text(result.data)}, precision {text(result.precision)}{unreadable}</p>"
+        f"{coverage}"
         f"<table>{summary}</table><table><tr><th>class</th><th>sensitivity</th>"
         f"<th>specificity</th><th>AUC</th><th>n</th></tr>{per_class}</table>"
     )

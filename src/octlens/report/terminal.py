@@ -64,7 +64,8 @@ def metrics_table(result: EvaluationResult) -> Table:
     """Per-class sensitivity, specificity, precision, F1, AUC and support of one evaluation."""
     table = Table(
         title=f"{result.model} on {result.split} ({result.n} images): "
-        f"accuracy {number(result.accuracy)}, macro AUC {number(result.macro_auc)}"
+        f"accuracy {number(result.accuracy)}, macro AUC {number(result.macro_auc)}",
+        caption=result.coverage_note(),
     )
     for column in ("class", "sensitivity", "specificity", "precision", "F1", "AUC", "support"):
         table.add_column(column, justify="right")

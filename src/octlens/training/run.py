@@ -6,7 +6,7 @@ scans need, the data it may be scored on, and the folders its results are writte
 
     run = Run.load("runs/r18")                    # a run folder, or a checkpoint file in one
     model = run.model(resolve_precision("auto", torch.device("cpu")))
-    index = run.data("data/synth")                # refused if its classes differ
+    index = run.data("data/synth")                # refused if it has a class the run lacks
     samples = run.samples(index, "test")          # the data's split, or one the run carved
 """
 
@@ -69,14 +69,17 @@ class Run:
         return self.checkpoint.eval_transform()
 
     def data(self, root: str | Path, verbose: bool = True) -> DatasetIndex:
-        """The dataset at ``root``, refused when its classes differ from the run's."""
-        index = scan(root, verbose=verbose)
-        if index.classes != self.classes:
+        """The dataset at ``root`` labelled by the run's classes. It may hold only some of them
+        (matched by name; an empty class folder is such a class), but a class the run does not
+        know is refused: no answer of the model could be right for it."""
+        index = scan(root, verbose=verbose, empty_classes=True)
+        unknown = [name for name in index.classes if name not in self.classes]
+        if unknown:
             raise OctlensError(
-                f"{root}: classes {index.classes} do not match the checkpoint's "
+                f"{root}: class(es) {', '.join(unknown)} are not among the checkpoint's "
                 f"{self.classes} ({self.checkpoint.path})"
             )
-        return index
+        return index.relabelled(self.classes)
 
     def samples(self, index: DatasetIndex, split: str) -> list[Sample]:
         """``split`` of ``index``: the data's own, or one this run carved from its training data."""
