@@ -10,7 +10,9 @@ from helpers import TINY_VIT, tiny_config
 from octlens.data.synth import synthesize
 from octlens.training import train
 
-REAL_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "oct2017-real" / "dev"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_DEV = SHARED_DATA / "oct2017-real" / "dev"
+DUKE = SHARED_DATA / "duke-dme-fluid"
 
 # Small scans keep the suite fast; the generator scales every size to the scan height.
 TINY_SIZE = (124, 128)
@@ -29,6 +31,14 @@ def real_dev() -> Path:
     if not REAL_DEV.is_dir():
         pytest.skip(f"real OCT2017 sample not found at {REAL_DEV}")
     return REAL_DEV
+
+
+@pytest.fixture(scope="session")
+def duke() -> Path:
+    """Real DME B-scans with a grader's fluid masks (``dev/DME``, ``masks/dev/DME``)."""
+    if not DUKE.is_dir():
+        pytest.skip(f"Duke DME fluid scans not found at {DUKE}")
+    return DUKE
 
 
 @pytest.fixture(scope="session")

@@ -17,11 +17,13 @@ from PIL import Image
 
 from octlens.audit import AuditResult, audit_run
 from octlens.audit.counterfactual import Interval, SwapResult
+from octlens.audit.priors import RETINA, THICKEST
 from octlens.audit.result import (
     COLUMNS,
     REGION_WORDS,
     swap_cells,
     swap_sentence,
+    table_rows,
 )
 from octlens.audit.shortcut import (
     ACCURACY_GAP,
@@ -31,6 +33,7 @@ from octlens.audit.shortcut import (
     mark_effects,
     shortcut_flags,
 )
+from octlens.data.index import DataWarning
 from octlens.data.marks import MANIFEST
 from octlens.data.overlays import MARK_INSET, MARK_SIZE, OVERLAY_KINDS, SQUARE_LEVELS
 from octlens.data.regions import BORDER, CORNER, Region, edge_regions
@@ -275,6 +278,57 @@ def test_audit_estimates_the_retina_on_data_without_masks(tmp_path, marked_run, 
     assert 0.3 < result.area_share["off_retina"] < 0.95
 
 
+def test_real_fluid_masks_are_read_per_scan_and_judged_against_the_retina_priors(
+    tmp_path, marked_run, duke
+):
+    """Duke's DME scans, audited by a four-class model: one class of four is present (the rest
+    have no scans, NORMAL as an empty folder), and the masks are taken per scan. A scan without
+    a mask is not annotated; a broken mask file is a warning naming it; a 16-bit mask of 1s at
+    half the scan's size is lesion wherever it is non-zero, resized with a warning."""
+    data = tmp_path / "duke"
+    scans = sorted((duke / "dev" / "DME").glob("*.png"))[:4]
+    (data / "dev" / "DME").mkdir(parents=True)
+    (data / "dev" / "NORMAL").mkdir()
+    (data / "masks" / "dev" / "DME").mkdir(parents=True)
+    for scan in scans:
+        (data / "dev" / "DME" / scan.name).write_bytes(scan.read_bytes())
+    masks = data / "masks" / "dev" / "DME"
+    fluid = np.asarray(Image.open(duke / "masks" / "dev" / "DME" / scans[0].name)) > 0
+    if not fluid.any():  # this scan's grader found none: draw some fluid inside the retina
+        fluid[240:260, 380:420] = True
+    Image.fromarray(fluid.astype(np.uint8) * 255).save(masks / scans[0].name)
+    (masks / scans[2].name).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    half = fluid[::2, ::2].astype(np.uint16)  # label 1 at 16 bits: 1/257 of white
+    Image.fromarray(half).save(masks / scans[3].name)
+    with pytest.warns(DataWarning) as caught:
+        result = audit_run(
+            marked_run / "run",
+            data,
+            split="dev",
+            methods=["gradcam"],
+            steps=2,
+            sanity_scans=1,
+            out=tmp_path / "audit",
+        )
+    said = " ".join(str(warning.message) for warning in caught)
+    assert f"{scans[2].name}: not a readable" in said and "counts as not annotated" in said
+    assert "1 lesion mask(s) differ in size" in said and scans[3].name in said
+    localization = result.localization
+    assert localization is not None and result.n_scans == 4
+    assert (localization.n_annotated, localization.n_with_lesion) == (2, 2)
+    assert set(localization.references) == {"random maps", RETINA, THICKEST}
+    prior = localization.references[RETINA]["all"]
+    assert prior["within_retina_auroc"] == pytest.approx(0.5)
+    assert prior["pixel_auroc"] > 0.6  # the whole-image AUROC credits finding the retina
+    scores = result.methods["gradcam"].scores["all"]
+    assert scores["within_retina_auroc"] is not None
+    lines = result.verdict_lines()
+    assert sum(line.startswith("lesions") for line in lines) == 1
+    rows = [row.method for row in table_rows(result)]
+    assert rows[-3:] == ["random maps / area", RETINA, THICKEST]
+    assert result.accuracy.all in (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
 @pytest.mark.slow
 def test_audit_cli_prints_the_table_and_verdict(marked_run, tmp_path):
     completed = subprocess.run(
@@ -318,7 +372,7 @@ def test_audit_refuses_other_classes_and_unknown_methods(marked_run, tmp_path):
     for name in ("A", "B"):
         (other / "test" / name).mkdir(parents=True)
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(other / "test" / name / "x.png")
-    with pytest.raises(OctlensError, match="do not match"):
+    with pytest.raises(OctlensError, match=r"class\(es\) A, B are not among the checkpoint's"):
         audit_run(marked_run / "run", other, out=tmp_path)
 
 

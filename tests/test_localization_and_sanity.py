@@ -11,7 +11,15 @@ import torch
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from octlens.audit.localization import energy_in_mask, mass_share, pixel_auroc, pointing_game
+from octlens.audit.lesions import LESION_PREDICTED, localization_scores, localization_summary
+from octlens.audit.localization import (
+    energy_in_mask,
+    mass_share,
+    pixel_auroc,
+    pointing_game,
+    within_retina_auroc,
+)
+from octlens.audit.priors import RETINA, THICKEST, retina_prior, thickest_retina_prior
 from octlens.audit.sanity import (
     PASS_BELOW,
     cascading_randomization,
@@ -61,6 +69,81 @@ def test_pixel_auroc_equals_scikit_learn_with_ties():
         expected = roc_auc_score(masks[i].flatten().numpy(), maps[i].flatten().numpy())
         assert ours[i].item() == pytest.approx(expected, abs=1e-6)
     assert math.isnan(pixel_auroc(maps[:1], torch.zeros(1, 12, 12, dtype=torch.bool)).item())
+
+
+def test_within_retina_auroc_equals_scikit_learn_on_the_retina_pixels_alone():
+    generator = torch.Generator().manual_seed(2)
+    maps = torch.randint(0, 6, (4, 12, 12), generator=generator).float()  # many ties
+    retina = torch.zeros(4, 12, 12, dtype=torch.bool)
+    retina[:, 3:9] = True
+    masks = (torch.rand(4, 12, 12, generator=generator) < 0.3) & retina
+    masks[3, 0, 0] = True  # a lesion pixel off the retina counts on neither side
+    ours = within_retina_auroc(maps, masks, retina)
+    for i in range(4):
+        inside = retina[i].flatten().numpy()
+        expected = roc_auc_score(
+            masks[i].flatten().numpy()[inside], maps[i].flatten().numpy()[inside]
+        )
+        assert ours[i].item() == pytest.approx(expected, abs=1e-6)
+    # a map uniform over the retina: 0.5 by construction, though it finds the retina perfectly
+    uniform = retina_prior(retina)
+    assert within_retina_auroc(uniform, masks, retina).tolist() == [0.5] * 4
+    assert (pixel_auroc(uniform[:3], masks[:3]) > 0.75).all()
+    off_retina_only = torch.zeros(1, 12, 12, dtype=torch.bool)
+    off_retina_only[0, 0, 0] = True
+    assert math.isnan(within_retina_auroc(maps[:1], off_retina_only, retina[:1]).item())
+
+
+def test_thickest_retina_prior_peaks_in_the_middle_of_the_thickest_part():
+    """A flat band 4 rows thick with a bump 10 rows thick over columns 20-23: the prior is
+    highest in the bump's middle row, zero off the retina, and every retina pixel positive."""
+    retina = torch.zeros(1, 32, 48, dtype=torch.bool)
+    retina[0, 14:18] = True
+    retina[0, 10:20, 20:24] = True
+    prior = thickest_retina_prior(retina)[0]
+    row, column = divmod(int(prior.argmax()), 48)
+    assert 20 <= column <= 23 and row in (14, 15)  # rows 10-19: middle 14.5
+    assert (prior[~retina[0]] == 0).all() and (prior[retina[0]] > 0).all()
+    assert prior[15, 21] > prior[15, 5] and prior[15, 21] > prior[10, 21]
+
+
+def test_a_method_is_credited_only_where_it_beats_the_stronger_prior():
+    """Lesions sit in the thick part of the retina. A map of the lesion itself is credited on
+    every score; the thickest-retina prior, offered as a method, is credited on none (its gap
+    to itself is exactly zero); scans predicted as another class do not count."""
+    n = 12
+    retina = torch.zeros(n, 64, 64, dtype=torch.bool)
+    retina[:, 28:34] = True
+    retina[:, 20:40, 8:56] = True  # thick over most of the width: the prior's peak is far left
+    lesions = torch.zeros_like(retina)
+    for i in range(n):
+        lesions[i, 26:30, 40 + (i % 6) : 44 + (i % 6)] = True
+    lesions[-2:] = False  # annotated scans without a lesion
+    annotated = torch.ones(n, dtype=torch.bool)
+    predicted = torch.ones(n, dtype=torch.bool)
+    predicted[0] = False
+    oracle = lesions.float() + 0.01 * torch.rand(
+        n, 64, 64, generator=torch.Generator().manual_seed(0)
+    )
+    methods = {
+        "oracle": localization_scores(oracle, lesions, retina),
+        "prior": localization_scores(thickest_retina_prior(retina), lesions, retina),
+    }
+    random = torch.rand(n, 64, 64, generator=torch.Generator().manual_seed(1))
+    summary = localization_summary(methods, random, lesions, retina, annotated, predicted)
+    assert (summary.n_annotated, summary.n_with_lesion, summary.n_lesion_predicted) == (12, 10, 9)
+    assert set(summary.credited("oracle")) == {
+        "within_retina_auroc",
+        "energy_in_lesion",
+        "pointing_game",
+    }
+    assert summary.credited("prior") == []
+    assert summary.stronger_prior["within_retina_auroc"] == THICKEST
+    retina_scores = summary.references[RETINA][LESION_PREDICTED]
+    assert retina_scores["within_retina_auroc"] == 0.5
+    assert summary.references[THICKEST][LESION_PREDICTED]["within_retina_auroc"] > 0.5
+    gap = summary.beyond_prior["prior"]["within_retina_auroc"]
+    assert gap.mean == gap.low == gap.high == 0.0
 
 
 def test_spearman_and_ssim_equal_scipy_and_scikit_image():

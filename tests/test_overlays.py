@@ -242,7 +242,7 @@ def test_overlays_are_found_in_float_scans_as_in_uint8_ones(real_dev):
 def test_the_audit_covers_every_pixel_a_mark_touches_at_the_model_size(tmp_path, real_dev):
     """Shrunk with a nearest-neighbour resize, a mark's thin strokes fall between the samples
     and stay behind in a swap; the audit's overlay mask covers every pixel they touch."""
-    from octlens.audit.pipeline import _covered
+    from octlens.audit.batch import _covered
 
     wide = np.zeros((496, 1536), np.uint8)
     ink = draw_overlay(wide, "text", 1, "left")

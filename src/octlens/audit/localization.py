@@ -6,12 +6,19 @@
   positive mass that falls inside the lesion, ``sum(relu(m) * mask) / sum(relu(m))``.
 - **Pixel AUROC**: the map as a per-pixel lesion detector, the area under its ROC curve against
   the mask: the Mann-Whitney statistic from average ranks, so tied pixels count half.
+- **Within-retina AUROC**: the same among the retina's pixels only, lesion pixels against the
+  other retina pixels. Lesions lie in the retina, which covers a fifth to a third of a B-scan, so
+  the whole-image AUROC mostly measures finding the retina: a map uniform over the retina scores
+  0.9 there and exactly 0.5 here. Lesion pixels outside the retina mask count on neither side.
 
+Maps that never looked at the model set the bar a map must clear (:mod:`octlens.audit.priors`).
 Each returns one value per image; images whose mask is empty (NORMAL scans) get NaN, so averages
 skip them with ``nanmean``.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.nn import functional as F
@@ -35,11 +42,31 @@ def energy_in_mask(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 def pixel_auroc(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """(B,) ROC AUC of map values as scores for mask pixels; NaN for empty (or full) masks."""
-    ranks = average_ranks(maps.flatten(1).double())
-    labels = masks.flatten(1).bool().to(ranks.device)
+    return _auroc(maps, masks, torch.ones_like(masks, dtype=torch.bool))
+
+
+def within_retina_auroc(
+    maps: torch.Tensor, masks: torch.Tensor, retina: torch.Tensor
+) -> torch.Tensor:
+    """(B,) ROC AUC of map values for lesion pixels against the other pixels of the retina
+    (B, H, W); NaN where the retina holds no lesion pixel or nothing else."""
+    return _auroc(maps, masks, retina)
+
+
+def _auroc(maps: torch.Tensor, masks: torch.Tensor, among: torch.Tensor) -> torch.Tensor:
+    """The Mann-Whitney AUC of ``maps`` for ``masks`` pixels over the pixels of ``among``.
+
+    Pixels outside ``among`` are ranked below every map value (at -inf, all tied), so the ranks
+    of the pixels inside are their ranks among themselves plus the count outside.
+    """
+    among = among.flatten(1).bool().to(maps.device)
+    values = maps.flatten(1).double().masked_fill(~among, -math.inf)
+    ranks = average_ranks(values)
+    labels = masks.flatten(1).bool().to(ranks.device) & among
+    outside = (~among).sum(dim=1).double()
     positives = labels.sum(dim=1).double()
-    negatives = labels.shape[1] - positives
-    rank_sum = (ranks * labels).sum(dim=1)
+    negatives = among.sum(dim=1).double() - positives
+    rank_sum = (ranks * labels).sum(dim=1) - positives * outside
     auc = (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
     return torch.where((positives > 0) & (negatives > 0), auc, torch.nan).float()
 

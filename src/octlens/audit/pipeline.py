@@ -16,7 +16,6 @@ from :func:`octlens.data.retina.find_retina`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from octlens.audit.batch import AuditBatch, load_audit_batch
 from octlens.audit.clusters import explanation_clusters
 from octlens.audit.evidence import ScansUnderTest, StoredScans, counterfactual_evidence
 from octlens.audit.faithfulness import (
@@ -33,7 +33,7 @@ from octlens.audit.faithfulness import (
     deletion_insertion,
     random_maps,
 )
-from octlens.audit.localization import energy_in_mask, pixel_auroc, pointing_game
+from octlens.audit.lesions import LESION_PREDICTED, localization_scores, localization_summary
 from octlens.audit.plots import (
     plot_attention_by_class,
     plot_perturbation_curves,
@@ -47,26 +47,21 @@ from octlens.audit.result import (
     CounterfactualSummary,
     Curves,
     FaithfulnessProtocol,
+    LocalizationSummary,
     MethodSummary,
     SanitySummary,
-    Scores,
     WorstScan,
 )
 from octlens.audit.sanity import SanityResult, cascading_randomization
-from octlens.audit.scores import FAITHFULNESS, Score, oriented
+from octlens.audit.scores import FAITHFULNESS, Score, group_means, oriented
 from octlens.audit.shortcut import attention_notes, attention_shares, mark_effects, shortcut_flags
-from octlens.data.dataset import left_out
-from octlens.data.images import UnreadableImageError, load_grayscale
 from octlens.data.index import DatasetIndex, Sample
-from octlens.data.marks import read_marks
 from octlens.data.regions import Region, area_shares, region_masks
-from octlens.data.retina import burned_in_overlays, find_retina, scanner_fill
-from octlens.data.transforms import Normalization, eval_transform
 from octlens.errors import require_positive
 from octlens.explain import EXPLAINERS, check_methods, default_methods
 from octlens.explain.base import scaled_to_unit
 from octlens.files import require_writable_folder
-from octlens.progress import NO_BAR, Advance, counted, progress_bar
+from octlens.progress import NO_BAR, Advance, progress_bar
 from octlens.runtime import PrecisionPlan, resolve_device, resolve_precision
 from octlens.training.run import Run
 
@@ -74,23 +69,6 @@ from octlens.training.run import Run
 METHOD_TESTS = ("explaining", "deletion/insertion", "average drop", "sanity check")
 #: The regions whose attention share the flag rule weighs against their area share.
 SHARES: tuple[str, ...] = (Region.CORNERS, Region.OFF_RETINA)
-
-
-@dataclass
-class AuditBatch:
-    """Everything the audit needs about its scans, at the model's input size."""
-
-    samples: list[Sample]  # the scans that could be read, in order
-    unreadable: list[Sample]  # the scans left out because they could not be decoded
-    images: torch.Tensor  # (N, 1, S, S) normalized
-    display: np.ndarray  # (N, S, S) [0, 1] for figures
-    lesions: torch.Tensor | None  # (N, S, S) bool, or None without lesion masks
-    retina: torch.Tensor  # (N, S, S) bool
-    fill: torch.Tensor  # (N, S, S) bool
-    overlay: torch.Tensor  # (N, S, S) bool: burned-in marks, never retina
-    retina_source: str  # "masks" or "estimated"
-    marks: list[str | None] | None  # class name of each scan's planted mark, if any
-    sizes: list[tuple[int, int]]  # (height, width) of each scan as stored
 
 
 def audit_run(
@@ -146,13 +124,14 @@ def audit_run(
     tests = 1 + len(methods) * len(METHOD_TESTS) + 1
     with progress_bar("auditing", tests, "tests", verbose) as advance:
         advance.describe("random maps: deletion/insertion")
-        random_curves = audit.perturbation(random_maps((n, height, width)))
+        random = random_maps((n, height, width))
+        random_curves = audit.perturbation(random)
         advance()
         scored = {name: score_method(audit, name, sanity_scans, advance) for name in methods}
         advance.describe("counterfactual region tests")
         evidence = counterfactual_evidence(audit.scans_under_test(), audit.stored_scans())
         advance()
-    result = summarize(audit, scored, random_curves, worst, evidence)
+    result = summarize(audit, scored, random, random_curves, worst, evidence)
     result.save(out / "audit.json")
     _write_figures(audit, scored, random_curves, worst, out, f"{result.model} on {split}")
     return result
@@ -338,7 +317,11 @@ def score_method(
         Score.AVERAGE_DROP: drop,
         Score.INCREASE: increase.float(),
         **attention_shares(maps, audit.regions),
-        **_localization(maps, audit.batch.lesions),
+        **(
+            localization_scores(maps, audit.batch.lesions, audit.batch.retina)
+            if audit.batch.lesions is not None
+            else {}
+        ),
     }
     return ScoredMethod(maps=maps, curves=curves, per_scan=per_scan, sanity=sanity)
 
@@ -346,16 +329,19 @@ def score_method(
 def summarize(
     audit: PreparedAudit,
     scored: dict[str, ScoredMethod],
+    random: torch.Tensor,
     random_curves: PerturbationCurves,
     worst: int,
     evidence: CounterfactualSummary,
 ) -> AuditResult:
     """Means per group of scans for every method, the explanation clusters of the best method,
-    and the verdict: counterfactual evidence, the manifest's accuracy gap, the maps' support."""
+    and the verdict: counterfactual evidence, the manifest's accuracy gap, the maps' support,
+    and, where there are lesion masks, whether the maps find lesions beyond the retina.
+    ``random`` are the random maps (N, S, S) the faithfulness reference was measured on."""
     samples, classes, marks = audit.batch.samples, audit.index.classes, audit.batch.marks
+    groups = _scan_groups(audit)
     methods = {
-        name: _method_summary(method, audit.batch, classes, worst)
-        for name, method in scored.items()
+        name: _method_summary(method, groups, samples, worst) for name, method in scored.items()
     }
     accuracy = _accuracy(audit.labels, audit.predictions, marks, classes)
     reasons = shortcut_flags(
@@ -384,6 +370,7 @@ def summarize(
         ),
         methods=methods,
         best_method=best,
+        localization=_localization(audit, scored, random, groups),
         counterfactual=evidence,
         attention_notes=_attention_notes(methods, audit.areas),
         clusters_method=clustered,
@@ -394,18 +381,38 @@ def summarize(
 
 
 def _method_summary(
-    method: ScoredMethod, batch: AuditBatch, classes: list[str], worst: int
+    method: ScoredMethod, groups: dict[str, torch.Tensor], samples: list[Sample], worst: int
 ) -> MethodSummary:
     """One method's scores averaged per group of scans, its sanity check, its worst scans."""
     return MethodSummary(
-        scores=_group_means(method.per_scan, batch.samples, classes, batch.marks),
+        scores=group_means(method.per_scan, groups),
         sanity=SanitySummary(
             passed=method.sanity.passed,
             stages=method.sanity.stages,
             spearman_median=method.sanity.spearman.median(dim=1).values.tolist(),
             ssim_median=method.sanity.ssim.median(dim=1).values.tolist(),
         ),
-        worst_off_retina=_worst(method.per_scan[Region.OFF_RETINA], batch.samples, worst),
+        worst_off_retina=_worst(method.per_scan[Region.OFF_RETINA], samples, worst),
+    )
+
+
+def _localization(
+    audit: PreparedAudit,
+    scored: dict[str, ScoredMethod],
+    random: torch.Tensor,
+    groups: dict[str, torch.Tensor],
+) -> LocalizationSummary | None:
+    """The maps against the lesion masks, beside random maps and the retina priors."""
+    batch = audit.batch
+    if batch.lesions is None or batch.annotated is None:
+        return None
+    return localization_summary(
+        {name: method.per_scan for name, method in scored.items()},
+        random,
+        batch.lesions,
+        batch.retina,
+        batch.annotated,
+        groups[LESION_PREDICTED],
     )
 
 
@@ -489,108 +496,12 @@ def _write_figures(
     )
 
 
-def load_audit_batch(
-    index: DatasetIndex,
-    samples: list[Sample],
-    img_size: int,
-    normalization: Normalization,
-    verbose: bool = True,
-    estimate_retina: bool = False,
-) -> AuditBatch:
-    """Load ``samples`` and their masks (lesion, retina, scanner fill, overlays) at
-    ``img_size``; the retina from the data's ``retina/`` masks unless ``estimate_retina`` or
-    the data has none. A progress bar counts the scans (finding the retina takes a while)."""
-    transform = eval_transform(img_size, normalization)
-    images, display, lesions, retina, fill, overlay, sizes = [], [], [], [], [], [], []
-    lesion_paths = _mask_paths(index, samples, "masks")
-    retina_paths = None if estimate_retina else _mask_paths(index, samples, "retina")
-    scored = set()
-    with progress_bar("loading scans for the audit", len(samples), verbose=verbose) as advance:
-        for position, sample in enumerate(counted(samples, advance)):
-            try:
-                scan_image = index.load(sample)
-                # the model sees the scan decoded as evaluation and training decode it
-                model_image = index.load(sample, img_size)
-            except UnreadableImageError:
-                continue
-            scored.add(position)
-            pixels = np.asarray(scan_image)
-            sizes.append(pixels.shape)
-            images.append(transform(model_image))
-            display.append(_resized(pixels, img_size, Image.Resampling.BILINEAR) / 255)
-            if lesion_paths:
-                lesions.append(_mask_at(lesion_paths[position], img_size))
-            if retina_paths:
-                # the data's masks are trusted: a found mark counts only off them
-                masked = _mask_at(retina_paths[position], img_size)
-                retina.append(masked)
-                fill.append(_mask_of(scanner_fill(pixels), img_size))
-                overlay.append(_covered(burned_in_overlays(pixels), img_size) & ~masked)
-            else:
-                found = find_retina(pixels)
-                drawn = _covered(found.overlay, img_size)
-                retina.append(_mask_of(found.mask(), img_size) & ~drawn)
-                fill.append(_mask_of(found.fill, img_size))
-                overlay.append(drawn)
-    unreadable = left_out(index, samples, scored)
-    readable = [sample for position, sample in enumerate(samples) if position in scored]
-    return AuditBatch(
-        samples=readable,
-        unreadable=unreadable,
-        images=torch.stack(images),
-        display=np.stack(display).astype(np.float32),
-        lesions=torch.from_numpy(np.stack(lesions)) if lesion_paths else None,
-        retina=torch.from_numpy(np.stack(retina)),
-        fill=torch.from_numpy(np.stack(fill)),
-        overlay=torch.from_numpy(np.stack(overlay)),
-        retina_source="masks" if retina_paths else "estimated",
-        marks=read_marks(index, readable),
-        sizes=sizes,
-    )
-
-
-def _localization(maps: torch.Tensor, lesions: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    if lesions is None:
-        return {}
-    return {
-        Score.POINTING_GAME: pointing_game(maps, lesions),
-        Score.ENERGY_IN_LESION: energy_in_mask(maps, lesions),
-        Score.PIXEL_AUROC: pixel_auroc(maps, lesions),
-    }
-
-
 def _chosen_samples(samples: list[Sample], n_classes: int, per_class: int | None) -> list[Sample]:
     """All samples, or the first ``per_class`` of each class."""
     if per_class is None:
         return list(samples)
     by_class = [[s for s in samples if s.label == label][:per_class] for label in range(n_classes)]
     return [s for chosen in by_class for s in chosen]
-
-
-def _resized(pixels: np.ndarray, size: int, resample=Image.Resampling.NEAREST) -> np.ndarray:
-    image = Image.fromarray(pixels.astype(np.uint8) * (255 if pixels.dtype == bool else 1))
-    return np.asarray(image.resize((size, size), resample), dtype=np.float32)
-
-
-def _mask_of(mask: np.ndarray, size: int) -> np.ndarray:
-    return _resized(mask, size) > 0
-
-
-def _covered(mask: np.ndarray, size: int) -> np.ndarray:
-    """``mask`` at ``size``, every pixel it touches at all: a mark's thin strokes must not
-    fall between the samples of a nearest-neighbour resize and stay behind in a swap."""
-    return _resized(mask, size, Image.Resampling.BOX) > 0
-
-
-def _mask_paths(index: DatasetIndex, samples: list[Sample], kind: str) -> list[Path] | None:
-    """Every sample's mask of ``kind``, or None unless all of them have one."""
-    paths = [index.mask_path(sample, kind) for sample in samples]
-    return [path for path in paths if path is not None] if all(paths) else None
-
-
-def _mask_at(path: Path, size: int) -> np.ndarray:
-    """A mask file at ``size``; a broken mask is a one-line error naming it, like a scan."""
-    return _resized(np.asarray(load_grayscale(path)), size) > 127
 
 
 def _accuracy(
@@ -636,29 +547,20 @@ def _accuracy(
     )
 
 
-def _group_means(
-    scores: dict[str, torch.Tensor],
-    samples: list[Sample],
-    classes: list[str],
-    marks: list[str | None] | None,
-) -> dict[str, Scores]:
-    """Mean of each score over all scans, per class, and over marked and clean scans when the
-    data has planted marks (NaN scores, e.g. localization on NORMAL scans, are skipped)."""
-    labels = torch.tensor([s.label for s in samples])
+def _scan_groups(audit: PreparedAudit) -> dict[str, torch.Tensor]:
+    """The groups of scans each score is averaged over: all, each class, marked and clean ones
+    when the data has planted marks, and the annotated scans the model predicts as their class
+    (the lesion's) when it has lesion masks."""
+    batch, classes = audit.batch, audit.index.classes
+    labels = audit.labels.cpu()
     groups = {"all": torch.ones_like(labels, dtype=torch.bool)}
     groups.update({name: labels == i for i, name in enumerate(classes)})
-    if marks is not None:
-        marked = torch.tensor([m is not None for m in marks])
+    if batch.marks is not None:
+        marked = torch.tensor([m is not None for m in batch.marks])
         groups.update({"marked": marked, "clean": ~marked})
-    return {
-        group: {key: _nan_mean(values[members]) for key, values in scores.items()}
-        for group, members in groups.items()
-    }
-
-
-def _nan_mean(values: torch.Tensor) -> float | None:
-    value = values.nanmean().item() if len(values) else math.nan
-    return None if math.isnan(value) else value
+    if batch.annotated is not None:
+        groups[LESION_PREDICTED] = batch.annotated & (audit.predictions.cpu() == labels)
+    return groups
 
 
 def _worst(shares: torch.Tensor, samples: list[Sample], count: int) -> list[WorstScan]:

@@ -16,7 +16,8 @@ from octlens.audit.counterfactual import (
     SwapResult,
     large_effect,
 )
-from octlens.audit.scores import Score, direction_mark
+from octlens.audit.priors import PRIORS, RANDOM
+from octlens.audit.scores import BEYOND_RETINA, LOCALIZATION, Score, direction_mark
 from octlens.data.regions import Region
 from octlens.files import Record
 
@@ -154,6 +155,80 @@ def swap_sentence(region: str, swap: SwapResult) -> str:
     )
 
 
+class LocalizationSummary(Record):
+    """The maps against the data's lesion masks, beside maps that never looked at the model
+    (random maps and the retina priors of :mod:`octlens.audit.priors`).
+
+    Groups of scans: ``all`` (every annotated scan with a lesion) and ``lesion_predicted`` (those
+    the model predicts as their own class, the lesion's, so the maps explain that class). A
+    method is credited with finding lesions on a score where it beats the stronger prior there:
+    ``beyond_prior`` holds the method minus that prior, paired over the ``lesion_predicted``
+    scans, with its 95% bootstrap interval; credited where the interval is above 0.
+    """
+
+    n_annotated: int  # scans with a lesion mask, empty or not
+    n_with_lesion: int
+    n_lesion_predicted: int
+    references: dict[str, dict[str, Scores]]  # reference map -> group -> score -> mean
+    stronger_prior: dict[str, str]  # score -> the prior with the higher mean
+    beyond_prior: dict[str, dict[str, Interval]]  # method -> score -> method minus the prior
+
+    def credited(self, method: str) -> list[str]:
+        """The scores on which ``method`` finds lesions beyond what the retina alone tells."""
+        gaps = self.beyond_prior.get(method, {})
+        return [score for score in BEYOND_RETINA if score in gaps and gaps[score].low > 0]
+
+    def verdict(self, methods: dict[str, MethodSummary], best: str | None) -> str:
+        """Whether the best method (else the first) finds lesions beyond the retina, in words,
+        and which sanity-passing methods do where it does not."""
+        if not self.beyond_prior:
+            return (
+                f"lesions: none of the {self.n_with_lesion} annotated scans with a lesion is "
+                "predicted as its class, so no map is credited with finding lesions"
+            )
+        name = best if best is not None else next(iter(methods))
+        gaps = self.beyond_prior[name]
+        priors = {self.stronger_prior[score] for score in BEYOND_RETINA}
+        shown = ", ".join(
+            f"{SCORE_WORDS[score]} {_signed(gaps[score])}"
+            + ("" if len(priors) == 1 else f" against the {self.stronger_prior[score]}")
+            for score in BEYOND_RETINA
+        )
+        if len(priors) == 1:
+            shown = f"against the {priors.pop()}: {shown}"
+        credited = self.credited(name)
+        if credited:
+            found = f"{name} finds lesions beyond the retina on " + ", ".join(
+                SCORE_WORDS[score] for score in credited
+            )
+        else:
+            found = f"{name} does not find lesions beyond what the retina alone tells"
+        others = [
+            other
+            for other, summary in methods.items()
+            if other != name and summary.sanity.passed and self.credited(other)
+        ]
+        if not credited:
+            found += "; " + (
+                f"{', '.join(others)} do{'es' if len(others) == 1 else ''}"
+                if others
+                else "no sanity-passing method does"
+            )
+        return (
+            f"lesions ({self.n_lesion_predicted} scans with a lesion, predicted as its class): "
+            f"{found} ({shown})"
+        )
+
+
+#: How the verdict names each localization score.
+SCORE_WORDS: dict[str, str] = {
+    Score.POINTING_GAME: "pointing game",
+    Score.ENERGY_IN_LESION: "energy in lesion",
+    Score.PIXEL_AUROC: "pixel AUROC",
+    Score.WITHIN_RETINA_AUROC: "within-retina AUROC",
+}
+
+
 class ClusterSummary(Record):
     """A group of scans the model explains alike (spectral clustering of the maps)."""
 
@@ -195,6 +270,7 @@ class AuditResult(Record):
     random_baseline: Curves
     methods: dict[str, MethodSummary]
     best_method: str | None
+    localization: LocalizationSummary | None = None  # None without lesion masks
     counterfactual: CounterfactualSummary
     attention_notes: list[str]  # what the maps say about the regions: support, not a flag
     clusters_method: str | None
@@ -213,6 +289,8 @@ class AuditResult(Record):
             lines.append(f"not flagged: {reason} (rule: octlens.audit.shortcut)")
         lines += self.counterfactual.context_lines()
         lines += [f"attention: {note}" for note in self.attention_notes]
+        if self.localization is not None:
+            lines.append(self.localization.verdict(self.methods, self.best_method))
         accuracy = self.accuracy
         if accuracy.n_marked is not None:
             lines.append(
@@ -288,13 +366,9 @@ COLUMNS = (
     ),
     Column("avg drop", "average drop", Score.AVERAGE_DROP),
     Column("pointing", "pointing game", Score.POINTING_GAME),
-    Column(
-        "energy in lesion",
-        "energy in lesion",
-        Score.ENERGY_IN_LESION,
-        lambda result: result.area_share.get("lesion"),
-    ),
+    Column("energy in lesion", "energy in lesion", Score.ENERGY_IN_LESION),
     Column("pixel AUROC", "pixel AUROC", Score.PIXEL_AUROC),
+    Column("in-retina AUROC", "within-retina AUROC", Score.WITHIN_RETINA_AUROC),
     Column(
         "off-retina",
         "off-retina share",
@@ -318,11 +392,19 @@ class Row:
     method: str
     values: tuple[float | None, ...]
     best: bool = False
-    sanity: bool | None = None  # None for the reference row
+    sanity: bool | None = None  # None for a reference row
 
 
 def table_rows(result: AuditResult) -> list[Row]:
-    """The methods' rows, then the reference row, in :data:`COLUMNS` order."""
+    """The methods' rows, then the reference rows (random maps, and the retina priors where
+    there are lesion masks), in :data:`COLUMNS` order."""
+    references = result.localization.references if result.localization else {}
+
+    def reference(name: str, column: Column) -> float | None:
+        if column.score in LOCALIZATION:
+            return references.get(name, {}).get("all", {}).get(column.score)
+        return column.reference(result) if name == RANDOM else None
+
     rows = [
         Row(
             method=name,
@@ -332,8 +414,17 @@ def table_rows(result: AuditResult) -> list[Row]:
         )
         for name, summary in result.methods.items()
     ]
-    rows.append(Row(REFERENCE_ROW, tuple(column.reference(result) for column in COLUMNS)))
+    rows.append(Row(REFERENCE_ROW, tuple(reference(RANDOM, column) for column in COLUMNS)))
+    rows += [
+        Row(prior, tuple(reference(prior, column) for column in COLUMNS))
+        for prior in PRIORS
+        if prior in references
+    ]
     return rows
+
+
+def _signed(gap: Interval) -> str:
+    return f"{gap.mean:+.3f} [{gap.low:+.3f}, {gap.high:+.3f}]"
 
 
 def _number(value: float | None) -> str:

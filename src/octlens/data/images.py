@@ -120,6 +120,24 @@ def load_grayscale(path: Path, target_size: int | None = None) -> Image.Image:
         raise UnreadableImageError(f"{path}: not a readable image ({error})") from None
 
 
+def load_mask(path: Path) -> np.ndarray:
+    """A mask file as a boolean array, every non-zero pixel set: a grader's export may mark a
+    lesion with 1, 255 or a label number, at any bit depth (a 16-bit mask of 1s, scaled as a
+    scan is, would round to zero), and a colour mask with any colour but black."""
+    try:
+        with opened_image(path) as image:
+            _refuse_oversized(path, image, MAX_PIXELS)
+            if image.mode in ("RGB", "RGBA", "LA", "CMYK", "YCbCr"):
+                pixels = np.asarray(image.convert("RGB")).max(axis=2)
+            else:
+                pixels = np.asarray(image)
+            return np.asarray(pixels != 0, dtype=bool)
+    except UnreadableImageError:
+        raise
+    except _PIL_ERRORS as error:
+        raise UnreadableImageError(f"{path}: not a readable mask ({error})") from None
+
+
 def to_uint8(array: np.ndarray, source: object) -> np.ndarray:
     """``array`` as uint8 pixels, scaled by its bit depth or float range (:func:`pixel_scale`)."""
     return scaled_to_uint8(array, pixel_scale(array, source))

@@ -10,7 +10,6 @@ from pathlib import Path
 from octlens.audit.counterfactual import MIN_EFFECT, MIN_PROBABILITY_DROP
 from octlens.audit.result import (
     COLUMNS,
-    REFERENCE_ROW,
     SWAP_HEADINGS,
     AuditResult,
     swap_cells,
@@ -35,7 +34,7 @@ def audit_table(audits: Sequence[AuditResult]) -> str:
     for audit in audits:
         for row in table_rows(audit):
             if row.sanity is None:
-                name, verdict = f"<i>{html.escape(REFERENCE_ROW)}</i>", ""
+                name, verdict = f"<i>{html.escape(row.method)}</i>", ""
             else:
                 name = f"<b>{text(row.method)} &#9733;</b>" if row.best else text(row.method)
                 verdict = "pass" if row.sanity else "<b>fail</b>"
@@ -45,7 +44,10 @@ def audit_table(audits: Sequence[AuditResult]) -> str:
             )
     return (
         "<h2>Shortcut audit</h2><p>Means over the audited scans (pointing game, energy, pixel "
-        "AUROC: scans with a lesion); each heading's arrow says which way is better. Off-retina "
+        "AUROC and within-retina AUROC: scans with a lesion); each heading's arrow says which "
+        "way is better. Beside the methods, maps that never looked at the model: random maps, "
+        "a map uniform over the retina and one peaked where the retina is thickest; a method "
+        "finds lesions only where it beats the stronger of the two priors. Off-retina "
         "and corner share: attention outside the retina and in the four corners, beside the area "
         "those regions cover (what an even map would get). &#9733; best method: largest "
         "insertion minus deletion among those passing the sanity check.</p>"

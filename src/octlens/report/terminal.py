@@ -14,7 +14,6 @@ from rich.table import Table
 
 from octlens.audit.result import (
     COLUMNS,
-    REFERENCE_ROW,
     SWAP_HEADINGS,
     AuditResult,
     swap_cells,
@@ -50,7 +49,7 @@ def audit_table(result: AuditResult) -> Table:
         table.add_column(heading, justify="right", no_wrap=True)
     for row in table_rows(result):
         if row.sanity is None:
-            name, verdict = REFERENCE_ROW, ""
+            name, verdict = row.method, ""
         else:
             name, verdict = (
                 row.method + (" *" if row.best else ""),
