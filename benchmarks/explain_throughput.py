@@ -6,13 +6,16 @@ Every (model, method) runs in a fresh process, so its peak memory is its own: th
 of the process's resident memory while explaining, minus the mark after the model and batch were
 made (on CUDA, ``torch.cuda.max_memory_allocated``). Throughput is images/s over ``--repeats``
 batches after one warm-up batch. Ratios are against the plain forward pass (``forward``, no grad)
-in the same table; ``pgc-gradcam`` is pytorch-grad-cam's GradCAM on the same model and batch.
+and against one forward and backward pass to the input (``backward``, the gradient of the top
+logit: the bound a gradient method works against, and the one LRP is held to) in the same
+table; ``pgc-gradcam`` is pytorch-grad-cam's GradCAM on the same model and batch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -26,7 +29,7 @@ MODELS = {
     "resnet18@128": {"name": "resnet18", "img_size": 128},
     "vit_tiny@128": {"name": "vit_tiny", "img_size": 128, "patch_size": 16},
 }
-CNN_METHODS = ["gradcam", "gradcam++", "hirescam", "layercam", "occlusion"]
+CNN_METHODS = ["gradcam", "gradcam++", "hirescam", "layercam", "occlusion", "lrp", "lrp-gamma"]
 VIT_METHODS = [*CNN_METHODS[:4], "rollout", "legrad", "reciprocam"]
 
 
@@ -55,6 +58,11 @@ def measure(model_key: str, method: str, batch_size: int, repeats: int) -> dict:
         def run():
             with torch.no_grad():
                 model(images)
+    elif method == "backward":
+
+        def run():
+            inputs = images.detach().requires_grad_()
+            model(inputs).max(dim=1).values.sum().backward()
     elif method == "pgc-gradcam":
         from pytorch_grad_cam import GradCAM
 
@@ -102,12 +110,14 @@ def main() -> None:
         print(json.dumps(measure(*args.one, args.batch_size, args.repeats)))
         return
     print(
-        f"{'model':<15}{'method':<13}{'img/s':>8}{'x forward':>11}{'peak MB':>9}{'x forward':>11}"
+        f"{'model':<15}{'method':<13}{'img/s':>8}{'x forward':>11}{'x backward':>11}"
+        f"{'peak MB':>9}{'x forward':>11}"
     )
     for model_key in args.models:
         methods = VIT_METHODS if "vit" in model_key else CNN_METHODS
-        baseline = None
-        for method in ["forward", "pgc-gradcam", *[m for m in methods if m not in args.skip]]:
+        baseline = backward = None
+        chosen = [m for m in methods if m not in args.skip]
+        for method in ["forward", "backward", "pgc-gradcam", *chosen]:
             command = [
                 sys.executable,
                 __file__,
@@ -125,11 +135,14 @@ def main() -> None:
                 .splitlines()[-1]
             )
             baseline = baseline or result
+            if method == "backward":
+                backward = result
             speed = result["images_per_s"] / baseline["images_per_s"]
+            cost = backward["images_per_s"] / result["images_per_s"] if backward else math.nan
             memory = result["peak_mb"] / max(baseline["peak_mb"], 1e-9)
             print(
                 f"{model_key:<15}{method:<13}{result['images_per_s']:>8.1f}{speed:>11.2f}"
-                f"{result['peak_mb']:>9.0f}{memory:>11.2f}",
+                f"{cost:>11.2f}{result['peak_mb']:>9.0f}{memory:>11.2f}",
                 flush=True,
             )
 

@@ -98,7 +98,7 @@ class ScanService:
             run = Run.load(path)
             model = run.model(self.plan)
             wanted = names or list(default_methods(model))
-            usable = [m for m in wanted if is_vit(model) or not EXPLAINERS[m].vit_only]
+            usable = [m for m in wanted if EXPLAINERS[m].supports(model)]
             if not usable:
                 raise OctlensError(f"{path}: none of the methods {wanted} applies to a CNN")
             self.runs.append(

@@ -319,7 +319,7 @@ def explain(
         str,
         typer.Option(
             help="comma-separated: gradcam,gradcam++,hirescam,layercam,"
-            "rollout,legrad,reciprocam,occlusion"
+            "rollout,legrad,reciprocam,occlusion,lrp,lrp-gamma"
         ),
     ] = "gradcam",
     precision: str = EXPLAIN["precision"],

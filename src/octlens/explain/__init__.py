@@ -8,6 +8,7 @@ from octlens.errors import OctlensError, arg
 from octlens.explain.base import Explainer, Explanation
 from octlens.explain.cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
 from octlens.explain.legrad import LeGrad
+from octlens.explain.lrp import LRP, LRPGamma
 from octlens.explain.occlusion import Occlusion
 from octlens.explain.reciprocam import ViTReciproCAM
 from octlens.explain.rollout import AttentionRollout
@@ -22,6 +23,8 @@ EXPLAINERS: dict[str, type[Explainer]] = {
     "legrad": LeGrad,
     "reciprocam": ViTReciproCAM,
     "occlusion": Occlusion,
+    "lrp": LRP,
+    "lrp-gamma": LRPGamma,
 }
 
 #: The papers' names for methods registered under a shorter one.
@@ -53,6 +56,7 @@ __all__ = [
     "ALIASES",
     "CNN_METHODS",
     "EXPLAINERS",
+    "LRP",
     "VIT_METHODS",
     "AttentionRollout",
     "Explainer",
@@ -60,6 +64,7 @@ __all__ = [
     "GradCAM",
     "GradCAMPlusPlus",
     "HiResCAM",
+    "LRPGamma",
     "LayerCAM",
     "LeGrad",
     "Occlusion",

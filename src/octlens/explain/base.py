@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from torch.utils.hooks import RemovableHandle
 
 from octlens.errors import OctlensError
-from octlens.models import require_vit
+from octlens.models import is_vit, require_vit
 from octlens.runtime import PrecisionPlan, plan_for
 
 
@@ -56,6 +56,11 @@ class Explainer(ABC):
     vit_only: ClassVar[bool] = False
     #: The method's name in error messages.
     title: ClassVar[str] = "this method"
+
+    @classmethod
+    def supports(cls, model: nn.Module) -> bool:
+        """Whether this method can explain ``model`` (a ViT-only method cannot explain a CNN)."""
+        return not cls.vit_only or is_vit(model)
 
     def __init__(self, model: nn.Module, precision: str | PrecisionPlan = "auto") -> None:
         if self.vit_only:
