@@ -143,6 +143,15 @@ def test_no_arguments_prints_help_and_exits_2(monkeypatch, capsys):
         (["explain", "RUN", "SCAN", "--methods", "magic", "--out", "OUT"], "unknown method(s)"),
         (["explain", "RUN", "SCAN", "--out", "OUT", "--batch-size", "0"], "--batch-size 0: must"),
         (["explain", "RUN", "SCAN", "--out", "OUT", "--device", "banana"], "--device 'banana'"),
+        (
+            ["explain", "RUN", "SCAN", "--out", "OUT", "--methods", "occlusion", "--layer", "x"],
+            "--layer x: occlusion does not explain one layer (the methods that do: gradcam",
+        ),
+        (
+            ["explain", "RUN", "SCAN", "--out", "OUT", "--layer", "layer9"],
+            "the model has no layer named 'layer9'",
+        ),
+        (["audit", "RUN", "--methods", "lrp", "--layer", "layer3"], "--layer layer3: lrp does"),
     ],
 )
 def test_bad_options_are_one_line_errors(
@@ -442,10 +451,10 @@ def test_command_defaults_are_the_api_signatures():
     device = {"batch_size", "precision", "device"}
     expected = {
         "audit": {"split", "methods", "scans_per_class", "steps", "sanity_scans", "out"}
-        | {"estimate_retina"}
+        | {"estimate_retina", "layer"}
         | device,
         "evaluate": {"split", "out"} | device,
-        "explain": {"grid_per_class", "strict"} | device,
+        "explain": {"grid_per_class", "strict", "layer"} | device,
         "report": {"data", "split", "scans_per_class", "confounds", "tune"},
     }
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]

@@ -15,9 +15,11 @@ from octlens.explain import (
     GradCAMPlusPlus,
     HiResCAM,
     LayerCAM,
+    LayerCAMFused,
     LeGrad,
     Occlusion,
     ViTReciproCAM,
+    build_explainer,
 )
 from octlens.models import create_model, is_vit
 
@@ -78,6 +80,41 @@ def test_cams_equal_pytorch_grad_cam_on_a_resnet(explainer):
     theirs = _oracle_cam(OURS_TO_ORACLE[explainer], model, model.layer4, images, targets)
     np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-6 * np.abs(theirs).max())
     assert np.abs(theirs).max() > 0
+
+
+def test_cams_at_a_named_layer_equal_pytorch_grad_cam_there():
+    """``layer3`` by name (the CLI's ``--layer``): an 8 x 8 grid at 128 px, not layer4's 4 x 4."""
+    model = _resnet()
+    images = torch.randn(2, 1, 128, 128)
+    targets = torch.tensor([2, 1])
+    for explainer in OURS_TO_ORACLE:
+        ours = build_explainer(
+            explainer.__name__.lower().replace("plusplus", "++"), model, "fp32", "layer3"
+        )
+        activations, gradients, _ = ours.activations_and_gradients(images, targets)
+        mine = torch.relu(ours.combine(activations, gradients)).numpy()
+        assert mine.shape == (2, 8, 8)
+        theirs = _oracle_cam(OURS_TO_ORACLE[explainer], model, model.layer3, images, targets)
+        np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-6 * np.abs(theirs).max())
+    with pytest.raises(OctlensError, match="layer layer3: occlusion does not explain one layer"):
+        build_explainer("occlusion", model, "fp32", "layer3")
+    with pytest.raises(OctlensError, match="no layer named 'layer9'"):
+        build_explainer("gradcam", model, "fp32", "layer9")
+
+
+def test_fused_layercam_is_each_stage_scaled_and_maxed_by_hand():
+    """One forward and backward pass for three stages gives each stage's LayerCAM as three
+    single-stage passes do; fused: tanh(2 L / max L) at input size, element-wise maximum."""
+    model = _resnet()
+    images = torch.randn(2, 1, 64, 64)
+    fused = LayerCAMFused(model, precision="fp32")(images, [1, 2]).raw
+    expected = torch.zeros(2, 64, 64)
+    for name in ("layer2", "layer3", "layer4"):
+        stage = LayerCAM(model, target_layer=name, precision="fp32")(images, [1, 2]).raw
+        peak = stage.flatten(1).amax(dim=1)[:, None, None]
+        expected = torch.maximum(expected, torch.tanh(2 * stage / peak))
+    torch.testing.assert_close(fused, expected, rtol=1e-4, atol=1e-5)
+    assert [type(m).__name__ for m in LayerCAMFused(model).target_layers] == ["Sequential"] * 3
 
 
 @pytest.mark.parametrize("explainer", list(OURS_TO_ORACLE))
@@ -170,6 +207,7 @@ def test_every_method_gives_input_sized_maps_and_leaves_the_model_as_it_was():
     runs = [(cls(cnn), cnn, 64) for cls in OURS_TO_ORACLE] + [(Occlusion(cnn, 16, 16), cnn, 64)]
     runs += [(cls(vit), vit, 32) for cls in OURS_TO_ORACLE] + [(AttentionRollout(vit), vit, 32)]
     runs += [(LeGrad(vit), vit, 32), (ViTReciproCAM(vit), vit, 32)]
+    runs += [(LayerCAMFused(cnn), cnn, 64), (LayerCAMFused(vit), vit, 32)]
     for explainer, model, size in runs:
         images = torch.randn(2, 1, size, size)
         explanation = explainer(images)

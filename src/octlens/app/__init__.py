@@ -29,10 +29,12 @@ def build_app(
     device: str | None = None,
     precision: str = "auto",
     hosts: Sequence[str] = LOOPBACK,
+    layer: str | None = None,
 ) -> FastAPI:
     """The app for ``runs``, offering example scans from the first run's training data, and
-    answering to the names ``hosts`` (:func:`~octlens.app.guard.served_names`)."""
-    service = ScanService(runs, methods, device=device, precision=precision)
+    answering to the names ``hosts`` (:func:`~octlens.app.guard.served_names`); ``layer`` is
+    the layer the CAMs explain (default: the last stage)."""
+    service = ScanService(runs, methods, device=device, precision=precision, layer=layer)
     data = Path(str(service.runs[0].run.checkpoint.meta["config"]["data"]))
     return create_app(service, limits, example_scans(data), hosts=hosts)
 
@@ -47,6 +49,7 @@ def serve(
     precision: str = "auto",
     announce: Callable[[str], None] = print,
     allow_hosts: Sequence[str] = (),
+    layer: str | None = None,
 ) -> None:
     """Load the runs, then serve the app until interrupted; ``announce`` gets the address.
 
@@ -58,7 +61,7 @@ def serve(
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise OctlensError(f"{arg('port')} {port}: a port number from 1 to 65535")
     hosts = served_names(host, allow_hosts)
-    app = build_app(runs, methods, limits, device, precision, hosts)
+    app = build_app(runs, methods, limits, device, precision, hosts, layer)
     announce(f"octlens: serving {len(runs)} run(s) at http://{host}:{port}/ (Ctrl-C stops)")
     uvicorn.run(app, host=host, port=port, log_level="warning")
 

@@ -24,7 +24,14 @@ from octlens.audit.shortcut import CORNER_ENRICHMENT, OFF_RETINA_ENRICHMENT, att
 from octlens.data.regions import Region, area_shares, edge_regions
 from octlens.errors import OctlensError
 from octlens.evaluate import METRICS, EvaluationResult
-from octlens.explain import EXPLAINERS, Explainer, check_methods, default_methods
+from octlens.explain import (
+    EXPLAINERS,
+    Explainer,
+    build_explainer,
+    check_layer,
+    check_methods,
+    default_methods,
+)
 from octlens.models import is_vit
 from octlens.runtime import resolve_device, resolve_precision
 from octlens.training.inference import prepare_input
@@ -79,7 +86,8 @@ class ScanService:
     """Scores and explains scans with several runs; build once, call :meth:`analyse` per batch.
 
     ``methods`` defaults to each model's :func:`~octlens.explain.default_methods`; a method that
-    does not apply to a model (rollout on a CNN) is left out for that run only.
+    does not apply to a model (rollout on a CNN) is left out for that run only. ``layer`` is the
+    layer the CAMs explain (default: the model's last stage).
     """
 
     def __init__(
@@ -88,26 +96,31 @@ class ScanService:
         methods: Sequence[str] | None = None,
         device: str | None = None,
         precision: str = "auto",
+        layer: str | None = None,
     ) -> None:
         if not runs:
             raise OctlensError("give at least one run folder")
         names = None if methods is None else check_methods(methods)
+        check_layer(names or [], layer)
         self.plan = resolve_precision(precision, resolve_device(device), measuring=True)
         self.runs: list[LoadedRun] = []
         for path in runs:
             run = Run.load(path)
             model = run.model(self.plan)
-            wanted = names or list(default_methods(model))
+            wanted = names or [
+                m for m in default_methods(model) if layer is None or EXPLAINERS[m].takes_layer
+            ]
             usable = [m for m in wanted if EXPLAINERS[m].supports(model)]
             if not usable:
-                raise OctlensError(f"{path}: none of the methods {wanted} applies to a CNN")
+                kind = "ViT" if is_vit(model) else type(model).__name__
+                raise OctlensError(f"{path}: none of the methods {wanted} applies to a {kind}")
             self.runs.append(
                 LoadedRun(
                     name=_unique(run.folder.name, [r.name for r in self.runs]),
                     folder=run.folder,
                     run=run,
                     model=model,
-                    explainers={m: EXPLAINERS[m](model, precision=self.plan) for m in usable},
+                    explainers={m: build_explainer(m, model, self.plan, layer) for m in usable},
                     summary=run_summary(run),
                 )
             )

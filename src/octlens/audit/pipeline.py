@@ -58,7 +58,13 @@ from octlens.audit.shortcut import attention_notes, attention_shares, mark_effec
 from octlens.data.index import DatasetIndex, Sample
 from octlens.data.regions import Region, area_shares, region_masks
 from octlens.errors import require_positive
-from octlens.explain import EXPLAINERS, check_methods, default_methods
+from octlens.explain import (
+    EXPLAINERS,
+    build_explainer,
+    check_layer,
+    check_methods,
+    default_methods,
+)
 from octlens.explain.base import scaled_to_unit
 from octlens.files import require_writable_folder
 from octlens.progress import NO_BAR, Advance, progress_bar
@@ -86,12 +92,15 @@ def audit_run(
     out: str | Path | None = None,
     verbose: bool = True,
     estimate_retina: bool = False,
+    layer: str | None = None,
 ) -> AuditResult:
     """Audit ``run``'s best checkpoint on ``data``/``split``; write ``audit.json`` and figures.
 
     ``out`` defaults to ``RUN/audit/<split>/``. The retina comes from the data's ``retina/`` masks,
     or from the label-free finder where it has none or with ``estimate_retina``. Scans that cannot
-    be decoded are left out, with a warning, and listed under ``unreadable``. Four steps:
+    be decoded are left out, with a warning, and listed under ``unreadable``. ``layer`` (a dotted
+    module name, ``layer3``) is the layer the CAMs explain instead of the last stage; without
+    ``methods``, only the default methods that explain a layer run then. Four steps:
     :func:`prepare_audit` (model, scans, masks, predictions), :func:`score_method` for each method,
     :func:`summarize` into the :class:`~octlens.audit.result.AuditResult` that ``audit.json`` holds,
     and the figures. Progress bars count the scans loaded and the tests run, per method
@@ -106,6 +115,7 @@ def audit_run(
         steps=steps, scans_per_class=scans_per_class, sanity_scans=sanity_scans, worst=worst
     )
     names = None if methods is None else check_methods(methods)  # a typo fails before any work
+    check_layer(names or [], layer)
     plan = resolve_precision(precision, resolve_device(device), measuring=True)
     audit = prepare_audit(
         Run.load(run),
@@ -118,7 +128,11 @@ def audit_run(
         verbose,
         estimate_retina,
     )
-    methods = names or list(default_methods(audit.model))
+    methods = names or [
+        name
+        for name in default_methods(audit.model)
+        if layer is None or EXPLAINERS[name].takes_layer
+    ]
     out = require_writable_folder(Path(out) if out else audit.run.audit_dir(split))
     n, height, width = audit.batch.retina.shape
     tests = 1 + len(methods) * len(METHOD_TESTS) + 1
@@ -127,11 +141,11 @@ def audit_run(
         random = random_maps((n, height, width))
         random_curves = audit.perturbation(random)
         advance()
-        scored = {name: score_method(audit, name, sanity_scans, advance) for name in methods}
+        scored = {name: score_method(audit, name, sanity_scans, advance, layer) for name in methods}
         advance.describe("counterfactual region tests")
         evidence = counterfactual_evidence(audit.scans_under_test(), audit.stored_scans())
         advance()
-    result = summarize(audit, scored, random, random_curves, worst, evidence)
+    result = summarize(audit, scored, random, random_curves, worst, evidence, layer)
     result.save(out / "audit.json")
     _write_figures(audit, scored, random_curves, worst, out, f"{result.model} on {split}")
     return result
@@ -268,14 +282,19 @@ def prepare_audit(
 
 
 def score_method(
-    audit: PreparedAudit, name: str, sanity_scans: int, advance: Advance = NO_BAR
+    audit: PreparedAudit,
+    name: str,
+    sanity_scans: int,
+    advance: Advance = NO_BAR,
+    layer: str | None = None,
 ) -> ScoredMethod:
     """Explain every scan with ``name`` and measure the maps: faithfulness, attention shares,
     localization where there are lesion masks, and the cascading-randomization check on
     ``sanity_scans`` scans spread evenly over the (class-grouped) scans, so every class is in.
-    ``advance`` moves a progress bar past each of :data:`METHOD_TESTS`."""
+    ``advance`` moves a progress bar past each of :data:`METHOD_TESTS`; ``layer`` is the layer a
+    CAM explains (default: the last stage)."""
     advance.describe(f"{name}: {METHOD_TESTS[0]}")
-    explainer = EXPLAINERS[name](audit.model, precision=audit.plan)
+    explainer = build_explainer(name, audit.model, audit.plan, layer)
     maps = torch.cat(
         [
             explainer(chunk, targets).raw.cpu()
@@ -306,7 +325,7 @@ def score_method(
     picks = torch.linspace(0, n - 1, min(sanity_scans, n)).round().long().to(audit.plan.device)
     sanity = cascading_randomization(
         audit.model,
-        lambda model: EXPLAINERS[name](model, precision=audit.plan),
+        lambda model: build_explainer(name, model, audit.plan, layer),
         audit.images[picks],
         audit.predictions[picks],
     )
@@ -333,11 +352,13 @@ def summarize(
     random_curves: PerturbationCurves,
     worst: int,
     evidence: CounterfactualSummary,
+    layer: str | None = None,
 ) -> AuditResult:
     """Means per group of scans for every method, the explanation clusters of the best method,
     and the verdict: counterfactual evidence, the manifest's accuracy gap, the maps' support,
     and, where there are lesion masks, whether the maps find lesions beyond the retina.
-    ``random`` are the random maps (N, S, S) the faithfulness reference was measured on."""
+    ``random`` are the random maps (N, S, S) the faithfulness reference was measured on;
+    ``layer`` the layer the CAMs explained."""
     samples, classes, marks = audit.batch.samples, audit.index.classes, audit.batch.marks
     groups = _scan_groups(audit)
     methods = {
@@ -371,6 +392,7 @@ def summarize(
         methods=methods,
         best_method=best,
         localization=_localization(audit, scored, random, groups),
+        layer=layer,
         counterfactual=evidence,
         attention_notes=_attention_notes(methods, audit.areas),
         clusters_method=clustered,

@@ -271,6 +271,7 @@ class AuditResult(Record):
     methods: dict[str, MethodSummary]
     best_method: str | None
     localization: LocalizationSummary | None = None  # None without lesion masks
+    layer: str | None = None  # the layer the CAMs explained (None: the model's last stage)
     counterfactual: CounterfactualSummary
     attention_notes: list[str]  # what the maps say about the regions: support, not a flag
     clusters_method: str | None

@@ -331,6 +331,10 @@ def explain(
         int, typer.Option(help="scans of each predicted class shown in grid.png")
     ] = EXPLAIN["grid_per_class"],
     strict: Annotated[bool, typer.Option(help="unreadable images are errors")] = EXPLAIN["strict"],
+    layer: Annotated[
+        str | None,
+        typer.Option(help="the layer the CAMs explain, by name (layer3); default: the last stage"),
+    ] = EXPLAIN["layer"],
 ) -> None:
     """Explain a run's predictions on scans: an overlay and a raw map per scan and method."""
     from octlens.explain.runner import explain_images
@@ -346,6 +350,7 @@ def explain(
         device=device,
         batch_size=batch_size,
         grid_per_class=grid_per_class,
+        layer=layer,
     )
     console.print(
         f"explained {len(result.scans)} scan(s) with {', '.join(result.methods)} -> {out} "
@@ -382,6 +387,10 @@ def audit(
     batch_size: int = AUDIT["batch_size"],
     precision: str = AUDIT["precision"],
     device: str | None = AUDIT["device"],
+    layer: Annotated[
+        str | None,
+        typer.Option(help="the layer the CAMs explain, by name (layer3); default: the last stage"),
+    ] = AUDIT["layer"],
 ) -> None:
     """Audit a run's explanations: faithfulness, localization, sanity, off-retina attention."""
     from octlens.audit import audit_run
@@ -400,6 +409,7 @@ def audit(
         device=device,
         out=out,
         estimate_retina=estimate_retina,
+        layer=layer,
     )
     wide = Console(width=max(console.width, 140), markup=False, highlight=False)
     wide.print(audit_table(result))
@@ -547,6 +557,10 @@ def serve(
     ] = None,
     device: str | None = None,
     precision: str = "auto",
+    layer: Annotated[
+        str | None,
+        typer.Option(help="the layer the CAMs explain, by name (layer3); default: the last stage"),
+    ] = None,
 ) -> None:
     """A local web app: drop a scan, see each run's answer and explanations side by side."""
     with needs_extra("app", "serve"):  # uvicorn is imported when the server starts
@@ -557,7 +571,7 @@ def serve(
         limits = Limits(max_upload_mb, max_files)
         serve_app(
             runs, host, port, names, limits, device, precision,
-            announce=console.print, allow_hosts=allow_host or (),
+            announce=console.print, allow_hosts=allow_host or (), layer=layer,
         )  # fmt: skip
 
 

@@ -56,6 +56,8 @@ class Explainer(ABC):
     vit_only: ClassVar[bool] = False
     #: The method's name in error messages.
     title: ClassVar[str] = "this method"
+    #: Set by methods that explain one named layer (``target_layer``, the CLI's ``--layer``).
+    takes_layer: ClassVar[bool] = False
 
     @classmethod
     def supports(cls, model: nn.Module) -> bool:

@@ -9,13 +9,20 @@ All four share one hook and one backward pass; they differ only in how A and G c
   ``w_k = sum_ij ReLU(G_kij) a_kij``, ``a = G^2 / (2 G^2 + sum_ij(A_k) G^3)`` (0 where G = 0),
   the closed form for an exponential score.
 
-For a ViT, tokens are reshaped to the patch grid and prefix (CLS) tokens dropped first.
+Every CAM takes any named layer (``target_layer="layer3"``; ``--layer`` in the CLI): an earlier
+stage has a finer grid (8 x 8 at 128 px for a ResNet's ``layer3``, against 4 x 4 for ``layer4``)
+and is less class-specific. :class:`LayerCAMFused` fuses LayerCAM over several stages, as its
+paper does, to have both. For a ViT, tokens are reshaped to the patch grid and prefix (CLS)
+tokens dropped first.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from octlens.explain.base import (
     Explainer,
@@ -24,7 +31,7 @@ from octlens.explain.base import (
     preserved_state,
     target_scores,
 )
-from octlens.explain.layers import resolve_layer, tokens_to_grid
+from octlens.explain.layers import default_layers, resolve_layer, tokens_to_grid
 from octlens.models import is_vit
 from octlens.runtime import PrecisionPlan
 
@@ -40,6 +47,8 @@ class _GradientCAM(Explainer):
         precision: ``auto`` (fp32 on CPUs, AMP on CUDA), ``fp32``, ``bf16``, ``fp16``, or a plan.
     """
 
+    takes_layer = True
+
     def __init__(
         self,
         model: nn.Module,
@@ -52,33 +61,9 @@ class _GradientCAM(Explainer):
     def activations_and_gradients(
         self, images: torch.Tensor, targets: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A and dy/dA at the target layer as feature maps (B, K, h, w), and the targets.
-
-        Parameters are frozen for the pass (the base restores them) and the capture is made a
-        leaf that needs a gradient, so autograd records only from the target layer on: the
-        layers before it run as in inference, and the backward pass is only the model's tail.
-        """
-        captured: list[torch.Tensor] = []
-
-        def keep(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
-            leaf = output.detach().requires_grad_()
-            captured.append(leaf)
-            return leaf.clone()  # later in-place ops change the clone, never the capture
-
-        with preserved_state(self.model), torch.enable_grad():
-            for param in self.model.parameters():
-                param.requires_grad_(False)
-            with forward_hooks([(self.target_layer, keep)]):
-                logits = self.model(images)
-                targets = predicted_unless_given(logits, targets)
-                scores = target_scores(logits, targets).sum()
-            (gradients,) = torch.autograd.grad(scores, captured[0])
-        activations = captured[0].detach()
-        if is_vit(self.model):
-            size = images.shape[-2:]
-            activations = tokens_to_grid(activations, self.model, size)
-            gradients = tokens_to_grid(gradients, self.model, size)
-        return activations.float(), gradients.float(), targets
+        """A and dy/dA at the target layer as feature maps (B, K, h, w), and the targets."""
+        (captured,), targets = layer_gradients(self.model, [self.target_layer], images, targets)
+        return *captured, targets
 
     def _explain(self, images, targets):
         activations, gradients, targets = self.activations_and_gradients(images, targets)
@@ -87,6 +72,45 @@ class _GradientCAM(Explainer):
     @staticmethod
     def combine(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+
+def layer_gradients(
+    model: nn.Module,
+    layers: Sequence[nn.Module],
+    images: torch.Tensor,
+    targets: torch.Tensor | None,
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """A and dy/dA (B, K, h, w) fp32 at each of ``layers`` (in forward order), from one forward
+    and one backward pass, and the targets.
+
+    Parameters are frozen for the pass (the caller restores them) and the first capture is made
+    a leaf that needs a gradient, so autograd records only from the earliest layer on: the
+    layers before it run as in inference, and the backward pass is only the model's tail.
+    """
+    captured: list[torch.Tensor] = []
+
+    def keep(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
+        if not captured:
+            output = output.detach().requires_grad_()
+        captured.append(output)
+        return output.clone()  # later in-place ops change the clone, never the capture
+
+    with preserved_state(model), torch.enable_grad():
+        for param in model.parameters():
+            param.requires_grad_(False)
+        with forward_hooks([(layer, keep) for layer in layers]):
+            logits = model(images)
+            targets = predicted_unless_given(logits, targets)
+            scores = target_scores(logits, targets).sum()
+        gradients = torch.autograd.grad(scores, captured)
+    pairs = []
+    for activations, gradient in zip(captured, gradients, strict=True):
+        activations = activations.detach()
+        if is_vit(model):
+            activations = tokens_to_grid(activations, model, images.shape[-2:])
+            gradient = tokens_to_grid(gradient, model, images.shape[-2:])
+        pairs.append((activations.float(), gradient.float()))
+    return pairs, targets
 
 
 class GradCAM(_GradientCAM):
@@ -177,3 +201,51 @@ class GradCAMPlusPlus(_GradientCAM):
         alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
         weights = (torch.relu(gradients) * alpha).sum(dim=(2, 3), keepdim=True)
         return (weights * activations).sum(dim=1)
+
+
+class LayerCAMFused(Explainer):
+    r"""LayerCAM fused over several stages (Jiang et al., 2021): the fine grid of an early stage
+    where the last stage's says only "this quarter of the scan".
+
+    Each stage's LayerCAM :math:`L_l` (one forward and one backward pass for all of them) is
+    upsampled to the input, scaled as the paper scales its shallow layers,
+    :math:`\hat L_l = \tanh(\gamma L_l / \max L_l)` with :math:`\gamma = 2`, so no stage
+    dominates by its range alone, and the stages are fused by their element-wise maximum.
+
+    Args:
+        model: a CNN or a timm ViT.
+        target_layers: the modules (or dotted names) to fuse; default: a CNN's last three
+            feature stages (``layer2``, ``layer3``, ``layer4`` of a ResNet), a ViT's last three
+            blocks' ``norm1``.
+        precision: as for every explainer.
+
+    Example::
+
+        maps = LayerCAMFused(model)(images).raw       # (B, H, W) at the input size
+    """
+
+    title = "fused LayerCAM"
+    gamma = 2.0
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Sequence[nn.Module | str] | None = None,
+        precision: str | PrecisionPlan = "auto",
+    ) -> None:
+        super().__init__(model, precision)
+        chosen = default_layers(model, 3) if target_layers is None else target_layers
+        self.target_layers = [resolve_layer(model, layer) for layer in chosen]
+
+    def _explain(self, images, targets):
+        captured, targets = layer_gradients(self.model, self.target_layers, images, targets)
+        fused = None
+        for activations, gradients in captured:
+            stage = torch.relu(LayerCAM.combine(activations, gradients))
+            stage = F.interpolate(
+                stage[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False
+            )[:, 0]
+            peak = stage.flatten(1).amax(dim=1).clamp_min(1e-12)[:, None, None]
+            scaled = torch.tanh(self.gamma * stage / peak)
+            fused = scaled if fused is None else torch.maximum(fused, scaled)
+        return fused, targets

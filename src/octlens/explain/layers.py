@@ -25,12 +25,23 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
             return model.get_submodule(layer)
         except AttributeError:
             raise OctlensError(f"the model has no layer named '{layer}'") from None
+    return default_layers(model, 1)[0]
+
+
+def default_layers(model: nn.Module, count: int) -> list[nn.Module]:
+    """The last ``count`` feature stages of a CNN (timm's ``feature_info``), or the ``norm1`` of
+    a ViT's last ``count`` blocks (all of them, if it has fewer), in forward order."""
     if is_vit(model):
-        return vit_parts(model).block(-1).norm1
+        parts = vit_parts(model)
+        depth = len(parts.blocks)
+        return [parts.block(index).norm1 for index in range(-min(count, depth), 0)]
     feature_info = getattr(model, "feature_info", None)
-    if feature_info:
-        return model.get_submodule(feature_info[-1]["module"])
-    raise OctlensError(f"no default target layer for {type(model).__name__}; pass one")
+    if not feature_info or len(feature_info) < count:
+        raise OctlensError(
+            f"{type(model).__name__} lists no {count} feature stage(s) to explain; pass the "
+            "layer(s) by name"
+        )
+    return [model.get_submodule(info["module"]) for info in feature_info[-count:]]
 
 
 def tokens_to_grid(

@@ -23,7 +23,7 @@ from PIL import Image
 from octlens.data.images import check_image, is_image_file, load_grayscale
 from octlens.data.index import read_each, warn_skipped
 from octlens.errors import OctlensError, require_positive
-from octlens.explain import EXPLAINERS, Explainer, check_methods
+from octlens.explain import Explainer, build_explainer, check_methods
 from octlens.files import atomic_write, require_writable_folder, write_text
 from octlens.progress import progress_bar
 from octlens.runtime import PrecisionPlan, resolve_device, resolve_precision
@@ -85,6 +85,7 @@ def explain_images(
     batch_size: int = 32,
     grid_per_class: int = 4,
     verbose: bool = True,
+    layer: str | None = None,
 ) -> ExplainResult:
     """Explain ``paths`` with each of ``methods`` on ``run``'s best checkpoint.
 
@@ -94,6 +95,8 @@ def explain_images(
     ``explanations.csv``. ``<name>`` is the scan's stem under the folder its inputs share, so
     ``x/a.jpeg`` and ``y/a.jpeg`` get ``x/a_*`` and ``y/a_*`` (see :func:`output_names`).
     Unreadable or non-image paths are skipped with one warning (``strict``: an error).
+    ``layer`` (a dotted module name, ``layer3``) is the layer the CAMs explain, instead of the
+    model's last stage.
     """
     require_positive(batch_size=batch_size, grid_per_class=grid_per_class)
     methods = check_methods(methods)
@@ -101,7 +104,7 @@ def explain_images(
     if not isinstance(precision, PrecisionPlan):
         precision = resolve_precision(precision, resolve_device(device), measuring=True)
     model = run.model(precision)
-    explainers = {name: EXPLAINERS[name](model, precision=precision) for name in methods}
+    explainers = {name: build_explainer(name, model, precision, layer) for name in methods}
     out = require_writable_folder(Path(out))
     unique = list(dict.fromkeys(Path(os.path.abspath(path)) for path in paths))
     named = [path for path in unique if is_image_file(path)]  # the others are skipped
