@@ -110,6 +110,10 @@ class Interval(_Record):
     def __str__(self) -> str:
         return f"{self.mean:.0%} [{self.low * 100:.0f}, {self.high * 100:.0f}]"
 
+    def signed(self) -> str:
+        """A difference of scores: ``+0.093 [+0.041, +0.140]``."""
+        return f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+
 
 class SwapResult(_Record):
     """One region's swap (:func:`region_swap`) and its controls; rates are means over the scans

@@ -190,7 +190,7 @@ class LocalizationSummary(Record):
         gaps = self.beyond_prior[name]
         priors = {self.stronger_prior[score] for score in BEYOND_RETINA}
         shown = ", ".join(
-            f"{SCORE_WORDS[score]} {_signed(gaps[score])}"
+            f"{SCORE_WORDS[score]} {gaps[score].signed()}"
             + ("" if len(priors) == 1 else f" against the {self.stronger_prior[score]}")
             for score in BEYOND_RETINA
         )
@@ -422,10 +422,6 @@ def table_rows(result: AuditResult) -> list[Row]:
         if prior in references
     ]
     return rows
-
-
-def _signed(gap: Interval) -> str:
-    return f"{gap.mean:+.3f} [{gap.low:+.3f}, {gap.high:+.3f}]"
 
 
 def _number(value: float | None) -> str:

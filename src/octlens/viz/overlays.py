@@ -37,8 +37,10 @@ def plot_explanation_grid(
     row_titles: Sequence[str],
     path: Path,
     title: str = "",
+    outlines: Sequence[np.ndarray] | None = None,
 ) -> None:
-    """Rows of scans, a column per method; maps are min-max scaled, so one colour bar serves all."""
+    """Rows of scans, a column per method; maps are min-max scaled, so one colour bar serves all.
+    ``outlines`` (a boolean mask per scan, such as its lesion) are drawn on every panel."""
     columns = 1 + len(maps)
     figure, axes = plt.subplots(
         len(images),
@@ -54,6 +56,9 @@ def plot_explanation_grid(
             axes[row, column].imshow(overlay_rgb(image, method_maps[row]))
             if row == 0:
                 axes[row, column].set_title(method)
+        if outlines is not None and outlines[row].any():
+            for axis in axes[row]:
+                axis.contour(outlines[row], levels=[0.5], colors="cyan", linewidths=0.8)
         axes[0, 0].set_title("scan")
     for axis in axes.flat:
         axis.set_xticks([])
