@@ -481,3 +481,41 @@ def test_every_score_and_region_has_one_direction_and_the_best_method_follows_it
     methods = {"a": method(0.4, 0.9), "b": method(0.1, 0.7), "c": method(0.0, 0.9, False)}
     assert best_method(methods) == "b"
     assert best_method({"c": methods["c"]}) is None
+
+
+def test_the_lesion_verdict_credits_only_intervals_above_the_stronger_prior():
+    from octlens.audit.result import LocalizationSummary, MethodSummary, SanitySummary
+
+    def gap(mean: float) -> Interval:
+        return Interval(mean=mean, low=mean - 0.05, high=mean + 0.05)
+
+    def method(passed: bool) -> MethodSummary:
+        sanity = SanitySummary(passed=passed, stages=[], spearman_median=[], ssim_median=[])
+        return MethodSummary(scores={}, sanity=sanity, worst_off_retina=[])
+
+    scores = ("within_retina_auroc", "energy_in_lesion", "pointing_game")
+    summary = LocalizationSummary(
+        n_annotated=30, n_with_lesion=24, n_lesion_predicted=20, references={},
+        stronger_prior={score: THICKEST for score in (*scores, "pixel_auroc")},
+        beyond_prior={
+            "gradcam": {score: gap(-0.1) for score in scores},
+            "lrp": {"within_retina_auroc": gap(0.2), "energy_in_lesion": gap(0.04),
+                    "pointing_game": gap(0.3)},
+            "layercam": {score: gap(0.3) for score in scores},
+        },
+    )  # fmt: skip
+    methods = {"gradcam": method(True), "lrp": method(True), "layercam": method(False)}
+    assert summary.credited("lrp") == ["within_retina_auroc", "pointing_game"]  # 0.04 ± 0.05: no
+    line = summary.verdict(methods, "gradcam")
+    assert line.startswith("lesions (20 scans with a lesion, predicted as its class): gradcam does")
+    assert "does not find lesions beyond what the retina alone tells; lrp does (" in line
+    assert "layercam" not in line  # credited, but it fails the sanity check
+    assert f"(against the {THICKEST}: within-retina AUROC -0.100 [-0.150, -0.050]" in line
+    best = summary.verdict(methods, "lrp")
+    assert "lrp finds lesions beyond the retina on within-retina AUROC, pointing game (" in best
+    empty = LocalizationSummary(
+        n_annotated=3, n_with_lesion=2, n_lesion_predicted=0, references={},
+        stronger_prior={}, beyond_prior={},
+    )  # fmt: skip
+    unjudged = empty.verdict(methods, None)
+    assert "none of the 2 annotated scans with a lesion is predicted" in unjudged
