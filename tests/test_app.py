@@ -248,8 +248,24 @@ def test_a_photo_gets_an_out_of_distribution_warning(client):
 def test_a_folder_that_is_not_a_run_is_an_error_before_serving(tmp_path, tiny_resnet_run):
     with pytest.raises(OctlensError, match=str(tmp_path)):
         ScanService([tmp_path])
-    with pytest.raises(OctlensError, match="none of the methods"):
+    with pytest.raises(
+        OctlensError, match=r"none of the methods \['rollout'\] applies to a ResNet"
+    ):
         ScanService([tiny_resnet_run], methods=["rollout"])
+
+
+def test_lrp_and_a_named_layer_reach_each_run_they_apply_to(tiny_resnet_run, tiny_vit_run):
+    """LRP explains the ResNet and is left out for the ViT; ``layer`` moves the ResNet's CAMs
+    to ``layer3`` (and a method that explains no layer is refused before any run loads)."""
+    service = ScanService(
+        [tiny_resnet_run, tiny_vit_run], methods=["gradcam", "lrp"], precision="fp32"
+    )
+    assert [list(run.explainers) for run in service.runs] == [["gradcam", "lrp"], ["gradcam"]]
+    layered = ScanService([tiny_resnet_run], methods=["gradcam"], precision="fp32", layer="layer3")
+    resnet = layered.runs[0]
+    assert resnet.explainers["gradcam"].target_layer is resnet.model.layer3  # type: ignore[attr-defined]
+    with pytest.raises(OctlensError, match="lrp does not explain one layer"):
+        ScanService([tiny_resnet_run], methods=["lrp"], layer="layer3")
 
 
 def test_fifty_concurrent_uploads_are_all_answered_correctly_in_batches(service, scans):
