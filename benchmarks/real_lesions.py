@@ -39,34 +39,37 @@ GROUPS = {LESION_PREDICTED: "predicted as their class", "all": "all annotated"}
 def print_tables(folders: list[Path]) -> None:
     audits = [AuditResult.load(folder / "audit.json") for folder in folders]
     for group, words in GROUPS.items():
+        credited_here = group == LESION_PREDICTED  # the scans the credit is judged on
+        gap_heading = " within-retina AUROC minus the stronger prior |" if credited_here else ""
         print(f"\n**Scans with a lesion, {words}**\n")
+        print("| model | method | sanity | " + " | ".join(HEADINGS) + f" |{gap_heading}")
         print(
-            "| model | method | sanity | "
-            + " | ".join(HEADINGS)
-            + " | within-retina AUROC minus the stronger prior |"
+            "| --- | --- | --- | "
+            + " | ".join("---" for _ in HEADINGS)
+            + " |"
+            + (" --- |" if credited_here else "")
         )
-        print("| --- | --- | --- | " + " | ".join("---" for _ in HEADINGS) + " | --- |")
         for folder, audit in zip(folders, audits, strict=True):
             localization = audit.localization
             if localization is None:
                 raise SystemExit(f"{folder}: the audit had no lesion masks")
             model = f"{audit.model}" + (f" @{audit.layer}" if audit.layer else "")
-            n = localization.n_lesion_predicted if group != "all" else localization.n_with_lesion
+            n = localization.n_lesion_predicted if credited_here else localization.n_with_lesion
             for name, summary in audit.methods.items():
                 scores = summary.scores.get(group, {})
                 gap = localization.beyond_prior.get(name, {}).get(Score.WITHIN_RETINA_AUROC)
-                shown = "-" if gap is None or group == "all" else gap.signed()
+                shown = (" - |" if gap is None else f" {gap.signed()} |") if credited_here else ""
                 print(
                     f"| {model} (n={n}) | {name} | {'pass' if summary.sanity.passed else 'FAIL'} | "
                     + " | ".join(_number(scores.get(score)) for score in LOCALIZATION)
-                    + f" | {shown} |"
+                    + f" |{shown}"
                 )
             for reference in (RANDOM, *PRIORS):
                 scores = localization.references[reference][group]
                 print(
                     f"| {model} (n={n}) | *{reference}* | | "
                     + " | ".join(_number(scores.get(score)) for score in LOCALIZATION)
-                    + " | |"
+                    + (" | |" if credited_here else " |")
                 )
     print()
     for folder, audit in zip(folders, audits, strict=True):
