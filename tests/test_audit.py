@@ -262,17 +262,15 @@ def test_audit_writes_every_number_and_figure(marked_run):
             assert swap.flagged == named
 
 
-def test_audit_estimates_the_retina_on_data_without_masks(tmp_path, marked_run, real_dev):
-    result = audit_run(
-        marked_run / "run",
-        real_dev,
-        split="all",
-        methods=["gradcam"],
-        scans_per_class=1,
-        steps=2,
-        sanity_scans=1,
-        out=tmp_path,
+def _quick_audit(run: Path, data: Path, split: str, out: Path, **settings) -> AuditResult:
+    """Grad-CAM alone, 2 deletion steps, 1 scan in the sanity check: the cheapest audit."""
+    return audit_run(
+        run, data, split=split, methods=["gradcam"], steps=2, sanity_scans=1, out=out, **settings
     )
+
+
+def test_audit_estimates_the_retina_on_data_without_masks(tmp_path, marked_run, real_dev):
+    result = _quick_audit(marked_run / "run", real_dev, "all", tmp_path, scans_per_class=1)
     assert result.retina_masks == "estimated" and result.accuracy.n_marked is None
     assert "pointing_game" not in result.methods["gradcam"].scores["all"]
     assert 0.3 < result.area_share["off_retina"] < 0.95
@@ -301,15 +299,7 @@ def test_real_fluid_masks_are_read_per_scan_and_judged_against_the_retina_priors
     half = fluid[::2, ::2].astype(np.uint16)  # label 1 at 16 bits: 1/257 of white
     Image.fromarray(half).save(masks / scans[3].name)
     with pytest.warns(DataWarning) as caught:
-        result = audit_run(
-            marked_run / "run",
-            data,
-            split="dev",
-            methods=["gradcam"],
-            steps=2,
-            sanity_scans=1,
-            out=tmp_path / "audit",
-        )
+        result = _quick_audit(marked_run / "run", data, "dev", tmp_path / "audit")
     said = " ".join(str(warning.message) for warning in caught)
     assert f"{scans[2].name}: not a readable" in said and "counts as not annotated" in said
     assert "1 lesion mask(s) differ in size" in said and scans[3].name in said
