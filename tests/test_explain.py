@@ -100,6 +100,11 @@ def test_cams_at_a_named_layer_equal_pytorch_grad_cam_there():
         build_explainer("occlusion", model, "fp32", "layer3")
     with pytest.raises(OctlensError, match="no layer named 'layer9'"):
         build_explainer("gradcam", model, "fp32", "layer9")
+    with pytest.raises(OctlensError, match="the layer name is empty"):
+        build_explainer("gradcam", model, "fp32", " ")
+    for head in ("fc", "global_pool"):  # a layer without a spatial map: one line, not IndexError
+        with pytest.raises(OctlensError, match=f"layer '{head}' .* not a feature map"):
+            build_explainer("gradcam", model, "fp32", head)(images)
 
 
 def test_fused_layercam_is_each_stage_scaled_and_maxed_by_hand():

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from octlens.errors import OctlensError
 from octlens.explain.base import (
     Explainer,
     forward_hooks,
@@ -104,11 +105,18 @@ def layer_gradients(
             scores = target_scores(logits, targets).sum()
         gradients = torch.autograd.grad(scores, captured)
     pairs = []
-    for activations, gradient in zip(captured, gradients, strict=True):
+    for layer, activations, gradient in zip(layers, captured, gradients, strict=True):
         activations = activations.detach()
-        if is_vit(model):
+        if is_vit(model) and activations.dim() == 3:
             activations = tokens_to_grid(activations, model, images.shape[-2:])
             gradient = tokens_to_grid(gradient, model, images.shape[-2:])
+        if activations.dim() != 4:
+            name = next(n for n, module in model.named_modules() if module is layer)
+            raise OctlensError(
+                f"layer '{name}' ({type(layer).__name__}) gives outputs of shape "
+                f"{tuple(activations.shape)}, not a feature map (B, C, h, w): name a "
+                "convolutional stage or a transformer block"
+            )
         pairs.append((activations.float(), gradient.float()))
     return pairs, targets
 

@@ -21,6 +21,8 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str | None) -> nn.Module:
     if isinstance(layer, nn.Module):
         return layer
     if isinstance(layer, str):
+        if not layer.strip():
+            raise OctlensError("the layer name is empty: name a module, such as layer3")
         try:
             return model.get_submodule(layer)
         except AttributeError:
