@@ -503,6 +503,11 @@ def test_the_lesion_verdict_credits_only_intervals_above_the_stronger_prior():
     assert f"(against the {THICKEST}: within-retina AUROC -0.100 [-0.150, -0.050]" in line
     best = summary.verdict(methods, "lrp")
     assert "lrp finds lesions beyond the retina on within-retina AUROC, pointing game (" in best
+    # no best method (none passes, say): the first is described, and its failure said
+    failing = {"layercam": method(False), "gradcam": method(False)}
+    unsure = summary.verdict(failing, None)
+    assert "layercam, which fails the sanity check, finds lesions beyond the retina" in unsure
+    assert unsure.split(" (against")[0].endswith("; no sanity-passing method does")
     empty = LocalizationSummary(
         n_annotated=3, n_with_lesion=2, n_lesion_predicted=0, references={},
         stronger_prior={}, beyond_prior={},

@@ -179,14 +179,16 @@ class LocalizationSummary(Record):
         return [score for score in BEYOND_RETINA if score in gaps and gaps[score].low > 0]
 
     def verdict(self, methods: dict[str, MethodSummary], best: str | None) -> str:
-        """Whether the best method (else the first) finds lesions beyond the retina, in words,
-        and which sanity-passing methods do where it does not."""
+        """Whether the best method (else the first, said to fail the sanity check if it does)
+        finds lesions beyond the retina, in words, and which sanity-passing methods do where it
+        does not or is not to be trusted."""
         if not self.beyond_prior:
             return (
                 f"lesions: none of the {self.n_with_lesion} annotated scans with a lesion is "
                 "predicted as its class, so no map is credited with finding lesions"
             )
-        name = best if best is not None else next(iter(methods))
+        scored = [method for method in methods if method in self.beyond_prior]
+        name = best if best in self.beyond_prior else scored[0]
         gaps = self.beyond_prior[name]
         priors = {self.stronger_prior[score] for score in BEYOND_RETINA}
         shown = ", ".join(
@@ -197,18 +199,19 @@ class LocalizationSummary(Record):
         if len(priors) == 1:
             shown = f"against the {priors.pop()}: {shown}"
         credited = self.credited(name)
+        subject = name if methods[name].sanity.passed else f"{name}, which fails the sanity check,"
         if credited:
-            found = f"{name} finds lesions beyond the retina on " + ", ".join(
+            found = f"{subject} finds lesions beyond the retina on " + ", ".join(
                 SCORE_WORDS[score] for score in credited
             )
         else:
-            found = f"{name} does not find lesions beyond what the retina alone tells"
+            found = f"{subject} does not find lesions beyond what the retina alone tells"
         others = [
             other
             for other, summary in methods.items()
             if other != name and summary.sanity.passed and self.credited(other)
         ]
-        if not credited:
+        if not credited or not methods[name].sanity.passed:
             found += "; " + (
                 f"{', '.join(others)} do{'es' if len(others) == 1 else ''}"
                 if others
