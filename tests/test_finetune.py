@@ -125,6 +125,24 @@ def test_other_classes_get_a_new_head_and_keep_the_body(tiny_resnet_run, tmp_pat
     torch.testing.assert_close(before["layer1.0.conv1.weight"], after["layer1.0.conv1.weight"])
 
 
+def test_a_conv_stem_vit_fine_tunes_from_its_run(tiny_data, tmp_path):
+    """The demo's ViT has a convolutional stem, which has no ``patch_embed.proj``: starting a run
+    from it loads every weight (outputs equal before training), not a KeyError from deep inside."""
+    stem_vit = {**TINY_VIT, "stem": "conv"}
+    source = tmp_path / "stem"
+    train(
+        tiny_config(tiny_data, source, model="vit_tiny", patch_size=8, model_kwargs=stem_vit),
+        verbose=False,
+    )
+    checkpoint = load_checkpoint(source)
+    fresh = create_model("vit_tiny", 4, img_size=32, patch_size=8, **stem_vit).eval()
+    InitRun(checkpoint).load_into(fresh, checkpoint.classes)
+    images = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(fresh(images), checkpoint.build_model()(images))
+    train(tiny_config(tiny_data, tmp_path / "tuned", init=source), verbose=False)
+    assert (tmp_path / "tuned" / "best.safetensors").is_file()
+
+
 def test_a_vit_fine_tunes_at_another_image_size(tiny_data, tiny_vit_run, tmp_path):
     out = tmp_path / "bigger"
     train(tiny_config(tiny_data, out, init=tiny_vit_run, img_size=48, lr=1e-12), verbose=False)

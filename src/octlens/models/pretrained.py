@@ -46,15 +46,18 @@ def load_pretrained_state(
     return the keys left at their initial values (a new classifier). ``source`` names the
     weights in errors."""
     config: dict[str, Any] = model.pretrained_cfg  # type: ignore[assignment]  # timm's dict
-    first_conv = f"{config['first_conv']}.weight"
-    in_chans = model.state_dict()[first_conv].shape[1]
-    if first_conv in state_dict and state_dict[first_conv].shape[1] != in_chans:
-        state_dict[first_conv] = adapt_input_conv(in_chans, state_dict[first_conv])
+    own = model.state_dict()
+    first_conv: str | None = f"{config['first_conv']}.weight"
+    if first_conv not in own:  # a stem of octlens's own (stem=conv): its first convolution
+        first_conv = next((key for key, value in own.items() if value.dim() == 4), None)
+    if first_conv in state_dict and first_conv in own:
+        in_chans = own[first_conv].shape[1]
+        if state_dict[first_conv].shape[1] != in_chans:
+            state_dict[first_conv] = adapt_input_conv(in_chans, state_dict[first_conv])
     checkpoint_filter = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
     if checkpoint_filter is not None:
         state_dict = checkpoint_filter(state_dict, model)
 
-    own = model.state_dict()
     for key in [k for k in state_dict if k in own and state_dict[k].shape != own[k].shape]:
         if not is_classifier(model, key):
             raise OctlensError(
