@@ -62,7 +62,7 @@ def measure(model_key: str, method: str, batch_size: int, repeats: int) -> dict:
 
         def run():
             inputs = images.detach().requires_grad_()
-            model(inputs).max(dim=1).values.sum().backward()
+            torch.autograd.grad(model(inputs).max(dim=1).values.sum(), inputs)
     elif method == "pgc-gradcam":
         from pytorch_grad_cam import GradCAM
 
