@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from octlens.errors import OctlensError
-from octlens.explain import EXPLAINERS
+from octlens.explain import EXPLAINERS, GradCAM
 from octlens.explain import runner as module
 from octlens.explain.runner import explain_images, output_names
 
@@ -57,7 +57,7 @@ class _Recording:
     out: Path
 
     def __init__(self, model, precision="auto"):
-        self.inner = EXPLAINERS["gradcam"](model, precision=precision)
+        self.inner = GradCAM(model, precision=precision)
 
     def __call__(self, images, targets=None):
         written = len(list(self.out.rglob("*.npy"))) if self.out.exists() else 0
@@ -69,7 +69,7 @@ def test_scans_are_explained_and_written_batch_by_batch(
     tiny_data, tiny_resnet_run, tmp_path, monkeypatch
 ):
     _Recording.calls, _Recording.out = [], tmp_path / "out"
-    monkeypatch.setattr(module, "EXPLAINERS", {**EXPLAINERS, "gradcam": _Recording})
+    monkeypatch.setitem(EXPLAINERS, "gradcam", _Recording)
     scans = _scans(tiny_data, 7)
     result = explain_images(
         tiny_resnet_run, scans, ["gradcam"], tmp_path / "out", batch_size=3, device="cpu"
