@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -497,8 +498,8 @@ def test_the_lesion_verdict_credits_only_intervals_above_the_stronger_prior():
     methods = {"gradcam": method(True), "lrp": method(True), "layercam": method(False)}
     assert summary.credited("lrp") == ["within_retina_auroc", "pointing_game"]  # 0.04 ± 0.05: no
     line = summary.verdict(methods, "gradcam")
-    assert line.startswith("lesions (20 scans with a lesion, predicted as its class): gradcam does")
-    assert "does not find lesions beyond what the retina alone tells; lrp does (" in line
+    assert line.startswith("lesions (20 scans with a lesion, predicted as its class): gradcam is")
+    assert "is not shown to find lesions beyond what the retina alone tells; lrp does (" in line
     assert "layercam" not in line  # credited, but it fails the sanity check
     assert f"(against the {THICKEST}: within-retina AUROC -0.100 [-0.150, -0.050]" in line
     best = summary.verdict(methods, "lrp")
@@ -514,3 +515,42 @@ def test_the_lesion_verdict_credits_only_intervals_above_the_stronger_prior():
     )  # fmt: skip
     unjudged = empty.verdict(methods, None)
     assert "none of the 2 annotated scans with a lesion is predicted" in unjudged
+    # a handful of scans credits nothing, however far above the prior: no interval has width
+    few = summary.model_copy(update={"n_lesion_predicted": 4})
+    assert few.credited("lrp") == [] and few.credited("layercam") == []
+    assert "too few to credit a method (10 needed); gradcam: against" in few.verdict(methods, None)
+    # a score no scan defines (lesions off the retina found) leaves the others judged
+    partial = summary.model_copy(
+        update={"beyond_prior": {"lrp": {"pointing_game": gap(0.3)}, "gradcam": {}}}
+    )
+    assert partial.credited("lrp") == ["pointing_game"]
+    assert "lrp finds lesions beyond the retina on pointing game (against" in partial.verdict(
+        methods, "gradcam"
+    )
+
+
+def test_a_thin_lesion_survives_resizing_and_a_mask_of_another_shape_is_refused(
+    tmp_path, tiny_data
+):
+    """At 32 px a one-pixel lesion line falls between nearest-neighbour samples: the scan must
+    stay annotated with a lesion, not become "no lesion". A transposed mask is another shape,
+    not a scale of the scan: one warning naming it, the scan not annotated."""
+    from octlens.audit.batch import load_audit_batch
+    from octlens.data.index import scan as index_scan
+    from octlens.data.transforms import Normalization
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    index = index_scan(data, verbose=False)
+    thin, transposed = index.splits["test"][:2]
+    line = np.zeros(Image.open(thin.path).size[::-1], np.uint8)
+    line[61, 10:100] = 255  # row 61: between the rows a 32 px nearest resize samples
+    Image.fromarray(line).save(index.mask_path(thin))
+    shape = np.asarray(Image.open(index.mask_path(transposed)))
+    Image.fromarray(np.ascontiguousarray(shape.T)).save(index.mask_path(transposed))
+    with pytest.warns(DataWarning, match="another shape, not a scale of it"):
+        batch = load_audit_batch(
+            index, [thin, transposed], 32, Normalization(mean=0.5, std=0.25), verbose=False
+        )
+    assert batch.annotated.tolist() == [True, False]
+    assert batch.lesions[0].any() and not batch.lesions[1].any()

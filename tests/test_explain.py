@@ -105,6 +105,10 @@ def test_cams_at_a_named_layer_equal_pytorch_grad_cam_there():
     for head in ("fc", "global_pool"):  # a layer without a spatial map: one line, not IndexError
         with pytest.raises(OctlensError, match=f"layer '{head}' .* not a feature map"):
             build_explainer("gradcam", model, "fp32", head)(images)
+    vit = _vit()  # fused attention never calls attn_drop: the layer does not run at all
+    skipped = build_explainer("gradcam", vit, "fp32", "blocks.0.attn.attn_drop")
+    with pytest.raises(OctlensError, match=r"'blocks.0.attn.attn_drop' ran 0 time\(s\)"):
+        skipped(torch.randn(1, 1, 32, 32))
 
 
 def test_fused_layercam_is_each_stage_scaled_and_maxed_by_hand():

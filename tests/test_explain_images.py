@@ -163,3 +163,20 @@ def test_the_explain_command_streams_a_test_set(
     assert f"explained {len(scans)} scan(s) with gradcam" in printed
     for scan in scans:  # under their class folder, as in the data
         assert (out / scan.parent.name / f"{scan.stem}_gradcam.npy").is_file()
+
+
+def test_maps_at_another_layer_are_named_for_it_and_do_not_overwrite(
+    tiny_data, tiny_resnet_run, tmp_path
+):
+    scans = _scans(tiny_data, 2)
+    last = explain_images(tiny_resnet_run, scans, ["gradcam"], tmp_path, verbose=False)
+    earlier = explain_images(
+        tiny_resnet_run, scans, ["gradcam"], tmp_path, verbose=False, layer="layer3"
+    )
+    assert earlier.methods == ["gradcam@layer3"]
+    for a, b in zip(last.scans, earlier.scans, strict=True):
+        kept, finer = (
+            np.load(last.map_path(a, "gradcam")),
+            np.load(earlier.map_path(b, "gradcam@layer3")),
+        )
+        assert kept.shape == finer.shape and not np.allclose(kept, finer)

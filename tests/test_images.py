@@ -225,3 +225,26 @@ def test_a_multi_frame_file_is_refused_not_scored_on_its_first_frame(
     _frames(single, image_format, count=1)
     check_image(single)
     assert load_grayscale(single).size == (24, 24)
+
+
+def test_masks_count_every_non_zero_pixel_but_not_jpeg_noise(tmp_path):
+    """A 16-bit mask of 1s, a palette mask by its label indices, a colour mask: lesion wherever
+    non-zero. A JPEG mask is cut at half its range, or its compression noise would be lesion."""
+    from octlens.data.images import load_mask
+
+    lesion = np.zeros((40, 60), np.uint8)
+    lesion[10:20, 20:35] = 1
+    expected = lesion.astype(bool)
+    Image.fromarray(lesion.astype(np.uint16)).save(tmp_path / "labels16.png")
+    palette = Image.fromarray(lesion, mode="P")
+    palette.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)  # index 0 drawn white: still 0
+    palette.save(tmp_path / "palette.png")
+    colour = np.zeros((40, 60, 3), np.uint8)
+    colour[expected] = (200, 0, 0)
+    Image.fromarray(colour).save(tmp_path / "colour.png")
+    for name in ("labels16.png", "palette.png", "colour.png"):
+        np.testing.assert_array_equal(load_mask(tmp_path / name), expected, err_msg=name)
+    noisy = tmp_path / "noisy.png"  # JPEG data under a .png name: decoded as what it is
+    Image.fromarray(lesion * 255).save(noisy, format="JPEG", quality=50)
+    assert (np.asarray(Image.open(noisy)) != 0).sum() > expected.sum()  # the noise is there
+    assert (load_mask(noisy) != expected).sum() <= 4

@@ -4,7 +4,8 @@ Lesion masks are per scan: a scan with a file under the data's ``masks/`` folder
 (an all-zero mask: annotated, no lesion), a scan without one is not, and only its localization is
 skipped. Any non-zero mask value is lesion (a grader's export may use 1, 255 or a label number).
 A mask stored at another size than its scan is resized like it, nearest neighbour, with one
-warning; a mask file that cannot be read is one warning naming it, and its scan counts as not
+warning (a lesion too thin to survive that keeps the pixels it touches); a mask of another
+shape, or a file that cannot be read, is one warning naming it, and its scan counts as not
 annotated. Retina masks are all or nothing: the data's ``retina/`` folder when every scan has one
 (synthetic data), else :func:`octlens.data.retina.find_retina` on every scan, so that all scans'
 regions are drawn the same way.
@@ -129,11 +130,30 @@ class _LesionMasks:
             except UnreadableImageError as error:
                 self.broken.append(str(error))
             else:
-                if stored.shape != scan_shape[:2]:
-                    self.resized.append(path)
-                mask = _mask_of(stored, self.img_size)
+                mask = self._resized_like(path, stored, scan_shape[:2])
         self.annotated.append(mask is not None)
         self.masks.append(np.zeros((self.img_size,) * 2, bool) if mask is None else mask)
+
+    def _resized_like(
+        self, path: Path, stored: np.ndarray, scan_shape: tuple[int, ...]
+    ) -> np.ndarray | None:
+        """``stored`` at the model's input size, None (with a warning) when its shape is not
+        its scan's even up to scale (a transposed or cropped export would be misaligned). A
+        lesion too thin for a nearest-neighbour sample is kept by the pixels it touches: a
+        scan must not turn into "annotated, no lesion" by resizing."""
+        if stored.shape != scan_shape:
+            ratio = (stored.shape[0] / stored.shape[1]) / (scan_shape[0] / scan_shape[1])
+            if abs(ratio - 1) > 0.02:
+                self.broken.append(
+                    f"{path}: a {stored.shape[1]}x{stored.shape[0]} mask for a "
+                    f"{scan_shape[1]}x{scan_shape[0]} scan (another shape, not a scale of it)"
+                )
+                return None
+            self.resized.append(path)
+        mask = _mask_of(stored, self.img_size)
+        if stored.any() and not mask.any():
+            mask = _covered(stored, self.img_size)
+        return mask
 
     def warn(self) -> None:
         for problem in self.broken:

@@ -28,7 +28,7 @@ from octlens.audit.priors import (
     retina_prior,
     thickest_retina_prior,
 )
-from octlens.audit.result import LocalizationSummary
+from octlens.audit.result import MIN_CREDITED_SCANS, LocalizationSummary
 from octlens.audit.scores import BEYOND_RETINA, LOCALIZATION, Score, group_means
 
 #: The group of scans on which methods are credited.
@@ -84,9 +84,10 @@ def localization_summary(
             score: _paired_gap(scores[score], per_scan[stronger[score]][score], credited_on)
             for score in BEYOND_RETINA
         }
-        if all(len(gap) for gap in gaps.values()):
-            beyond[name] = {score: interval(gap) for score, gap in gaps.items()}
+        # a score no scan defines (every lesion off the estimated retina) is left out alone
+        beyond[name] = {score: interval(gap) for score, gap in gaps.items() if len(gap)}
     return LocalizationSummary(
+        min_scans=MIN_CREDITED_SCANS,
         n_annotated=int(annotated.sum()),
         n_with_lesion=int(with_lesion.sum()),
         n_lesion_predicted=int(credited_on.sum()),

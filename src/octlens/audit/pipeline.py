@@ -66,6 +66,7 @@ from octlens.explain import (
     default_methods,
 )
 from octlens.explain.base import scaled_to_unit
+from octlens.explain.layers import resolve_layer
 from octlens.files import require_writable_folder
 from octlens.progress import NO_BAR, Advance, progress_bar
 from octlens.runtime import PrecisionPlan, resolve_device, resolve_precision
@@ -100,7 +101,8 @@ def audit_run(
     or from the label-free finder where it has none or with ``estimate_retina``. Scans that cannot
     be decoded are left out, with a warning, and listed under ``unreadable``. ``layer`` (a dotted
     module name, ``layer3``) is the layer the CAMs explain instead of the last stage; without
-    ``methods``, only the default methods that explain a layer run then. Four steps:
+    ``methods``, only the default methods that explain a layer run then, and ``out`` defaults to
+    ``RUN/audit/<split>@<layer>/``. Four steps:
     :func:`prepare_audit` (model, scans, masks, predictions), :func:`score_method` for each method,
     :func:`summarize` into the :class:`~octlens.audit.result.AuditResult` that ``audit.json`` holds,
     and the figures. Progress bars count the scans loaded and the tests run, per method
@@ -117,8 +119,11 @@ def audit_run(
     names = None if methods is None else check_methods(methods)  # a typo fails before any work
     check_layer(names or [], layer)
     plan = resolve_precision(precision, resolve_device(device), measuring=True)
+    run_ = Run.load(run)
+    if layer is not None:  # a misspelt layer fails before the scans load, too
+        resolve_layer(run_.model(plan), layer)
     audit = prepare_audit(
-        Run.load(run),
+        run_,
         data,
         split,
         scans_per_class,
@@ -133,7 +138,9 @@ def audit_run(
         for name in default_methods(audit.model)
         if layer is None or EXPLAINERS[name].takes_layer
     ]
-    out = require_writable_folder(Path(out) if out else audit.run.audit_dir(split))
+    # CAMs at another layer are another audit: its own folder, not the default one overwritten
+    folder = split if layer is None else f"{split}@{layer}"
+    out = require_writable_folder(Path(out) if out else audit.run.audit_dir(folder))
     n, height, width = audit.batch.retina.shape
     tests = 1 + len(methods) * len(METHOD_TESTS) + 1
     with progress_bar("auditing", tests, "tests", verbose) as advance:
@@ -571,8 +578,8 @@ def _accuracy(
 
 def _scan_groups(audit: PreparedAudit) -> dict[str, torch.Tensor]:
     """The groups of scans each score is averaged over: all, each class, marked and clean ones
-    when the data has planted marks, and the annotated scans the model predicts as their class
-    (the lesion's) when it has lesion masks."""
+    when the data has planted marks, and the scans with a lesion the model predicts as their
+    class (the lesion's) when it has lesion masks."""
     batch, classes = audit.batch, audit.index.classes
     labels = audit.labels.cpu()
     groups = {"all": torch.ones_like(labels, dtype=torch.bool)}
@@ -580,8 +587,9 @@ def _scan_groups(audit: PreparedAudit) -> dict[str, torch.Tensor]:
     if batch.marks is not None:
         marked = torch.tensor([m is not None for m in batch.marks])
         groups.update({"marked": marked, "clean": ~marked})
-    if batch.annotated is not None:
-        groups[LESION_PREDICTED] = batch.annotated & (audit.predictions.cpu() == labels)
+    if batch.annotated is not None and batch.lesions is not None:
+        with_lesion = batch.annotated & batch.lesions.flatten(1).any(dim=1)
+        groups[LESION_PREDICTED] = with_lesion & (audit.predictions.cpu() == labels)
     return groups
 
 

@@ -8,10 +8,11 @@ with finding lesions only where it beats the stronger of them:
 - **Thick-retina prior**: the retina weighted by its thickness, peaked at the middle of its
   thickest part. Fluid, CNV and drusen lift and swell the retina, so a map that only knows the
   anatomy already points at much of CNV and DME. With :math:`R` the retina mask, :math:`t(c)` its
-  thickness in column :math:`c` smoothed over a sixteenth of the width, and :math:`\\mu(c)` the
-  mean row of its pixels in that column:
+  thickness in column :math:`c` (retina pixels in it), :math:`\\bar t(c)` that thickness
+  smoothed over a sixteenth of the width, and :math:`\\mu(c)` the mean row of its pixels in the
+  column:
 
-  .. math:: m(r, c) = R(r, c)\\, t(c)\\, \\bigl(1 - |r - \\mu(c)| / \\max(t(c), 1)\\bigr)
+  .. math:: m(r, c) = R(r, c)\\, \\bar t(c)\\, \\bigl(1 - |r - \\mu(c)| / \\max(t(c), 1)\\bigr)
 
   The depth term (between 1/2 and 1 inside the retina) puts the peak in the middle of the
   thickest column rather than at its top edge, where a lesion would be.

@@ -155,6 +155,11 @@ def swap_sentence(region: str, swap: SwapResult) -> str:
     )
 
 
+#: Fewer scans with a lesion predicted as their class than this credit no method: a bootstrap
+#: over a handful of scans has no width.
+MIN_CREDITED_SCANS = 10
+
+
 class LocalizationSummary(Record):
     """The maps against the data's lesion masks, beside maps that never looked at the model
     (random maps and the retina priors of :mod:`octlens.audit.priors`).
@@ -166,6 +171,7 @@ class LocalizationSummary(Record):
     scans, with its 95% bootstrap interval; credited where the interval is above 0.
     """
 
+    min_scans: int = MIN_CREDITED_SCANS  # fewer scans predicted as their class credit none
     n_annotated: int  # scans with a lesion mask, empty or not
     n_with_lesion: int
     n_lesion_predicted: int
@@ -174,7 +180,10 @@ class LocalizationSummary(Record):
     beyond_prior: dict[str, dict[str, Interval]]  # method -> score -> method minus the prior
 
     def credited(self, method: str) -> list[str]:
-        """The scores on which ``method`` finds lesions beyond what the retina alone tells."""
+        """The scores on which ``method`` finds lesions beyond what the retina alone tells;
+        none on fewer than ``min_scans`` scans."""
+        if self.n_lesion_predicted < self.min_scans:
+            return []
         gaps = self.beyond_prior.get(method, {})
         return [score for score in BEYOND_RETINA if score in gaps and gaps[score].low > 0]
 
@@ -182,22 +191,33 @@ class LocalizationSummary(Record):
         """Whether the best method (else the first, said to fail the sanity check if it does)
         finds lesions beyond the retina, in words, and which sanity-passing methods do where it
         does not or is not to be trusted."""
-        if not self.beyond_prior:
+        if not self.n_lesion_predicted:
             return (
                 f"lesions: none of the {self.n_with_lesion} annotated scans with a lesion is "
                 "predicted as its class, so no map is credited with finding lesions"
             )
-        scored = [method for method in methods if method in self.beyond_prior]
-        name = best if best in self.beyond_prior else scored[0]
+        scored = [method for method in methods if self.beyond_prior.get(method)]
+        if not scored:
+            return (
+                "lesions: no localization score is defined on the scans predicted as their class "
+                "(do their lesions lie outside the retina found?), so no map is credited"
+            )
+        name = best if best in scored else scored[0]
         gaps = self.beyond_prior[name]
-        priors = {self.stronger_prior[score] for score in BEYOND_RETINA}
+        shown_scores = [score for score in BEYOND_RETINA if score in gaps]
+        priors = {self.stronger_prior[score] for score in shown_scores}
         shown = ", ".join(
             f"{SCORE_WORDS[score]} {gaps[score].signed()}"
             + ("" if len(priors) == 1 else f" against the {self.stronger_prior[score]}")
-            for score in BEYOND_RETINA
+            for score in shown_scores
         )
         if len(priors) == 1:
             shown = f"against the {priors.pop()}: {shown}"
+        if self.n_lesion_predicted < self.min_scans:
+            return (
+                f"lesions ({self.n_lesion_predicted} scans with a lesion, predicted as its "
+                f"class): too few to credit a method ({self.min_scans} needed); {name}: {shown}"
+            )
         credited = self.credited(name)
         subject = name if methods[name].sanity.passed else f"{name}, which fails the sanity check,"
         if credited:
@@ -205,7 +225,7 @@ class LocalizationSummary(Record):
                 SCORE_WORDS[score] for score in credited
             )
         else:
-            found = f"{subject} does not find lesions beyond what the retina alone tells"
+            found = f"{subject} is not shown to find lesions beyond what the retina alone tells"
         others = [
             other
             for other, summary in methods.items()

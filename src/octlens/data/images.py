@@ -123,14 +123,20 @@ def load_grayscale(path: Path, target_size: int | None = None) -> Image.Image:
 def load_mask(path: Path) -> np.ndarray:
     """A mask file as a boolean array, every non-zero pixel set: a grader's export may mark a
     lesion with 1, 255 or a label number, at any bit depth (a 16-bit mask of 1s, scaled as a
-    scan is, would round to zero), and a colour mask with any colour but black."""
+    scan is, would round to zero), and a colour mask with any colour but black. A palette mask
+    counts by its indices, the label numbers segmentation datasets store (index 0: background).
+    A JPEG mask is cut at half its range instead: lossy compression leaves faint non-zero noise
+    all over the background, which would count as lesion."""
     try:
         with opened_image(path) as image:
             _refuse_oversized(path, image, MAX_PIXELS)
-            if image.mode in ("RGB", "RGBA", "LA", "CMYK", "YCbCr"):
-                pixels = np.asarray(image.convert("RGB")).max(axis=2)
-            else:
-                pixels = np.asarray(image)
+            if image.format == "JPEG":
+                return np.asarray(image.convert("L")) > 127
+            if image.mode not in ("1", "L", "P", "I", "I;16", "F"):
+                image = image.convert("RGB")
+            pixels = np.asarray(image)
+            if pixels.ndim == 3:
+                pixels = pixels.max(axis=2)
             return np.asarray(pixels != 0, dtype=bool)
     except UnreadableImageError:
         raise

@@ -91,6 +91,11 @@ def layer_gradients(
     captured: list[torch.Tensor] = []
 
     def keep(module: nn.Module, inputs: object, output: torch.Tensor) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor):
+            raise OctlensError(
+                f"layer '{_name_of(model, module)}' returns {type(output).__name__}, not a "
+                "tensor: name a convolutional stage or a transformer block"
+            )
         if not captured:
             output = output.detach().requires_grad_()
         captured.append(output)
@@ -103,6 +108,12 @@ def layer_gradients(
             logits = model(images)
             targets = predicted_unless_given(logits, targets)
             scores = target_scores(logits, targets).sum()
+        if len(captured) != len(layers):  # a layer the forward pass skips, or runs twice
+            names = ", ".join(f"'{_name_of(model, layer)}'" for layer in layers)
+            raise OctlensError(
+                f"the layer(s) {names} ran {len(captured)} time(s) in the forward pass, not once "
+                "each: name a module the model runs exactly once"
+            )
         gradients = torch.autograd.grad(scores, captured)
     pairs = []
     for layer, activations, gradient in zip(layers, captured, gradients, strict=True):
@@ -111,14 +122,17 @@ def layer_gradients(
             activations = tokens_to_grid(activations, model, images.shape[-2:])
             gradient = tokens_to_grid(gradient, model, images.shape[-2:])
         if activations.dim() != 4:
-            name = next(n for n, module in model.named_modules() if module is layer)
             raise OctlensError(
-                f"layer '{name}' ({type(layer).__name__}) gives outputs of shape "
+                f"layer '{_name_of(model, layer)}' ({type(layer).__name__}) gives outputs of shape "
                 f"{tuple(activations.shape)}, not a feature map (B, C, h, w): name a "
                 "convolutional stage or a transformer block"
             )
         pairs.append((activations.float(), gradient.float()))
     return pairs, targets
+
+
+def _name_of(model: nn.Module, layer: nn.Module) -> str:
+    return next((name for name, module in model.named_modules() if module is layer), "?")
 
 
 class GradCAM(_GradientCAM):

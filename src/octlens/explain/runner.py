@@ -96,7 +96,7 @@ def explain_images(
     ``x/a.jpeg`` and ``y/a.jpeg`` get ``x/a_*`` and ``y/a_*`` (see :func:`output_names`).
     Unreadable or non-image paths are skipped with one warning (``strict``: an error).
     ``layer`` (a dotted module name, ``layer3``) is the layer the CAMs explain, instead of the
-    model's last stage.
+    model's last stage; their files are then named ``<name>_<method>@<layer>.*``.
     """
     require_positive(batch_size=batch_size, grid_per_class=grid_per_class)
     methods = check_methods(methods)
@@ -104,7 +104,13 @@ def explain_images(
     if not isinstance(precision, PrecisionPlan):
         precision = resolve_precision(precision, resolve_device(device), measuring=True)
     model = run.model(precision)
-    explainers = {name: build_explainer(name, model, precision, layer) for name in methods}
+    # maps at another layer are named for it (gradcam@layer3_...), so they never overwrite
+    # the last stage's maps in the same folder
+    explainers = {
+        name if layer is None else f"{name}@{layer}": build_explainer(name, model, precision, layer)
+        for name in methods
+    }
+    methods = list(explainers)
     out = require_writable_folder(Path(out))
     unique = list(dict.fromkeys(Path(os.path.abspath(path)) for path in paths))
     named = [path for path in unique if is_image_file(path)]  # the others are skipped

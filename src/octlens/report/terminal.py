@@ -44,7 +44,8 @@ def split_table(index: DatasetIndex) -> Table:
 
 def audit_table(result: AuditResult) -> Table:
     """Methods x audit numbers for one run, the best method starred, the reference row last."""
-    table = Table(title=f"{result.model} on {result.split} ({result.n_scans} scans)")
+    layer = f", CAMs at {result.layer}" if result.layer else ""
+    table = Table(title=f"{result.model} on {result.split} ({result.n_scans} scans{layer})")
     for heading in ("method", *(column.heading(separator="\n") for column in COLUMNS), "sanity"):
         table.add_column(heading, justify="right", no_wrap=True)
     for row in table_rows(result):
