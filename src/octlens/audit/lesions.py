@@ -4,7 +4,8 @@ Every method's maps are scored against the lesion masks (:mod:`octlens.audit.loc
 so are three maps that never looked at the model: random maps and the two retina priors
 (:mod:`octlens.audit.priors`). A method is credited with finding lesions on a score only where it
 beats the stronger prior on it, paired over the scans whose maps explain the lesion's class (those
-the model predicts as their own class), with a 95% bootstrap interval above zero.
+the model predicts as their own class), with a 95% bootstrap interval above zero, and only on at
+least :data:`~octlens.audit.result.MIN_CREDITED_SCANS` such scans.
 """
 
 from __future__ import annotations
