@@ -5,11 +5,11 @@
 
 For each CAM at each layer (and the fused LayerCAM): the map's grid at the model's input size;
 **class specificity** as the mean Spearman correlation between the maps of the predicted class
-and of the runner-up class on the same scan (1: the map is the same whatever class is asked for,
-as at a stage that has not yet decided the class; lower is more class-specific, below 0 the two
-classes' evidence lies in different places); and, where the data has lesion
-masks, the within-retina AUROC and pointing game of the predicted class's maps on the scans
-predicted as their class, beside the thick-retina prior's. Every number is a mean over scans.
+and of the runner-up class on the same scan (1: the map is the same whatever class is asked for;
+lower is more class-specific; below 0 the two classes' evidence lies in different places); and,
+where the data has lesion masks, the within-retina AUROC and pointing game of the predicted
+class's maps on the scans predicted as their class, beside the thick-retina prior's. Every
+number is a mean over scans.
 """
 
 from __future__ import annotations

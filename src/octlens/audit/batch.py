@@ -156,8 +156,15 @@ class _LesionMasks:
         return mask
 
     def warn(self) -> None:
-        for problem in self.broken:
-            warnings.warn(f"{problem}; its scan counts as not annotated", DataWarning, stacklevel=3)
+        if self.broken:  # one warning, as for unreadable scans: a thousand would bury the rest
+            more = len(self.broken) - 3
+            shown = "; ".join(self.broken[:3]) + (f"; and {more} more" if more > 0 else "")
+            warnings.warn(
+                f"{len(self.broken)} lesion mask(s) left out, and each such scan counts as not "
+                f"annotated: {shown}",
+                DataWarning,
+                stacklevel=3,
+            )
         if self.resized:
             warnings.warn(
                 f"{len(self.resized)} lesion mask(s) differ in size from their scan (e.g. "

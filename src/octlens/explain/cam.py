@@ -10,10 +10,10 @@ All four share one hook and one backward pass; they differ only in how A and G c
   the closed form for an exponential score.
 
 Every CAM takes any named layer (``target_layer="layer3"``; ``--layer`` in the CLI): an earlier
-stage has a finer grid (8 x 8 at 128 px for a ResNet's ``layer3``, against 4 x 4 for ``layer4``)
-and is less class-specific. :class:`LayerCAMFused` fuses LayerCAM over several stages, as its
-paper does, to have both. For a ViT, tokens are reshaped to the patch grid and prefix (CLS)
-tokens dropped first.
+stage has a finer grid (8 x 8 at 128 px for a ResNet's ``layer3``, against 4 x 4 for ``layer4``),
+whether or not it finds lesions better (``benchmarks/cam_layers.py`` measures it).
+:class:`LayerCAMFused` fuses LayerCAM over several stages, as its paper does. For a ViT, tokens
+are reshaped to the patch grid and prefix (CLS) tokens dropped first.
 """
 
 from __future__ import annotations
