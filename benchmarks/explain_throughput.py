@@ -7,8 +7,8 @@ of the process's resident memory while explaining, minus the mark after the mode
 made (on CUDA, ``torch.cuda.max_memory_allocated``). Throughput is images/s over ``--repeats``
 batches after one warm-up batch. Ratios are against the plain forward pass (``forward``, no grad)
 and against one forward and backward pass to the input (``backward``, the gradient of the top
-logit: the bound a gradient method works against, and the one LRP is held to) in the same
-table; ``pgc-gradcam`` is pytorch-grad-cam's GradCAM on the same model and batch.
+logit: the bound a gradient method works against, and the one LRP and AttnLRP are held to) in
+the same table; ``pgc-gradcam`` is pytorch-grad-cam's GradCAM on the same model and batch.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ MODELS = {
     "vit_tiny@128": {"name": "vit_tiny", "img_size": 128, "patch_size": 16},
 }
 CNN_METHODS = ["gradcam", "gradcam++", "hirescam", "layercam", "occlusion", "lrp", "lrp-gamma"]
-VIT_METHODS = [*CNN_METHODS[:4], "rollout", "legrad", "reciprocam"]
+VIT_METHODS = [*CNN_METHODS[:4], "rollout", "legrad", "reciprocam", "attnlrp", "cp-lrp"]
 
 
 def _peak_mb() -> float:

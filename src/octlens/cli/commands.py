@@ -319,7 +319,7 @@ def explain(
         str,
         typer.Option(
             help="comma-separated: gradcam,gradcam++,hirescam,layercam,"
-            "rollout,legrad,reciprocam,occlusion,lrp,lrp-gamma"
+            "rollout,legrad,reciprocam,occlusion,lrp,lrp-gamma,attnlrp,cp-lrp"
         ),
     ] = "gradcam",
     precision: str = EXPLAIN["precision"],

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from octlens.errors import OctlensError, arg
+from octlens.explain.attnlrp import CPLRP, AttnLRP
 from octlens.explain.base import Explainer, Explanation
 from octlens.explain.cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, LayerCAMFused
 from octlens.explain.legrad import LeGrad
@@ -27,6 +28,8 @@ EXPLAINERS: dict[str, type[Explainer]] = {
     "occlusion": Occlusion,
     "lrp": LRP,
     "lrp-gamma": LRPGamma,
+    "attnlrp": AttnLRP,
+    "cp-lrp": CPLRP,
 }
 
 #: The papers' names for methods registered under a shorter one.
@@ -85,10 +88,12 @@ def check_methods(methods: Sequence[str]) -> list[str]:
 __all__ = [
     "ALIASES",
     "CNN_METHODS",
+    "CPLRP",
     "EXPLAINERS",
     "LRP",
     "VIT_METHODS",
     "AttentionRollout",
+    "AttnLRP",
     "Explainer",
     "Explanation",
     "GradCAM",
