@@ -254,13 +254,15 @@ def test_a_folder_that_is_not_a_run_is_an_error_before_serving(tmp_path, tiny_re
         ScanService([tiny_resnet_run], methods=["rollout"])
 
 
-def test_lrp_and_a_named_layer_reach_each_run_they_apply_to(tiny_resnet_run, tiny_vit_run):
-    """LRP explains the ResNet and is left out for the ViT; ``layer`` moves the ResNet's CAMs
-    to ``layer3`` (and a method that explains no layer is refused before any run loads)."""
+def test_lrp_attnlrp_and_a_named_layer_reach_each_run_they_apply_to(tiny_resnet_run, tiny_vit_run):
+    """LRP explains the ResNet and AttnLRP the ViT, each left out for the other; ``layer``
+    moves the ResNet's CAMs to ``layer3`` (and a method that explains no layer is refused before
+    any run loads)."""
     service = ScanService(
-        [tiny_resnet_run, tiny_vit_run], methods=["gradcam", "lrp"], precision="fp32"
+        [tiny_resnet_run, tiny_vit_run], methods=["gradcam", "lrp", "attnlrp"], precision="fp32"
     )
-    assert [list(run.explainers) for run in service.runs] == [["gradcam", "lrp"], ["gradcam"]]
+    explainers = [list(run.explainers) for run in service.runs]
+    assert explainers == [["gradcam", "lrp"], ["gradcam", "attnlrp"]]
     layered = ScanService([tiny_resnet_run], methods=["gradcam"], precision="fp32", layer="layer3")
     resnet = layered.runs[0]
     assert resnet.explainers["gradcam"].target_layer is resnet.model.layer3  # type: ignore[attr-defined]

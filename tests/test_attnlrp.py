@@ -7,21 +7,23 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 
+import lxt.efficient.patches as lxt_patches
 import pytest
 import torch
+from lxt.efficient import monkey_patch, monkey_patch_zennit
+from lxt.efficient.models.vit_torch import cp_LRP
+from lxt.efficient.rules import divide_gradient
 from timm.layers import SwiGLU
 from torch import nn
 from torchvision.models import vision_transformer as torchvision_vit
+from zennit.composites import LayerMapComposite
+from zennit.core import BasicHook
+from zennit.rules import ZBox
 
 from helpers import TINY_VIT
 from octlens.errors import OctlensError
 from octlens.explain import CPLRP, EXPLAINERS, AttnLRP
 from octlens.models import create_model
-
-lxt_patches = pytest.importorskip("lxt.efficient.patches")
-from lxt.efficient import monkey_patch  # noqa: E402
-from lxt.efficient.models.vit_torch import cp_LRP  # noqa: E402
-from lxt.efficient.rules import divide_gradient  # noqa: E402
 
 WIDTH = 32
 
@@ -105,15 +107,18 @@ LXT_MAPS = {
 
 
 @pytest.fixture
-def lxt_patched_torch() -> Iterator[None]:
-    """lxt patches torch's classes in place; put them back after the test."""
+def lxt_patched() -> Iterator[None]:
+    """lxt patches torch's classes and zennit's hooks in place; put them back after the test."""
     classes = (nn.GELU, nn.LayerNorm, nn.MultiheadAttention)
     saved = {cls: cls.forward for cls in classes}
+    hook_methods = {name: getattr(BasicHook, name) for name in ("forward", "backward")}
     yield
     for cls, forward in saved.items():
         cls.forward = forward  # type: ignore[method-assign]
         if "original_forward" in vars(cls):
             delattr(cls, "original_forward")
+    for name, method in hook_methods.items():
+        setattr(BasicHook, name, method)
 
 
 def _gradient_times_input(model: nn.Module, images: torch.Tensor, targets: list[int]):
@@ -123,18 +128,31 @@ def _gradient_times_input(model: nn.Module, images: torch.Tensor, targets: list[
     return (images * images.grad).sum(dim=1).detach()
 
 
+@pytest.mark.parametrize("first_layer", ["zbox", "epsilon"])
 @pytest.mark.parametrize("method", ["attnlrp", "cp-lrp"])
-def test_maps_match_lxt_on_torchvision_vit_with_the_same_weights(method, lxt_patched_torch):
+def test_maps_match_lxt_on_torchvision_vit_with_the_same_weights(method, first_layer, lxt_patched):
+    """lxt's rules on torchvision's modules; at the first layer zennit's Z-box through lxt's
+    zennit bridge (which turns zennit's relevance into its gradient x input form), or lxt's
+    plain gradient x input."""
     vit = _timm_vit()
     twin = _torchvision_twin(vit)
     images = torch.randn(3, 1, 32, 32)
     torch.testing.assert_close(twin(images), vit(images), rtol=1e-5, atol=1e-5)
     targets = [0, 1, 2]
-    ours = EXPLAINERS[method](vit, precision="fp32")(images, targets).raw
+    explainer = EXPLAINERS[method](vit, first_layer=first_layer, precision="fp32")
+    ours = explainer(images, targets).raw
     plain = _gradient_times_input(twin, images, targets)
 
     monkey_patch(torchvision_vit, LXT_MAPS[method])
-    reference = _gradient_times_input(twin, images, targets)
+    if first_layer == "zbox":
+        monkey_patch_zennit()
+        low = images.amin(dim=(1, 2, 3), keepdim=True).expand_as(images)
+        high = images.amax(dim=(1, 2, 3), keepdim=True).expand_as(images)
+        composite = LayerMapComposite([(nn.Conv2d, ZBox(low=low, high=high))])
+        with composite.context(twin):
+            reference = _gradient_times_input(twin, images, targets)
+    else:
+        reference = _gradient_times_input(twin, images, targets)
     scale = reference.abs().amax()
     torch.testing.assert_close(ours / scale, reference / scale, rtol=0, atol=1e-5)
     # the rules matter here: plain gradient x input is far from the reference
@@ -193,4 +211,7 @@ def test_models_without_rules_are_refused_in_one_line():
     gated = create_model("vit_tiny", 4, img_size=32, patch_size=8, mlp_layer=SwiGLU, **TINY_VIT)
     with pytest.raises(OctlensError, match=r"no rule for SwiGLU"):
         AttnLRP(gated)
-    assert AttnLRP.supports(create_model("vit_tiny", 4, img_size=32, patch_size=8, **TINY_VIT))
+    plain = create_model("vit_tiny", 4, img_size=32, patch_size=8, **TINY_VIT)
+    assert AttnLRP.supports(plain)
+    with pytest.raises(OctlensError, match="first_layer=flat: choose zbox or epsilon"):
+        AttnLRP(plain, first_layer="flat")

@@ -23,9 +23,17 @@ change to one gradient, made by a forward hook that keeps the layer's value exac
   and then of :math:`QK^\top`, on their path) and of the value by 1/2, at the output of the
   ``qkv`` projection; the softmax keeps its own gradient, which is its Taylor rule.
 
-The map is the relevance of the input pixels, :math:`x \odot g_x` summed over channels: signed, at
-the input's full resolution. Relevance is conserved up to what the biases (position embedding,
-class token, linear and norm biases) and the softmax's Taylor remainder absorb.
+The first layer (the patch embedding's convolution, or a convolutional stem's first one) takes a
+rule of its own, as in LRP for CNNs, since the pixels are not activations: by default **Z-box**
+(Montavon et al., 2017) with each image's own minimum and maximum as the bounds :math:`l \le x
+\le h`, :math:`R_i = \sum_j \frac{x_i w_{ij} - l_i w^+_{ij} - h_i w^-_{ij}}{\sum_i (x_i w_{ij}
+- l_i w^+_{ij} - h_i w^-_{ij})} R_j`, through zennit's ``ZBox``. With ``first_layer="epsilon"``
+the pixels' relevance is :math:`x \odot g_x` as everywhere else (the paper's plain form): the
+input is normalized, so a pixel darker than the mean (fluid, a cyst) has a negative value and its
+relevance flips sign with it, which Z-box, measuring each pixel against the bounds, does not do.
+The map is the pixels' relevance summed over channels: signed, at the input's full resolution.
+Relevance is conserved up to what the biases (position embedding, class token, linear and norm
+biases) and the softmax's Taylor remainder absorb.
 
 ``cp-lrp`` (:class:`CPLRP`) is the variant the AttnLRP authors use for ViTs (Ali et al., ICML
 2022, *conservative propagation*): the attention weights are held constant, so relevance reaches
@@ -44,6 +52,8 @@ from timm.layers import DropPath, LayerScale, Mlp, PatchDropout, PatchEmbed
 from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
+from zennit.core import Hook
+from zennit.rules import Epsilon, ZBox
 
 from octlens.errors import OctlensError
 from octlens.explain.base import Explainer, forward_hooks, predicted_unless_given, target_scores
@@ -80,14 +90,17 @@ _STABILIZER = 1e-10
 class AttnLRP(Explainer):
     r"""AttnLRP (Achtibat et al., 2024) on a timm ViT: relevance of the input pixels.
 
-    .. math:: R_x = x \odot \tilde\nabla_x f_c(x)
+    .. math:: R_z = z \odot \tilde\nabla_z f_c,\qquad R_x = \mathrm{rule}_{\mathrm{first}}(R_z)
 
-    where :math:`\tilde\nabla` is the gradient with the rules of the module docstring: identity
-    at GELU and at LayerNorm's :math:`\sigma`, the uniform rule at the attention products.
+    where :math:`z` is the first layer's output, :math:`\tilde\nabla` the gradient with the rules
+    of the module docstring (identity at GELU and at LayerNorm's :math:`\sigma`, the uniform rule
+    at the attention products), and the first layer's rule Z-box or epsilon.
 
     Args:
         model: a timm ViT; refused in one line if it holds a layer no rule covers (a gated MLP,
             RMSNorm, an attention-pooling head).
+        first_layer: ``zbox`` (each image's minimum and maximum as bounds) or ``epsilon``
+            (gradient x input, the paper's plain form).
         precision: accepted for a uniform interface; maps are fp32 always.
 
     Example::
@@ -104,7 +117,12 @@ class AttnLRP(Explainer):
     def supports(cls, model: nn.Module) -> bool:
         return is_vit(model) and not _modules_without_a_rule(model)
 
-    def __init__(self, model: nn.Module, precision: str | PrecisionPlan = "auto") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        first_layer: str = "zbox",
+        precision: str | PrecisionPlan = "auto",
+    ) -> None:
         super().__init__(model, precision)
         missing = _modules_without_a_rule(model)
         if missing:
@@ -113,21 +131,31 @@ class AttnLRP(Explainer):
                 "(it covers timm's VisionTransformer with LayerNorm, a GELU MLP and token or "
                 "average pooling); for this model use legrad, rollout or reciprocam"
             )
+        if first_layer not in FIRST_LAYER_RULES:
+            raise OctlensError(
+                f"first_layer={first_layer}: choose {' or '.join(FIRST_LAYER_RULES)}"
+            )
+        self.first_layer = first_layer
+        self.input_layer = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
 
     def _explain(
         self, images: torch.Tensor, targets: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        images = images.float().detach().requires_grad_()
-        hooks = rule_hooks(self.model, self.attention_shares)
-        with (
-            torch.autocast(images.device.type, enabled=False),
-            torch.enable_grad(),
-            forward_hooks(hooks),
-        ):
-            logits = self.model(images)
-            targets = predicted_unless_given(logits, targets)
-            (gradient,) = torch.autograd.grad(target_scores(logits, targets).sum(), images)
-        return (images * gradient).sum(dim=1).detach(), targets
+        images = images.float().detach()
+        first: list[torch.Tensor] = []
+        hooks: list[tuple[nn.Module, Callable[..., object]]] = [
+            *rule_hooks(self.model, self.attention_shares),
+            (self.input_layer, lambda module, inputs, output: first.append(output)),
+        ]
+        rule = FIRST_LAYER_RULES[self.first_layer](images)
+        with torch.autocast(images.device.type, enabled=False), torch.enable_grad():
+            with forward_hooks(hooks):
+                logits = self.model(images.requires_grad_())
+                targets = predicted_unless_given(logits, targets)
+                (gradient,) = torch.autograd.grad(target_scores(logits, targets).sum(), first[0])
+            relevance = (first[0] * gradient).detach()
+            pixels = first_layer_relevance(self.input_layer, images, relevance, rule)
+        return pixels.sum(dim=1), targets
 
 
 class CPLRP(AttnLRP):
@@ -136,6 +164,35 @@ class CPLRP(AttnLRP):
 
     title: ClassVar[str] = "CP-LRP"
     attention_shares: ClassVar[tuple[float, float, float]] = (0.0, 0.0, 1.0)
+
+
+def _zbox(images: torch.Tensor) -> Hook:
+    """Z-box bounded by each image's own minimum and maximum."""
+    low = images.amin(dim=(1, 2, 3), keepdim=True).expand_as(images)
+    high = images.amax(dim=(1, 2, 3), keepdim=True).expand_as(images)
+    return ZBox(low=low, high=high)
+
+
+#: The rules the first layer can take, each built for a batch of images.
+FIRST_LAYER_RULES: dict[str, Callable[[torch.Tensor], Hook]] = {
+    "zbox": _zbox,
+    "epsilon": lambda images: Epsilon(),
+}
+
+
+def first_layer_relevance(
+    layer: nn.Module, images: torch.Tensor, relevance: torch.Tensor, rule: Hook
+) -> torch.Tensor:
+    """The relevance of ``images`` (B, C, H, W) given that of ``layer``'s output, by a zennit
+    ``rule`` (zennit's hooks turn the gradient into relevance: the output's relevance goes in as
+    the output gradient, the input's comes out as the input gradient)."""
+    handles = rule.register(layer)
+    try:
+        inputs = images.detach().requires_grad_()
+        (pixels,) = torch.autograd.grad(layer(inputs), inputs, grad_outputs=relevance)
+    finally:
+        handles.remove()
+    return pixels.detach()
 
 
 def rule_hooks(
