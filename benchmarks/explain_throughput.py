@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out")
+    parser.add_argument("--skip", nargs="*", default=[], help="methods (and pgc-gradcam) to leave out")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -116,8 +116,8 @@ def main() -> None:
     for model_key in args.models:
         methods = VIT_METHODS if "vit" in model_key else CNN_METHODS
         baseline = backward = None
-        chosen = [m for m in methods if m not in args.skip]
-        for method in ["forward", "backward", "pgc-gradcam", *chosen]:
+        chosen = [m for m in ["pgc-gradcam", *methods] if m not in args.skip]
+        for method in ["forward", "backward", *chosen]:
             command = [
                 sys.executable,
                 __file__,
