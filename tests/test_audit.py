@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from octlens.audit import AuditResult, audit_run
-from octlens.audit.counterfactual import Interval, SwapResult
+from octlens.audit.counterfactual import Interval, SwapResult, rate_interval
+from octlens.audit.faithfulness import stratified_sample
 from octlens.audit.priors import RETINA, THICKEST
 from octlens.audit.result import (
     COLUMNS,
@@ -26,6 +27,7 @@ from octlens.audit.result import (
     swap_sentence,
     table_rows,
 )
+from octlens.audit.scores import PERTURBATION
 from octlens.audit.shortcut import (
     ACCURACY_GAP,
     CORNER_ENRICHMENT,
@@ -554,3 +556,59 @@ def test_a_thin_lesion_survives_resizing_and_a_mask_of_another_shape_is_refused(
         )
     assert batch.annotated.tolist() == [True, False]
     assert batch.lesions[0].any() and not batch.lesions[1].any()
+
+
+def test_a_stratified_sample_keeps_each_group_in_proportion():
+    groups = torch.tensor([0] * 50 + [1] * 30 + [2] * 15 + [3] * 5)
+    for size, expected in ((10, [5, 3, 1, 1]), (40, [20, 12, 6, 2]), (4, [1, 1, 1, 1])):
+        picks = stratified_sample(groups, size)
+        assert torch.bincount(groups[picks], minlength=4).tolist() == expected
+        assert picks.unique().tolist() == picks.tolist()  # sorted, no scan twice
+        assert torch.equal(picks, stratified_sample(groups, size))  # seeded
+    assert torch.equal(stratified_sample(groups, None), torch.arange(100))
+    assert torch.equal(stratified_sample(groups, 100), torch.arange(100))
+    assert not torch.equal(stratified_sample(groups, 40, seed=1), stratified_sample(groups, 40))
+
+
+def test_faithfulness_on_a_sample_agrees_with_every_scan_and_changes_nothing_else(
+    marked_run, tmp_path
+):
+    """The sampled audit against the full one: each faithfulness number's interval holds the
+    full audit's value, every other number is the same, and audit.json lists the sample."""
+    settings = {"methods": ["gradcam", "hirescam", "layercam"], "steps": 4, "sanity_scans": 2}
+    run, data = marked_run / "run", marked_run / "data"
+    full = audit_run(run, data, faithfulness_scans=None, out=tmp_path / "full", **settings)
+    half = full.n_scans // 2
+    sampled = audit_run(run, data, faithfulness_scans=half, out=tmp_path / "half", **settings)
+    assert full.faithfulness_protocol.scans is None
+    scans = sampled.faithfulness_protocol.scans
+    assert scans is not None and len(set(scans)) == half
+    assert AuditResult.load(tmp_path / "half" / "audit.json").faithfulness_protocol.scans == scans
+    assert f"on {half} of the {full.n_scans}" in sampled.faithfulness_protocol.sample_note(
+        sampled.n_scans
+    )
+    cheap = [s for s in full.methods["gradcam"].scores["all"] if s not in PERTURBATION]
+    for name, method in sampled.methods.items():
+        everyone = full.methods[name]
+        assert set(method.faithfulness) == set(PERTURBATION)
+        for score, stated in method.faithfulness.items():
+            assert stated.mean == pytest.approx(method.scores["all"][score])
+            assert stated.low <= everyone.faithfulness[score].mean <= stated.high, (name, score)
+        assert {s: method.scores["all"][s] for s in cheap} == {
+            s: everyone.scores["all"][s] for s in cheap
+        }
+        assert method.sanity == everyone.sanity
+    assert sampled.counterfactual == full.counterfactual
+    assert (sampled.flagged, sampled.flag_reasons) == (full.flagged, full.flag_reasons)
+    assert sampled.best_method == full.best_method
+
+
+def test_a_rate_interval_is_wilsons_and_not_empty_when_nothing_happened():
+    """Wilson's score interval, as tabulated: 1 of 10 is [0.0179, 0.4042]; 0 of 7 still
+    leaves up to 0.354 possible, where a bootstrap would say [0, 0]."""
+    one_in_ten = rate_interval(torch.tensor([1.0] + [0.0] * 9))
+    assert (one_in_ten.mean, one_in_ten.low, one_in_ten.high) == pytest.approx(
+        (0.1, 0.0179, 0.4042), abs=1e-4
+    )
+    none = rate_interval(torch.zeros(7))
+    assert (none.low, none.high) == pytest.approx((0.0, 0.3543), abs=1e-4)

@@ -72,6 +72,7 @@ reported beside it, not flagged on their own: a retina-shaped hole still shows t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -152,6 +153,17 @@ def interval(values: torch.Tensor, seed: int = 0) -> Interval:
     values = values.double().cpu()
     means = bootstrap(lambda rows: values[rows].mean(dim=1), len(values), seed)
     return percentile_interval(values.mean().item(), means)
+
+
+def rate_interval(outcomes: torch.Tensor, z: float = 1.96) -> Interval:
+    """The share of 1s among 0/1 ``outcomes`` (N,) with its 95% Wilson score interval: unlike a
+    percentile bootstrap, which collapses to [0, 0] when no outcome is 1, it says how large a
+    rate 0 of N leaves possible."""
+    n = len(outcomes)
+    rate = outcomes.double().mean().item()
+    centre = (rate + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+    return Interval(mean=rate, low=max(0.0, centre - half), high=min(1.0, centre + half))
 
 
 def percentile_interval(mean: float, resampled: torch.Tensor) -> Interval:

@@ -138,6 +138,36 @@ def random_maps(shape: tuple[int, int, int], grid: int = 7, seed: int = 0) -> to
     return F.interpolate(coarse, size=shape[1:], mode="bilinear", align_corners=False)[:, 0]
 
 
+def stratified_sample(groups: torch.Tensor, size: int | None, seed: int = 0) -> torch.Tensor:
+    """Sorted indices of ``size`` of the items whose group (such as the predicted class) is
+    ``groups`` (N,), each group drawn without replacement in proportion to its size (largest
+    remainders; every group at least once when ``size`` allows), so the sample's mix of groups
+    is the audit's. All N indices when ``size`` is None or not below N."""
+    groups = groups.cpu()
+    n = len(groups)
+    if size is None or size >= n:
+        return torch.arange(n)
+    names, counts = groups.unique(return_counts=True)
+    quotas = counts.double() * size / n
+    taken = quotas.floor().long()
+    if size >= len(names):
+        taken = taken.clamp_min(1)
+    order = (quotas - quotas.floor()).argsort(descending=True, stable=True)
+    for position in order.tolist():
+        if int(taken.sum()) >= size:
+            break
+        if taken[position] < counts[position]:
+            taken[position] += 1
+    while int(taken.sum()) > size:  # the floor of one per group overshot: trim the largest
+        taken[int(taken.argmax())] -= 1
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for name, count in zip(names.tolist(), taken.tolist(), strict=True):
+        members = torch.nonzero(groups == name).flatten()
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:count]])
+    return torch.cat(chosen).sort().values
+
+
 def _pixel_ranks(maps: torch.Tensor, seed: int) -> torch.Tensor:
     """(B, H * W) position of each pixel when sorted by saliency, ties in random order."""
     flat = maps.flatten(1)

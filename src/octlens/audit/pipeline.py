@@ -16,6 +16,7 @@ from :func:`octlens.data.retina.find_retina`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +27,14 @@ from PIL import Image
 
 from octlens.audit.batch import AuditBatch, load_audit_batch
 from octlens.audit.clusters import explanation_clusters
+from octlens.audit.counterfactual import interval, rate_interval
 from octlens.audit.evidence import ScansUnderTest, StoredScans, counterfactual_evidence
 from octlens.audit.faithfulness import (
     PerturbationCurves,
     average_drop_increase,
     deletion_insertion,
     random_maps,
+    stratified_sample,
 )
 from octlens.audit.lesions import LESION_PREDICTED, localization_scores, localization_summary
 from octlens.audit.plots import (
@@ -53,7 +56,7 @@ from octlens.audit.result import (
     WorstScan,
 )
 from octlens.audit.sanity import SanityResult, cascading_randomization
-from octlens.audit.scores import FAITHFULNESS, Score, group_means, oriented
+from octlens.audit.scores import FAITHFULNESS, PERTURBATION, Score, group_means, oriented
 from octlens.audit.shortcut import attention_notes, attention_shares, mark_effects, shortcut_flags
 from octlens.data.index import DatasetIndex, Sample
 from octlens.data.regions import Region, area_shares, region_masks
@@ -74,6 +77,11 @@ from octlens.training.run import Run
 
 #: The tests run on each method's maps, one step of the audit's progress bar each.
 METHOD_TESTS = ("explaining", "deletion/insertion", "average drop", "sanity check")
+#: Scans the deletion/insertion curves and the average drop are measured on by default: a sample
+#: stratified by predicted class (every scan when the audit has fewer). These are the audit's
+#: costly numbers (2 x (steps + 1) forward passes per scan and method); the rest, one map per
+#: scan, runs on every scan.
+FAITHFULNESS_SCANS = 200
 #: The regions whose attention share the flag rule weighs against their area share.
 SHARES: tuple[str, ...] = (Region.CORNERS, Region.OFF_RETINA)
 
@@ -85,6 +93,7 @@ def audit_run(
     methods: list[str] | None = None,
     scans_per_class: int | None = None,
     steps: int = 50,
+    faithfulness_scans: int | None = FAITHFULNESS_SCANS,
     sanity_scans: int = 8,
     worst: int = 4,
     batch_size: int = 64,
@@ -102,7 +111,10 @@ def audit_run(
     be decoded are left out, with a warning, and listed under ``unreadable``. ``layer`` (a dotted
     module name, ``layer3``) is the layer the CAMs explain instead of the last stage; without
     ``methods``, only the default methods that explain a layer run then, and ``out`` defaults to
-    ``RUN/audit/<split>@<layer>/``. Four steps:
+    ``RUN/audit/<split>@<layer>/``. Faithfulness (deletion, insertion, average drop, and the
+    random maps' reference) is measured on ``faithfulness_scans`` scans drawn in proportion to
+    the predicted classes (None: every scan), with bootstrap intervals over them; ``audit.json``
+    lists them. Four steps:
     :func:`prepare_audit` (model, scans, masks, predictions), :func:`score_method` for each method,
     :func:`summarize` into the :class:`~octlens.audit.result.AuditResult` that ``audit.json`` holds,
     and the figures. Progress bars count the scans loaded and the tests run, per method
@@ -114,7 +126,11 @@ def audit_run(
         result.best_method, result.flagged, result.methods["gradcam"].scores["all"][Region.CORNERS]
     """
     require_positive(
-        steps=steps, scans_per_class=scans_per_class, sanity_scans=sanity_scans, worst=worst
+        steps=steps,
+        scans_per_class=scans_per_class,
+        faithfulness_scans=faithfulness_scans,
+        sanity_scans=sanity_scans,
+        worst=worst,
     )
     names = None if methods is None else check_methods(methods)  # a typo fails before any work
     check_layer(names or [], layer)
@@ -132,6 +148,7 @@ def audit_run(
         plan,
         verbose,
         estimate_retina,
+        faithfulness_scans,
     )
     methods = names or [
         name
@@ -146,7 +163,7 @@ def audit_run(
     with progress_bar("auditing", tests, "tests", verbose) as advance:
         advance.describe("random maps: deletion/insertion")
         random = random_maps((n, height, width))
-        random_curves = audit.perturbation(random)
+        random_curves = audit.perturbation(random[audit.faithfulness_scans])
         advance()
         scored = {name: score_method(audit, name, sanity_scans, advance, layer) for name in methods}
         advance.describe("counterfactual region tests")
@@ -171,6 +188,7 @@ class PreparedAudit:
     plan: PrecisionPlan
     images: torch.Tensor  # batch.images on the device
     predictions: torch.Tensor  # (N,) the classes every method explains
+    faithfulness_scans: torch.Tensor  # (n,) sorted indices of the scans faithfulness uses
     labels: torch.Tensor
     regions: dict[str, torch.Tensor]
     areas: dict[str, float]
@@ -221,11 +239,13 @@ class PreparedAudit:
         )
 
     def perturbation(self, maps: torch.Tensor) -> PerturbationCurves:
+        """Deletion and insertion curves of ``maps`` of the faithfulness scans (n, S, S)."""
+        picks = self.faithfulness_scans.to(self.plan.device)
         return deletion_insertion(
             self.model,
-            self.images,
+            self.images[picks],
             maps.to(self.plan.device),
-            self.predictions,
+            self.predictions[picks],
             steps=self.steps,
             baseline=self.black,
             batch_size=self.batch_size,
@@ -253,8 +273,10 @@ def prepare_audit(
     plan: PrecisionPlan,
     verbose: bool = True,
     estimate_retina: bool = False,
+    faithfulness_scans: int | None = FAITHFULNESS_SCANS,
 ) -> PreparedAudit:
-    """Load the run's model and the chosen scans with their masks; predict once."""
+    """Load the run's model and the chosen scans with their masks; predict once, and draw the
+    scans faithfulness is measured on (stratified by predicted class)."""
     require_positive(batch_size=batch_size)
     index = run.data(data, verbose)
     requested = run.samples(index, split)
@@ -270,6 +292,7 @@ def prepare_audit(
     if batch.lesions is not None and batch.lesions.any():
         with_lesion = batch.lesions.flatten(1).any(dim=1)
         areas["lesion"] = batch.lesions[with_lesion].flatten(1).float().mean().item()
+    predictions = logits.argmax(dim=1)
     return PreparedAudit(
         run=run,
         index=index,
@@ -279,7 +302,8 @@ def prepare_audit(
         model=model,
         plan=plan,
         images=images,
-        predictions=logits.argmax(dim=1),
+        predictions=predictions,
+        faithfulness_scans=stratified_sample(predictions, faithfulness_scans),
         labels=torch.tensor([s.label for s in batch.samples], device=plan.device),
         regions=regions,
         areas=areas,
@@ -314,14 +338,16 @@ def score_method(
     )
     advance()
     advance.describe(f"{name}: {METHOD_TESTS[1]}")
-    curves = audit.perturbation(maps)
+    sampled = audit.faithfulness_scans
+    curves = audit.perturbation(maps[sampled])
     advance()
     advance.describe(f"{name}: {METHOD_TESTS[2]}")
+    on_device = sampled.to(audit.plan.device)
     drop, increase = average_drop_increase(
         audit.model,
-        audit.images,
-        maps.to(audit.plan.device),
-        audit.predictions,
+        audit.images[on_device],
+        maps[sampled].to(audit.plan.device),
+        audit.predictions[on_device],
         audit.black,
         audit.batch_size,
         audit.plan,
@@ -337,11 +363,14 @@ def score_method(
         audit.predictions[picks],
     )
     advance()
-    per_scan = {
+    faithfulness: dict[str, torch.Tensor] = {
         Score.DELETION_AUC: curves.deletion_auc,
         Score.INSERTION_AUC: curves.insertion_auc,
         Score.AVERAGE_DROP: drop,
         Score.INCREASE: increase.float(),
+    }
+    per_scan = {
+        **{score: _on_every_scan(values, sampled, n) for score, values in faithfulness.items()},
         **attention_shares(maps, audit.regions),
         **(
             localization_scores(maps, audit.batch.lesions, audit.batch.retina)
@@ -350,6 +379,13 @@ def score_method(
         ),
     }
     return ScoredMethod(maps=maps, curves=curves, per_scan=per_scan, sanity=sanity)
+
+
+def _on_every_scan(values: torch.Tensor, picks: torch.Tensor, n: int) -> torch.Tensor:
+    """(N,) ``values`` of the scans ``picks``, NaN for the others (group means skip NaN)."""
+    spread = torch.full((n,), math.nan)
+    spread[picks] = values.float().cpu()
+    return spread
 
 
 def summarize(
@@ -390,7 +426,14 @@ def summarize(
         accuracy=accuracy,
         area_share=audit.areas,
         faithfulness_protocol=FaithfulnessProtocol(
-            steps=audit.steps, baseline="black (pixel 0)", insertion_start="Gaussian blur"
+            steps=audit.steps,
+            baseline="black (pixel 0)",
+            insertion_start="Gaussian blur",
+            scans=(
+                None
+                if len(audit.faithfulness_scans) == len(samples)
+                else [str(samples[i].path) for i in audit.faithfulness_scans.tolist()]
+            ),
         ),
         random_baseline=Curves(
             deletion_auc=random_curves.deletion_auc.mean().item(),
@@ -422,6 +465,11 @@ def _method_summary(
             ssim_median=method.sanity.ssim.median(dim=1).values.tolist(),
         ),
         worst_off_retina=_worst(method.per_scan[Region.OFF_RETINA], samples, worst),
+        faithfulness={
+            score: (rate_interval if score == Score.INCREASE else interval)(values[~values.isnan()])
+            for score, values in method.per_scan.items()
+            if score in PERTURBATION
+        },
     )
 
 

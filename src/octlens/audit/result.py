@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from pydantic import Field
+
 from octlens.audit.counterfactual import (
     MIN_PROBABILITY_DROP,
     Interval,
@@ -42,11 +44,14 @@ class WorstScan(Record):
 
 class MethodSummary(Record):
     """One method's audit: ``scores[group][metric]`` for the groups ``all``, each class and, on
-    data with planted marks, ``marked`` and ``clean``."""
+    data with planted marks, ``marked`` and ``clean``; ``faithfulness``, the scores of
+    :data:`~octlens.audit.scores.PERTURBATION` over the faithfulness scans with their 95%
+    bootstrap intervals (empty in audits written before they were sampled)."""
 
     scores: dict[str, Scores]
     sanity: SanitySummary
     worst_off_retina: list[WorstScan]
+    faithfulness: dict[str, Interval] = Field(default_factory=dict)
 
 
 class AccuracySummary(Record):
@@ -267,9 +272,22 @@ class Curves(Record):
 
 
 class FaithfulnessProtocol(Record):
+    """How deletion, insertion and the average drop were measured, and on which scans: ``scans``
+    lists them when they are a sample of the audited scans (None: every one)."""
+
     steps: int
     baseline: str
     insertion_start: str
+    scans: list[str] | None = None
+
+    def sample_note(self, n_scans: int) -> str:
+        """``deletion, insertion and average drop on 200 of them, ...`` for a sample; ``""``."""
+        if self.scans is None:
+            return ""
+        return (
+            f"deletion, insertion and average drop on {len(self.scans)} of the {n_scans}, "
+            "drawn in proportion to the predicted classes"
+        )
 
 
 class AuditResult(Record):

@@ -48,6 +48,15 @@ HIGHER_IS_BETTER: Mapping[str, bool] = {
 #: needs lesion masks), and which no method can game by being blurrier or sharper alone.
 FAITHFULNESS: tuple[Score, ...] = (Score.INSERTION_AUC, Score.DELETION_AUC)
 
+#: The scores that send perturbed copies of the scans through the model: measured on the audit's
+#: faithfulness sample, each with a bootstrap interval over it.
+PERTURBATION: tuple[Score, ...] = (
+    Score.DELETION_AUC,
+    Score.INSERTION_AUC,
+    Score.AVERAGE_DROP,
+    Score.INCREASE,
+)
+
 #: The scores of a map against lesion masks.
 LOCALIZATION: tuple[Score, ...] = (
     Score.POINTING_GAME,

@@ -373,6 +373,13 @@ def audit(
         int | None, typer.Option(help="audit the first N scans of each class (default: all)")
     ] = AUDIT["scans_per_class"],
     steps: Annotated[int, typer.Option(help="deletion/insertion steps")] = AUDIT["steps"],
+    faithfulness_scans: Annotated[
+        int,
+        typer.Option(
+            help="scans deletion, insertion and average drop are measured on, drawn in "
+            "proportion to the predicted classes (0: every scan)"
+        ),
+    ] = AUDIT["faithfulness_scans"],
     sanity_scans: Annotated[int, typer.Option(help="scans in the randomization check")] = AUDIT[
         "sanity_scans"
     ],
@@ -403,6 +410,7 @@ def audit(
         methods=None if methods is None else parse_methods(methods),
         scans_per_class=scans_per_class,
         steps=steps,
+        faithfulness_scans=faithfulness_scans or None,
         sanity_scans=sanity_scans,
         batch_size=batch_size,
         precision=precision,

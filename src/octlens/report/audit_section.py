@@ -52,7 +52,8 @@ def audit_table(audits: Sequence[AuditResult]) -> str:
         "those regions cover (what an even map would get). &#9733; best method: largest "
         "insertion minus deletion among those passing the sanity check.</p>"
         f"<table><tr><th>model</th><th>method</th>{header}<th>sanity</th></tr>"
-        f"{''.join(rows)}</table>{''.join(verdict_html(a) for a in audits)}"
+        f"{''.join(rows)}</table>{''.join(sample_html(a) for a in audits)}"
+        f"{''.join(verdict_html(a) for a in audits)}"
         "<h3>Counterfactual region swaps</h3><p>The region's pixels off the retina, pasted from "
         "scans the model puts in another class: how often the prediction moves to the donor's "
         "class, beside the same pixels pasted elsewhere and a swap from the scan's own class "
@@ -66,6 +67,12 @@ def audit_table(audits: Sequence[AuditResult]) -> str:
         "corner or off-retina share is a group the model handles differently.</p>"
         f"{''.join(clusters_html(a) for a in audits)}"
     )
+
+
+def sample_html(audit: AuditResult) -> str:
+    """Which scans the faithfulness columns rest on, when they are a sample."""
+    note = audit.faithfulness_protocol.sample_note(audit.n_scans)
+    return f"<p>{text(audit.model)}: {text(note)}.</p>" if note else ""
 
 
 def counterfactual_html(audit: AuditResult) -> str:

@@ -45,7 +45,9 @@ def split_table(index: DatasetIndex) -> Table:
 def audit_table(result: AuditResult) -> Table:
     """Methods x audit numbers for one run, the best method starred, the reference row last."""
     layer = f", CAMs at {result.layer}" if result.layer else ""
-    table = Table(title=f"{result.model} on {result.split} ({result.n_scans} scans{layer})")
+    sample = result.faithfulness_protocol.sample_note(result.n_scans)
+    sample = f"; {sample}" if sample else ""
+    table = Table(title=f"{result.model} on {result.split} ({result.n_scans} scans{layer}{sample})")
     for heading in ("method", *(column.heading(separator="\n") for column in COLUMNS), "sanity"):
         table.add_column(heading, justify="right", no_wrap=True)
     for row in table_rows(result):
