@@ -341,6 +341,8 @@ def test_audit_cli_prints_the_table_and_verdict(marked_run, tmp_path):
             "2",
             "--sanity-scans",
             "1",
+            "--faithfulness-scans",
+            "3",
             "--out",
             str(tmp_path),
         ],
@@ -350,6 +352,7 @@ def test_audit_cli_prints_the_table_and_verdict(marked_run, tmp_path):
     )
     assert completed.returncode == 0, completed.stderr
     assert "gradcam" in completed.stdout and "planted marks: clean scans" in completed.stdout
+    assert "average drop on 3 of the 4," in " ".join(completed.stdout.split())
     assert "counterfactual region swaps" in completed.stdout
     saved = AuditResult.load(tmp_path / "audit.json")
     lines = completed.stdout.splitlines()

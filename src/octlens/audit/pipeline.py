@@ -77,11 +77,6 @@ from octlens.training.run import Run
 
 #: The tests run on each method's maps, one step of the audit's progress bar each.
 METHOD_TESTS = ("explaining", "deletion/insertion", "average drop", "sanity check")
-#: Scans the deletion/insertion curves and the average drop are measured on by default: a sample
-#: stratified by predicted class (every scan when the audit has fewer). These are the audit's
-#: costly numbers (2 x (steps + 1) forward passes per scan and method); the rest, one map per
-#: scan, runs on every scan.
-FAITHFULNESS_SCANS = 200
 #: The regions whose attention share the flag rule weighs against their area share.
 SHARES: tuple[str, ...] = (Region.CORNERS, Region.OFF_RETINA)
 
@@ -93,7 +88,7 @@ def audit_run(
     methods: list[str] | None = None,
     scans_per_class: int | None = None,
     steps: int = 50,
-    faithfulness_scans: int | None = FAITHFULNESS_SCANS,
+    faithfulness_scans: int | None = 200,
     sanity_scans: int = 8,
     worst: int = 4,
     batch_size: int = 64,
@@ -114,7 +109,8 @@ def audit_run(
     ``RUN/audit/<split>@<layer>/``. Faithfulness (deletion, insertion, average drop, and the
     random maps' reference) is measured on ``faithfulness_scans`` scans drawn in proportion to
     the predicted classes (None: every scan), with bootstrap intervals over them; ``audit.json``
-    lists them. Four steps:
+    lists them. These are the audit's costly numbers (2 x (steps + 1) forward passes per scan and
+    method); the rest, one map per scan, runs on every scan. Four steps:
     :func:`prepare_audit` (model, scans, masks, predictions), :func:`score_method` for each method,
     :func:`summarize` into the :class:`~octlens.audit.result.AuditResult` that ``audit.json`` holds,
     and the figures. Progress bars count the scans loaded and the tests run, per method
@@ -273,7 +269,7 @@ def prepare_audit(
     plan: PrecisionPlan,
     verbose: bool = True,
     estimate_retina: bool = False,
-    faithfulness_scans: int | None = FAITHFULNESS_SCANS,
+    faithfulness_scans: int | None = None,
 ) -> PreparedAudit:
     """Load the run's model and the chosen scans with their masks; predict once, and draw the
     scans faithfulness is measured on (stratified by predicted class)."""
