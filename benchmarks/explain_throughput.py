@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--skip", nargs="*", default=[], help="methods (and pgc-gradcam) to leave out")
+    parser.add_argument("--skip", nargs="*", default=[], help="methods, or pgc-gradcam, to skip")
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
