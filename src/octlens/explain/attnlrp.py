@@ -12,7 +12,7 @@ not cover, and AttnLRP gives each one:
   Taylor term at the input, :math:`R_{x_i} = x_i (R_i - s_i \sum_j R_j)`, the rest absorbed as a
   bias.
 
-Everything else (the linear layers, the patch embedding, residual sums, pooling) takes the
+Everything else after the first layer (the linear layers, residual sums, pooling) takes the
 epsilon rule with :math:`\epsilon \to 0`. All of it runs as one gradient x input (the paper's
 efficient form): a layer's relevance is its input times a *modified* gradient, so each rule is a
 change to one gradient, made by a forward hook that keeps the layer's value exactly:
