@@ -382,6 +382,7 @@ def test_report_shows_the_audit_table_verdict_and_figures(marked_run, tmp_path):
         methods=["gradcam"],
         scans_per_class=1,
         steps=2,
+        faithfulness_scans=2,
         sanity_scans=1,
     )  # written to RUN/audit/test, where the report looks
     page = write_report([marked_run / "run"], tmp_path / "report.html").read_text()
@@ -402,6 +403,7 @@ def test_report_shows_the_audit_table_verdict_and_figures(marked_run, tmp_path):
     assert "<h3>Counterfactual region swaps</h3>" in page
     assert "<h3>Explanation clusters</h3>" in page
     assert "Scans with the most attention off the retina" in page
+    assert "resnet18: deletion, insertion and average drop on 2 of the 4," in page
 
 
 def test_a_swap_flagged_on_its_changes_says_so_and_old_audits_still_render():
