@@ -1,7 +1,7 @@
 """The defaults of the API functions the commands wrap, read from the functions' own signatures.
 
 A default is defined once, in the signature of the function that uses it (``audit_run(...,
-steps=50)``), and the command's option shows and passes that value. The signatures are read from
+steps=20)``), and the command's option shows and passes that value. The signatures are read from
 the source with :mod:`ast` rather than by importing the functions, which would import torch
 before every command (seconds on a small machine, even to refuse a typo); a test checks that
 what is read here is what :func:`inspect.signature` gives.
