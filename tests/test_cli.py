@@ -451,7 +451,7 @@ def test_command_defaults_are_the_api_signatures():
     device = {"batch_size", "precision", "device"}
     expected = {
         "audit": {"split", "methods", "scans_per_class", "steps", "sanity_scans", "out"}
-        | {"estimate_retina", "layer"}
+        | {"estimate_retina", "layer", "faithfulness_scans"}
         | device,
         "evaluate": {"split", "out"} | device,
         "explain": {"grid_per_class", "strict", "layer"} | device,
