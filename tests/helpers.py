@@ -13,6 +13,8 @@ import sys
 import zlib
 from pathlib import Path
 
+import torch
+
 from octlens.training import TrainConfig
 
 #: A 2-block ViT of width 32: the smallest that still has attention worth explaining.
@@ -68,3 +70,17 @@ def broken_png(path: Path, size: tuple[int, int] = (32, 32)) -> None:
         + chunk(b"IDAT", garbage)
         + chunk(b"IEND", b"")
     )
+
+
+def explain_batched_and_single(model, methods, images, atol: float) -> None:
+    """Each of ``methods`` (registered names) on ``model``, asked for bf16: fp32 maps at the
+    input's size, and one image's map in a batch equal to its map alone."""
+    from octlens.explain import EXPLAINERS
+
+    for method in methods:
+        explainer = EXPLAINERS[method](model, precision="bf16")  # maps are fp32 regardless
+        batch = explainer(images)
+        assert batch.raw.shape == (len(images), *images.shape[-2:])
+        assert batch.raw.dtype == torch.float32
+        single = explainer(images[1:2], batch.targets[1:2]).raw
+        torch.testing.assert_close(single[0], batch.raw[1], rtol=1e-4, atol=atol)

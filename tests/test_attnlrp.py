@@ -20,7 +20,7 @@ from zennit.composites import LayerMapComposite
 from zennit.core import BasicHook
 from zennit.rules import ZBox
 
-from helpers import TINY_VIT
+from helpers import TINY_VIT, explain_batched_and_single
 from octlens.errors import OctlensError
 from octlens.explain import CPLRP, EXPLAINERS, AttnLRP
 from octlens.models import create_model
@@ -185,13 +185,8 @@ def test_attnlrp_leaves_the_model_as_it_was_and_batches_like_single_images(stem)
     fused = [block.attn.fused_attn for block in vit.blocks]
     images = torch.randn(3, 1, 32, 32)
     before = vit(images).detach()
-    for method in ("attnlrp", "cp-lrp"):
-        explainer = EXPLAINERS[method](vit, precision="bf16")  # maps are fp32 regardless
-        batch = explainer(images)
-        assert batch.raw.shape == (3, 32, 32) and batch.raw.dtype == torch.float32
-        assert batch.targets.tolist() == before.argmax(1).tolist()
-        single = explainer(images[1:2], batch.targets[1:2]).raw
-        torch.testing.assert_close(single[0], batch.raw[1], rtol=1e-4, atol=1e-6)
+    explain_batched_and_single(vit, ("attnlrp", "cp-lrp"), images, atol=1e-6)
+    assert AttnLRP(vit)(images).targets.tolist() == before.argmax(1).tolist()
     after = vit.state_dict()
     assert set(after) == set(state) and all(torch.equal(after[k], state[k]) for k in state)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in vit.modules())

@@ -13,9 +13,9 @@ from torch import nn
 from zennit.composites import LayerMapComposite
 from zennit.rules import Epsilon
 
-from helpers import TINY_VIT
+from helpers import TINY_VIT, explain_batched_and_single
 from octlens.errors import OctlensError
-from octlens.explain import EXPLAINERS, LRP, LRPGamma
+from octlens.explain import LRP, LRPGamma
 from octlens.explain.lrp import lrp_relevance
 from octlens.models import create_model
 
@@ -100,12 +100,7 @@ def test_lrp_leaves_the_model_as_it_was_and_batches_like_single_images(name):
     state = {key: value.clone() for key, value in model.state_dict().items()}
     images = torch.randn(3, 1, 48, 48)
     before = model(images).detach()
-    for method in ("lrp", "lrp-gamma"):
-        explainer = EXPLAINERS[method](model, precision="bf16")  # maps are fp32 regardless
-        batch = explainer(images)
-        assert batch.raw.shape == (3, 48, 48) and batch.raw.dtype == torch.float32
-        single = explainer(images[1:2], batch.targets[1:2]).raw
-        torch.testing.assert_close(single[0], batch.raw[1], rtol=1e-4, atol=1e-5)
+    explain_batched_and_single(model, ("lrp", "lrp-gamma"), images, atol=1e-5)
     after = model.state_dict()
     assert set(after) == set(state) and all(torch.equal(after[k], state[k]) for k in state)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
