@@ -99,13 +99,13 @@ def create_model(
         model = timm.create_model(
             timm_name, pretrained=from_hub, num_classes=num_classes, in_chans=in_chans, **kwargs
         )
-    except _BAD_SETTING as error:
-        # timm checks its arguments with asserts and arithmetic: say which setting is wrong
-        raise OctlensError(
-            f"model '{name}' cannot be built with {_settings(model_kwargs, kwargs)} "
-            f"({type(error).__name__}: {error or 'invalid value'})"
-        ) from None
     except Exception as error:
+        if isinstance(error, _BAD_SETTING) and not (from_hub and _fetch_failed(error)):
+            # timm checks its arguments with asserts and arithmetic: say which setting is wrong
+            raise OctlensError(
+                f"model '{name}' cannot be built with {_settings(model_kwargs, kwargs)} "
+                f"({type(error).__name__}: {error or 'invalid value'})"
+            ) from None
         if not from_hub:
             raise
         raise OctlensError(
@@ -156,6 +156,15 @@ def _probe(model: nn.Module, in_chans: int, size: int) -> None:
     """
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         copy.deepcopy(model).train()(torch.zeros(2, in_chans, size, size))
+
+
+def _fetch_failed(error: BaseException) -> bool:
+    """Whether ``error`` came from fetching weights (the disk cache, the network, the hub
+    client), not from a setting: huggingface_hub before 1.0 raises a missing cached file as a
+    ``ValueError`` too, which would otherwise read as a bad setting."""
+    return isinstance(error, OSError) or type(error).__module__.startswith(
+        ("huggingface_hub", "requests", "urllib3", "httpx")
+    )
 
 
 def _require_hub(timm_name: str) -> None:
