@@ -210,3 +210,6 @@ def test_models_without_rules_are_refused_in_one_line():
     assert AttnLRP.supports(plain)
     with pytest.raises(OctlensError, match="first_layer=flat: choose zbox or epsilon"):
         AttnLRP(plain, first_layer="flat")
+    plain.patch_embed.proj = nn.Identity()  # a patch embedding with no convolution
+    with pytest.raises(OctlensError, match="patch embedding to be a convolution"):
+        AttnLRP(plain)

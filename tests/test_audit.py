@@ -589,6 +589,11 @@ def test_faithfulness_on_a_sample_agrees_with_every_scan_and_changes_nothing_els
     scans = sampled.faithfulness_protocol.scans
     assert scans is not None and len(set(scans)) == half
     assert AuditResult.load(tmp_path / "half" / "audit.json").faithfulness_protocol.scans == scans
+    edited = json.loads((tmp_path / "half" / "audit.json").read_text())
+    edited["faithfulness_protocol"]["scans"] = scans * 3  # more than were audited
+    (tmp_path / "edited.json").write_text(json.dumps(edited))
+    with pytest.raises(OctlensError, match="faithfulness scans of"):
+        AuditResult.load(tmp_path / "edited.json")
     assert f"on {half} of the {full.n_scans}" in sampled.faithfulness_protocol.sample_note(
         sampled.n_scans
     )

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from octlens.audit.counterfactual import (
     MIN_PROBABILITY_DROP,
@@ -281,7 +281,8 @@ class FaithfulnessProtocol(Record):
     scans: list[str] | None = None
 
     def sample_note(self, n_scans: int) -> str:
-        """``deletion, insertion and average drop on 200 of them, ...`` for a sample; ``""``."""
+        """``deletion, insertion and average drop on 200 of the 1000, ...`` for a sample, ``""``
+        when every scan was used."""
         if self.scans is None:
             return ""
         return (
@@ -319,6 +320,14 @@ class AuditResult(Record):
     clusters: list[ClusterSummary]
     flagged: bool
     flag_reasons: list[str]
+
+    @model_validator(mode="after")
+    def _sample_within_the_audit(self) -> AuditResult:
+        """A faithfulness sample of more scans than were audited is a file edited by hand."""
+        scans = self.faithfulness_protocol.scans
+        if scans is not None and len(scans) > self.n_scans:
+            raise ValueError(f"{len(scans)} faithfulness scans of {self.n_scans} audited")
+        return self
 
     def verdict_lines(self) -> list[str]:
         """The verdict in words: counterfactual evidence first, then what the maps and, on data

@@ -57,6 +57,7 @@ from zennit.rules import Epsilon, ZBox
 
 from octlens.errors import OctlensError
 from octlens.explain.base import Explainer, forward_hooks, predicted_unless_given, target_scores
+from octlens.explain.lrp import image_bounds
 from octlens.models import is_vit
 from octlens.runtime import PrecisionPlan
 
@@ -136,7 +137,13 @@ class AttnLRP(Explainer):
                 f"first_layer={first_layer}: choose {' or '.join(FIRST_LAYER_RULES)}"
             )
         self.first_layer = first_layer
-        self.input_layer = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        convolutions = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+        if not convolutions:
+            raise OctlensError(
+                f"{self.title} needs the patch embedding to be a convolution, the first layer "
+                f"it takes the {first_layer} rule at; {type(model).__name__} has none"
+            )
+        self.input_layer = convolutions[0]
 
     def _explain(
         self, images: torch.Tensor, targets: torch.Tensor | None
@@ -168,8 +175,7 @@ class CPLRP(AttnLRP):
 
 def _zbox(images: torch.Tensor) -> Hook:
     """Z-box bounded by each image's own minimum and maximum."""
-    low = images.amin(dim=(1, 2, 3), keepdim=True).expand_as(images)
-    high = images.amax(dim=(1, 2, 3), keepdim=True).expand_as(images)
+    low, high = image_bounds(images)
     return ZBox(low=low, high=high)
 
 

@@ -86,9 +86,16 @@ class LRPGamma(LRP):
     title: ClassVar[str] = "LRP (gamma)"
 
     def composite(self, images: torch.Tensor) -> Composite:
-        low = images.amin(dim=(1, 2, 3), keepdim=True).expand_as(images)
-        high = images.amax(dim=(1, 2, 3), keepdim=True).expand_as(images)
+        low, high = image_bounds(images)
         return EpsilonGammaBox(low=low, high=high, canonizers=resnet_canonizers())
+
+
+def image_bounds(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's own minimum and maximum, broadcast to its shape: the Z-box rule's bounds
+    (the pixels of a normalized scan have no fixed range)."""
+    low = images.amin(dim=(1, 2, 3), keepdim=True).expand_as(images)
+    high = images.amax(dim=(1, 2, 3), keepdim=True).expand_as(images)
+    return low, high
 
 
 def lrp_relevance(
